@@ -1,0 +1,116 @@
+"""The one interface every lab talks to. Two implementations: the local mesh (default) and a
+real cluster (`LAB_BACKEND=kubernetes`). No lab knows which one it runs on."""
+
+from __future__ import annotations
+
+import abc
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BackendError
+
+Source = str | Path | dict[str, Any] | Sequence[str | Path | dict[str, Any]]
+
+
+def manifest_text(source: Source) -> str:
+    """Files, folders, YAML text or dicts as one multi-document YAML string."""
+    from .config.loader import load
+
+    return yaml.safe_dump_all([r.body for r in load(source)], sort_keys=False)
+
+
+class Backend(abc.ABC):
+    """What a lab can do to a mesh."""
+
+    name: str = "abstract"
+
+    # --- Istio itself ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def install(self, profile: str = "demo", values: dict[str, str] | None = None) -> list[str]:
+        """`istioctl install --set profile=demo`: control plane plus ingress/egress gateways."""
+
+    @abc.abstractmethod
+    def verify_install(self) -> list[dict[str, Any]]:
+        """`istioctl verify-install`: one row per component, with `ok`."""
+
+    @abc.abstractmethod
+    def uninstall(self) -> None:
+        """`istioctl uninstall --purge -y` and every lab namespace with it."""
+
+    # --- resources ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def apply(self, source: Source, namespace: str | None = None) -> list[str]:
+        """`kubectl apply -f`: returns when pods are ready and every proxy has the config."""
+
+    @abc.abstractmethod
+    def delete(self, source: Source, namespace: str | None = None,
+               ignore_missing: bool = True) -> list[str]:
+        """`kubectl delete -f`."""
+
+    @abc.abstractmethod
+    def get(self, kind: str, name: str | None = None, namespace: str | None = None,
+            selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """`kubectl get -o json`: manifests with status, `items` unwrapped."""
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> list[str]:
+        """`kubectl create ns NAME` plus `kubectl label namespace NAME k=v`."""
+        body = {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": dict(labels or {})}}
+        return self.apply(body)
+
+    def delete_namespace(self, name: str) -> list[str]:
+        """`kubectl delete ns NAME`: everything in it goes too."""
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        return self.delete(body)
+
+    def wait_ready(self, namespace: str, timeout: float = 120.0) -> None:
+        """`kubectl wait --for=condition=ready pod --all -n NS`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.get("pods", namespace=namespace)
+            if pods and all(p["status"].get("phase") == "Running" and all(
+                    c.get("ready") for c in p["status"].get("containerStatuses") or [])
+                    for p in pods):
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"pods in {namespace} not ready after {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def pod_name(self, selector: dict[str, str], namespace: str) -> str:
+        """`kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`."""
+        pods = self.get("pods", namespace=namespace, selector=selector)
+        if not pods:
+            raise BackendError(f"no pod with labels {selector} in namespace {namespace}")
+        return str(pods[0]["metadata"]["name"])
+
+    # --- reaching the mesh ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def ingress_address(self, port_name: str = "http2") -> tuple[str, int]:
+        """The ingress gateway's host and port: the LoadBalancer IP, else a node IP + NodePort."""
+
+    @abc.abstractmethod
+    def exec(self, pod: str, command: Sequence[str], namespace: str = "default",
+             container: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """`kubectl exec POD -c C -- CMD`: the command's traffic leaves through the pod's
+        sidecar."""
+
+    @abc.abstractmethod
+    def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
+        """`pilot-agent request GET PATH` in the pod's istio-proxy (config_dump, stats...)."""
+
+    @abc.abstractmethod
+    def proxy_url(self, pod: str, namespace: str) -> str | None:
+        """An HTTP proxy URL through which a client behaves as if inside `pod`, if the
+        backend has one (the local mesh does; a cluster does not)."""
+
+    @abc.abstractmethod
+    def proxy_status(self) -> list[dict[str, Any]]:
+        """`istioctl proxy-status`."""
+
+    def close(self) -> None:
+        """Forget the connection; the mesh keeps running."""

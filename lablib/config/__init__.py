@@ -1,0 +1,1 @@
+"""Loading, validating and analysing Kubernetes and Istio manifests."""

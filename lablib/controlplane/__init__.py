@@ -1,0 +1,1 @@
+"""The control plane: Istio and Kubernetes config in, Envoy xDS out (see docs/design.md)."""

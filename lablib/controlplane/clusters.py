@@ -1,0 +1,149 @@
+"""CDS: clusters for Service ports and DestinationRule subsets (Istio's cluster_builder.go).
+
+Outputs `envoy.config.cluster.v3.Cluster` dicts named as Istio names them:
+`outbound|9080|v1|reviews.ns.svc.cluster.local`, `inbound|9080||`, and for workloads without a
+sidecar `kube|9080||reviews.ns.svc.cluster.local`. Endpoints are inline (STATIC clusters):
+every endpoint is a loopback port the local runtime assigned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import PushContext, Proxy, Service, ServicePort
+from .naming import inbound_cluster, kube_cluster, outbound_cluster
+from .routes import duration
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_OPTIONS_TYPE = "type.googleapis.com/" + HTTP_OPTIONS
+LB_POLICIES = {
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "RANDOM": "RANDOM",
+}
+
+
+def static_cluster(name: str, ports: list[int], connect_timeout: str = "10s") -> dict[str, Any]:
+    return {
+        "@type": CLUSTER_TYPE,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": p}}}}
+                for p in ports
+            ]}],
+        },
+    }
+
+
+def merge_policy(base: dict[str, Any] | None, override: dict[str, Any] | None,
+                 port: int) -> dict[str, Any]:
+    """The traffic policy in force: subset over host level, port-level settings over both."""
+    merged = dict(base or {})
+    merged.update({k: v for k, v in (override or {}).items() if k != "portLevelSettings"})
+    for source in (base or {}, override or {}):
+        for pls in source.get("portLevelSettings") or []:
+            if int((pls.get("port") or {}).get("number", -1)) == port:
+                merged.update({k: v for k, v in pls.items() if k != "port"})
+    return merged
+
+
+def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> None:
+    """DestinationRule trafficPolicy: loadBalancer, connectionPool, outlierDetection."""
+    simple = (policy.get("loadBalancer") or {}).get("simple")
+    if simple in LB_POLICIES:
+        cluster["lb_policy"] = LB_POLICIES[simple]
+    pool = policy.get("connectionPool") or {}
+    tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
+    thresholds: dict[str, Any] = {}
+    if "maxConnections" in tcp:
+        thresholds["max_connections"] = int(tcp["maxConnections"])
+    if "connectTimeout" in tcp:
+        cluster["connect_timeout"] = duration(tcp["connectTimeout"])
+    if "http1MaxPendingRequests" in http:
+        thresholds["max_pending_requests"] = int(http["http1MaxPendingRequests"])
+    if "http2MaxRequests" in http:
+        thresholds["max_requests"] = int(http["http2MaxRequests"])
+    if "maxRetries" in http:
+        thresholds["max_retries"] = int(http["maxRetries"])
+    if thresholds:
+        cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+    common: dict[str, Any] = {}
+    if "maxRequestsPerConnection" in http:
+        common["max_requests_per_connection"] = int(http["maxRequestsPerConnection"])
+    if "idleTimeout" in http:
+        common["idle_timeout"] = duration(http["idleTimeout"])
+    if common:
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: {
+            "@type": HTTP_OPTIONS_TYPE,
+            "common_http_protocol_options": common,
+            "explicit_http_config": {"http_protocol_options": {}},
+        }}
+    outlier = policy.get("outlierDetection")
+    if outlier is not None:
+        errors = outlier.get("consecutive5xxErrors", outlier.get("consecutiveErrors", 5))
+        od: dict[str, Any] = {
+            "consecutive_5xx": int(errors),
+            "interval": duration(outlier.get("interval", "10s")),
+            "base_ejection_time": duration(outlier.get("baseEjectionTime", "30s")),
+            "max_ejection_percent": int(outlier.get("maxEjectionPercent", 10)),
+            "enforcing_consecutive_5xx": 100 if int(errors) > 0 else 0,
+            "enforcing_success_rate": 0,
+        }
+        if "consecutiveGatewayErrors" in outlier:
+            od["consecutive_gateway_failure"] = int(outlier["consecutiveGatewayErrors"])
+            od["enforcing_consecutive_gateway_failure"] = 100
+        cluster["outlier_detection"] = od
+        # Istio: below minHealthPercent healthy hosts, ignore ejections (Envoy's panic mode);
+        # its default of 0 means never panic.
+        cluster["common_lb_config"] = {
+            "healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}}
+
+
+def service_port_clusters(svc: Service, port: ServicePort, ctx: PushContext) -> list[dict]:
+    dr = ctx.destination_rules.get(svc.fqdn)
+    host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
+    clusters = []
+    main = static_cluster(outbound_cluster(port.port, "", svc.fqdn), ctx.endpoints(svc, port, {}))
+    apply_traffic_policy(main, merge_policy(host_policy, None, port.port))
+    clusters.append(main)
+    for subset in ctx.subsets(svc.fqdn):
+        name = outbound_cluster(port.port, str(subset["name"]), svc.fqdn)
+        cluster = static_cluster(name, ctx.endpoints(svc, port, dict(subset.get("labels") or {})))
+        apply_traffic_policy(cluster, merge_policy(host_policy, subset.get("trafficPolicy"),
+                                                   port.port))
+        clusters.append(cluster)
+    return clusters
+
+
+def outbound_clusters(ctx: PushContext) -> list[dict[str, Any]]:
+    return [c for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn)
+            for port in svc.ports for c in service_port_clusters(svc, port, ctx)]
+
+
+def kube_clusters(ctx: PushContext) -> list[dict[str, Any]]:
+    return [static_cluster(kube_cluster(port.port, svc.fqdn), ctx.endpoints(svc, port, {}))
+            for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn) for port in svc.ports]
+
+
+def inbound_clusters(proxy: Proxy) -> list[dict[str, Any]]:
+    return [static_cluster(inbound_cluster(cport), [app_port])
+            for cport, app_port in sorted(proxy.app_ports.items())]
+
+
+def build_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """Every cluster `proxy` needs."""
+    if proxy.kind == "kube":
+        return kube_clusters(ctx)
+    clusters = outbound_clusters(ctx)
+    if proxy.kind == "sidecar":
+        clusters += inbound_clusters(proxy)
+    return clusters
+

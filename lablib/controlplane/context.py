@@ -1,0 +1,178 @@
+"""The immutable input of every translation: services, workloads, proxies and Istio config.
+
+Istio calls this the push context. The builders in clusters.py, listeners.py and routes.py are
+pure functions of (proxy, PushContext).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from ..config.model import Resource
+from ..config.store import ConfigStore
+from .naming import fqdn, service_fqdn
+
+TCP_PROTOCOL_PREFIXES = ("tcp", "tls", "mongo", "mysql", "redis", "https")
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: str  # "HTTP" or "TCP", from the port name or appProtocol as Istio infers it
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    ports: tuple[ServicePort, ...]
+    selector: dict[str, str]
+
+    @property
+    def fqdn(self) -> str:
+        return service_fqdn(self.name, self.namespace)
+
+    def port(self, number: int) -> ServicePort | None:
+        return next((p for p in self.ports if p.port == number), None)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A pod. `ports` maps each containerPort to the loopback port where others reach it."""
+
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    service_account: str
+    injected: bool
+    ports: dict[int, int]
+    port_names: dict[str, int] = field(default_factory=dict)
+
+    def endpoint_port(self, target: int | str) -> int | None:
+        container_port = self.port_names.get(target) if isinstance(target, str) else target
+        if container_port is None:
+            return None
+        return self.ports.get(container_port)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One Envoy. `kind` is `sidecar`, `router` (a gateway) or `kube` (what kube-proxy and
+    cluster DNS give workloads that have no sidecar)."""
+
+    id: str
+    kind: str
+    namespace: str
+    workload: Workload | None = None
+    outbound_port: int = 0  # sidecar: the forward-proxy listener its app uses as http_proxy
+    app_ports: dict[int, int] = field(default_factory=dict)  # sidecar: containerPort -> app
+    kube_ports: dict[str, int] = field(default_factory=dict)  # kube: client namespace -> port
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.workload.labels if self.workload else {}
+
+
+def port_protocol(name: str, app_protocol: str | None = None) -> str:
+    """Istio's protocol selection from `appProtocol` or the port name prefix (`http-web`)."""
+    label = (app_protocol or name or "").lower().split("-")[0]
+    return "TCP" if label.startswith(TCP_PROTOCOL_PREFIXES) else "HTTP"
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def service_from_resource(res: Resource) -> Service:
+    spec = res.spec
+    ports = tuple(
+        ServicePort(
+            name=str(p.get("name", "")),
+            port=int(p["port"]),
+            target_port=p.get("targetPort", p["port"]),
+            protocol=port_protocol(str(p.get("name", "")), p.get("appProtocol")),
+            node_port=p.get("nodePort"),
+        )
+        for p in spec.get("ports") or []
+    )
+    return Service(res.name, res.namespace, ports, dict(spec.get("selector") or {}))
+
+
+@dataclass(frozen=True)
+class PushContext:
+    store: ConfigStore
+    workloads: tuple[Workload, ...]
+    proxies: tuple[Proxy, ...]
+    access_log_paths: dict[str, str] = field(default_factory=dict)  # proxy id -> file
+
+    @cached_property
+    def services(self) -> dict[str, Service]:
+        """Services by FQDN."""
+        out = {}
+        for res in self.store.list("Service"):
+            svc = service_from_resource(res)
+            out[svc.fqdn] = svc
+        return out
+
+    def service(self, host: str, from_namespace: str) -> Service | None:
+        return self.services.get(fqdn(host, from_namespace))
+
+    def endpoints(self, svc: Service, port: ServicePort, subset_labels: dict[str, str]) -> list[int]:
+        """Loopback ports of the workloads behind a Service port (and a subset's labels)."""
+        ports = []
+        for w in self.workloads:
+            if w.namespace != svc.namespace or not selector_matches(svc.selector, w.labels):
+                continue
+            if subset_labels and not all(w.labels.get(k) == v for k, v in subset_labels.items()):
+                continue
+            p = w.endpoint_port(port.target_port)
+            if p:
+                ports.append(p)
+        return sorted(ports)
+
+    @cached_property
+    def destination_rules(self) -> dict[str, Resource]:
+        """DestinationRules by host FQDN; the oldest wins a conflict, as in Istio."""
+        out: dict[str, Resource] = {}
+        for res in self.store.list("DestinationRule"):
+            out.setdefault(fqdn(str(res.spec.get("host", "")), res.namespace), res)
+        return out
+
+    def subsets(self, host_fqdn: str) -> list[dict[str, Any]]:
+        dr = self.destination_rules.get(host_fqdn)
+        return list(dr.spec.get("subsets") or []) if dr else []
+
+    @cached_property
+    def virtual_services(self) -> tuple[Resource, ...]:
+        return tuple(self.store.list("VirtualService"))
+
+    @cached_property
+    def gateways(self) -> tuple[Resource, ...]:
+        return tuple(self.store.list("Gateway"))
+
+    def vs_gateways(self, vs: Resource) -> list[str]:
+        """The gateways a VirtualService binds to, as `ns/name` or `mesh`."""
+        names = vs.spec.get("gateways") or ["mesh"]
+        return [g if g == "mesh" or "/" in g else f"{vs.namespace}/{g}" for g in names]
+
+    def gateway_target_port(self, proxy: Proxy, number: int) -> int:
+        """The workload port a Gateway server port means: a Service port of the gateway
+        (80) becomes its targetPort (8080); any other number is taken as the workload port."""
+        for svc in self.services.values():
+            if svc.namespace != proxy.namespace or not selector_matches(svc.selector,
+                                                                        proxy.labels):
+                continue
+            port = svc.port(number)
+            if port is None:
+                continue
+            target = port.target_port
+            if isinstance(target, str):
+                named = proxy.workload.port_names.get(target) if proxy.workload else None
+                return named if named is not None else number
+            return int(target)
+        return number

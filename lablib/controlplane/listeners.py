@@ -1,0 +1,221 @@
+"""LDS: listeners for sidecars, gateways and the kube-proxy stand-in (Istio's listener*.go).
+
+Outputs `envoy.config.listener.v3.Listener` dicts, all bound to 127.0.0.1:
+- sidecar `outbound_http`: the forward proxy its app uses as `http_proxy` (RDS `outbound_http`);
+- sidecar `inbound|<containerPort>`: where other workloads reach the pod; forwards to the app;
+- gateway `0.0.0.0_<port>`: one per Gateway server port (RDS `http.<port>`, or TCP proxy);
+- gateway `status`: the 15021 health port;
+- kube `kube_<namespace>`: the forward proxy of workloads without a sidecar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config.model import Resource
+from .context import PushContext, Proxy, port_protocol, selector_matches
+from .naming import inbound_cluster
+from .routes import FAULT_FILTER, destination_cluster, server_hosts_match
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = ("type.googleapis.com/"
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+ADS = {"ads": {}, "resource_api_version": "V3"}
+
+ACCESS_LOG_FORMAT = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "route_name": "%ROUTE_NAME%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+}
+
+
+def access_log(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    path = ctx.access_log_paths.get(proxy.id)
+    if not path:
+        return []
+    return [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG_TYPE, "path": path,
+        "log_format": {"json_format": ACCESS_LOG_FORMAT}}}]
+
+
+def socket_address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def http_filters() -> list[dict[str, Any]]:
+    return [
+        {"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}},
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+    ]
+
+
+def hcm(stat_prefix: str, proxy: Proxy, ctx: PushContext, *, rds: str | None = None,
+        route_config: dict[str, Any] | None = None, gateway: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "http_filters": http_filters(),
+        "access_log": access_log(proxy, ctx),
+        "normalize_path": True,
+        "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"}],
+        "stream_idle_timeout": "0s",
+    }
+    if rds:
+        config["rds"] = {"route_config_name": rds, "config_source": ADS}
+    else:
+        config["route_config"] = route_config
+    if gateway:
+        config["use_remote_address"] = True
+    return {"name": HCM, "typed_config": config}
+
+
+def listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"@type": LISTENER_TYPE, "name": name, "address": socket_address(port),
+            "filter_chains": [{"filters": filters}]}
+
+
+def tcp_proxy(stat_prefix: str, clusters: list[tuple[str, int]], proxy: Proxy,
+              ctx: PushContext) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": TCP_PROXY_TYPE, "stat_prefix": stat_prefix,
+                              "access_log": access_log(proxy, ctx)}
+    if len(clusters) == 1:
+        config["cluster"] = clusters[0][0]
+    else:
+        config["weighted_clusters"] = {"clusters": [{"name": n, "weight": w} for n, w in clusters]}
+    return {"name": TCP_PROXY, "typed_config": config}
+
+
+def workload_port_protocols(proxy: Proxy, ctx: PushContext) -> dict[int, str]:
+    """The protocol of each container port, from the Services that select the workload."""
+    out: dict[int, str] = {}
+    workload = proxy.workload
+    if workload is None:
+        return out
+    for svc in ctx.services.values():
+        if svc.namespace != workload.namespace or not selector_matches(svc.selector,
+                                                                       workload.labels):
+            continue
+        for port in svc.ports:
+            target = port.target_port
+            cport = workload.port_names.get(target) if isinstance(target, str) else target
+            if cport is not None:
+                out[int(cport)] = port.protocol
+    return out
+
+
+def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    listeners = [listener("outbound_http", proxy.outbound_port,
+                          [hcm("outbound_http", proxy, ctx, rds="outbound_http")])]
+    protocols = workload_port_protocols(proxy, ctx)
+    assert proxy.workload is not None
+    for cport in sorted(proxy.app_ports):
+        name = f"inbound|{cport}"
+        cluster = inbound_cluster(cport)
+        if protocols.get(cport, "HTTP") == "TCP":
+            filters = [tcp_proxy(name, [(cluster, 100)], proxy, ctx)]
+        else:
+            route_config = {"name": inbound_cluster(cport), "virtual_hosts": [{
+                "name": f"inbound|http|{cport}", "domains": ["*"],
+                "routes": [{"name": "default", "match": {"prefix": "/"},
+                            "route": {"cluster": cluster, "timeout": "0s"}}]}]}
+            filters = [hcm(name, proxy, ctx, route_config=route_config)]
+        listeners.append(listener(name, proxy.workload.ports[cport], filters))
+    return listeners
+
+
+def gateway_servers(proxy: Proxy, ctx: PushContext) -> dict[int, list[tuple[Resource, dict]]]:
+    """Gateway servers that select this gateway, by the workload port they listen on."""
+    by_port: dict[int, list[tuple[Resource, dict]]] = {}
+    for gw in ctx.gateways:
+        if not selector_matches(dict(gw.spec.get("selector") or {}), proxy.labels):
+            continue
+        for server in gw.spec.get("servers") or []:
+            port = ctx.gateway_target_port(proxy, int(server["port"]["number"]))
+            by_port.setdefault(port, []).append((gw, server))
+    return by_port
+
+
+def gateway_tcp_routes(port: int, server_port: int, servers: list[tuple[Resource, dict]],
+                       ctx: PushContext) -> list[tuple[str, int]]:
+    """Weighted clusters of the first VirtualService `tcp` route bound here that matches."""
+    for gw, server in servers:
+        gw_name = f"{gw.namespace}/{gw.name}"
+        for vs in ctx.virtual_services:
+            if gw_name not in ctx.vs_gateways(vs):
+                continue
+            if not any(server_hosts_match(server.get("hosts") or [], str(h), vs.namespace)
+                       for h in vs.spec.get("hosts") or []):
+                continue
+            for tcp in vs.spec.get("tcp") or []:
+                matches = tcp.get("match") or [{}]
+                if not any(int(m.get("port", server_port)) in (server_port, port)
+                           for m in matches):
+                    continue
+                dests = tcp.get("route") or []
+                return [(destination_cluster(ctx, d["destination"], vs.namespace),
+                         int(d.get("weight", 100 if len(dests) == 1 else 0))) for d in dests]
+    return []
+
+
+def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    workload = proxy.workload
+    assert workload is not None
+    listeners = []
+    status_port = workload.ports.get(15021)
+    if status_port:
+        route_config = {"name": "status", "virtual_hosts": [{
+            "name": "status", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/healthz/ready"},
+                 "direct_response": {"status": 200}}]}]}
+        listeners.append(listener("status", status_port,
+                                  [hcm("status", proxy, ctx, route_config=route_config)]))
+    for port, servers in sorted(gateway_servers(proxy, ctx).items()):
+        local = workload.ports.get(port)
+        if not local:
+            continue
+        protocol = port_protocol(str(servers[0][1]["port"].get("protocol", "HTTP")))
+        name = f"0.0.0.0_{port}"
+        if protocol == "TCP":
+            server_port = int(servers[0][1]["port"]["number"])
+            clusters = gateway_tcp_routes(port, server_port, servers, ctx)
+            if not clusters:
+                continue
+            filters = [tcp_proxy(name, clusters, proxy, ctx)]
+        else:
+            filters = [hcm(name, proxy, ctx, rds=f"http.{port}", gateway=True)]
+        listeners.append(listener(name, local, filters))
+    return listeners
+
+
+def kube_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    return [listener(f"kube_{ns}", port, [hcm(f"kube_{ns}", proxy, ctx, rds=f"kube_{ns}")])
+            for ns, port in sorted(proxy.kube_ports.items())]
+
+
+def build_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """Every listener `proxy` needs."""
+    if proxy.kind == "sidecar":
+        return sidecar_listeners(proxy, ctx)
+    if proxy.kind == "router":
+        return gateway_listeners(proxy, ctx)
+    return kube_listeners(proxy, ctx)
+

@@ -1,0 +1,57 @@
+"""Istio's names for things: FQDNs, cluster names, node ids."""
+
+from __future__ import annotations
+
+DOMAIN_SUFFIX = "svc.cluster.local"
+
+
+def fqdn(host: str, namespace: str) -> str:
+    """`reviews` seen from namespace X is `reviews.X.svc.cluster.local`."""
+    if host == "*" or host.startswith("*."):
+        return host
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.{DOMAIN_SUFFIX}"
+    if len(parts) == 2:
+        return f"{host}.{DOMAIN_SUFFIX}"
+    if len(parts) == 3 and parts[2] == "svc":
+        return f"{host}.cluster.local"
+    return host
+
+
+def service_fqdn(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.{DOMAIN_SUFFIX}"
+
+
+def outbound_cluster(port: int, subset: str, host_fqdn: str) -> str:
+    """Istio's outbound cluster name: `outbound|9080|v1|reviews.ns.svc.cluster.local`."""
+    return f"outbound|{port}|{subset}|{host_fqdn}"
+
+
+def inbound_cluster(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+def kube_cluster(port: int, host_fqdn: str) -> str:
+    """What kube-proxy gives a workload without a sidecar: every endpoint, no Istio rules."""
+    return f"kube|{port}||{host_fqdn}"
+
+
+def host_aliases(name: str, namespace: str, port: int, client_namespace: str | None) -> list[str]:
+    """Authorities that reach a Service port: short name (same namespace only), ns, svc, FQDN.
+
+    The forward-proxy listener sees the port only in the authority, so each name carries it;
+    port 80 is also reachable without one.
+    """
+    names = [service_fqdn(name, namespace), f"{name}.{namespace}.svc", f"{name}.{namespace}"]
+    if client_namespace in (None, namespace):
+        names.append(name)
+    domains = [f"{n}:{port}" for n in names]
+    if port == 80:
+        domains += names
+    return domains
+
+
+def node_id(kind: str, pod: str, namespace: str) -> str:
+    """Istio's node id: `sidecar~127.0.0.1~productpage-v1-abc.bookinfo-test~bookinfo-test.svc.cluster.local`."""
+    return f"{kind}~127.0.0.1~{pod}.{namespace}~{namespace}.{DOMAIN_SUFFIX}"

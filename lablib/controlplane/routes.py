@@ -1,0 +1,338 @@
+"""RDS: route configurations built from VirtualServices (Istio's httproute.go).
+
+Outputs `envoy.config.route.v3.RouteConfiguration` dicts:
+- `outbound_http` for a sidecar's forward-proxy listener, one virtual host per Service port;
+- `http.<port>` for each HTTP port of a gateway (e.g. `http.8080`);
+- `kube_<namespace>` for workloads without a sidecar (plain kube-proxy behaviour).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config.schema import parse_duration
+from ..config.model import Resource
+from .context import PushContext, Proxy, Service
+from .naming import fqdn, host_aliases, kube_cluster, outbound_cluster
+
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+FAULT_FILTER = "envoy.filters.http.fault"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+# Istio's default retry policy for HTTP routes (pilot/pkg/networking/core/route/retry).
+DEFAULT_RETRY_POLICY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retriable_status_codes": [503],
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": "5",
+}
+
+
+def duration(text: str) -> str:
+    """Istio duration (`7s`, `500ms`) to protobuf JSON duration (`7s`, `0.5s`)."""
+    seconds = parse_duration(text)
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def string_match(spec: dict[str, Any]) -> dict[str, Any]:
+    if "exact" in spec:
+        return {"exact": spec["exact"]}
+    if "prefix" in spec:
+        return {"prefix": spec["prefix"]}
+    if "regex" in spec:
+        return {"safe_regex": {"regex": spec["regex"]}}
+    return {"prefix": ""}
+
+
+def route_match(match: dict[str, Any]) -> dict[str, Any]:
+    """An Istio HTTPMatchRequest as an Envoy RouteMatch."""
+    uri = match.get("uri") or {}
+    out: dict[str, Any]
+    if "exact" in uri:
+        out = {"path": uri["exact"]}
+    elif "regex" in uri:
+        out = {"safe_regex": {"regex": uri["regex"]}}
+    else:
+        out = {"prefix": uri.get("prefix", "/")}
+    if match.get("ignoreUriCase"):
+        out["case_sensitive"] = False
+    headers = []
+    for name, spec in (match.get("headers") or {}).items():
+        if spec:
+            headers.append({"name": name, "string_match": string_match(spec)})
+        else:
+            headers.append({"name": name, "present_match": True})
+    for name, spec in (match.get("withoutHeaders") or {}).items():
+        headers.append({"name": name, "string_match": string_match(spec), "invert_match": True})
+    for key, name in (("method", ":method"), ("authority", ":authority"), ("scheme", ":scheme")):
+        if key in match:
+            headers.append({"name": name, "string_match": string_match(match[key])})
+    if headers:
+        out["headers"] = headers
+    params = [
+        {"name": name, "string_match": string_match(spec)}
+        for name, spec in (match.get("queryParams") or {}).items()
+    ]
+    if params:
+        out["query_parameters"] = params
+    return out
+
+
+def destination_cluster(ctx: PushContext, dest: dict[str, Any], namespace: str) -> str:
+    host = fqdn(str(dest["host"]), namespace)
+    svc = ctx.services.get(host)
+    port = (dest.get("port") or {}).get("number")
+    if port is None and svc and len(svc.ports) == 1:
+        port = svc.ports[0].port
+    return outbound_cluster(int(port or 80), str(dest.get("subset", "")), host)
+
+
+def percentage(spec: dict[str, Any]) -> dict[str, Any]:
+    """Istio's fault percentage: `percentage.value` (float) or the older integer `percent`."""
+    if "percentage" in spec:
+        value = float(spec["percentage"].get("value", 0))
+        return {"numerator": round(value * 10000), "denominator": "MILLION"}
+    if "percent" in spec:
+        return {"numerator": int(spec["percent"]), "denominator": "HUNDRED"}
+    return {"numerator": 100, "denominator": "HUNDRED"}
+
+
+def fault_config(fault: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"@type": FAULT_TYPE}
+    if "delay" in fault:
+        delay = fault["delay"]
+        out["delay"] = {
+            "fixed_delay": duration(delay.get("fixedDelay", "0s")),
+            "percentage": percentage(delay),
+        }
+    if "abort" in fault:
+        abort = fault["abort"]
+        out["abort"] = {"http_status": int(abort.get("httpStatus", 500)), "percentage": percentage(abort)}
+    return out
+
+
+def retry_policy(retries: dict[str, Any] | None) -> dict[str, Any] | None:
+    if retries is None:
+        return DEFAULT_RETRY_POLICY
+    attempts = int(retries.get("attempts", 0))
+    if attempts == 0:
+        return None
+    policy = dict(DEFAULT_RETRY_POLICY, num_retries=attempts)
+    if "retryOn" in retries:
+        codes = [int(c) for c in str(retries["retryOn"]).split(",") if c.strip().isdigit()]
+        named = [c for c in str(retries["retryOn"]).split(",") if c and not c.strip().isdigit()]
+        policy["retry_on"] = ",".join(named + (["retriable-status-codes"] if codes else []))
+        policy["retriable_status_codes"] = codes
+        if not codes:
+            policy.pop("retriable_status_codes")
+    if "perTryTimeout" in retries:
+        policy["per_try_timeout"] = duration(retries["perTryTimeout"])
+    return policy
+
+
+def header_operations(headers: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for direction in ("request", "response"):
+        ops = (headers or {}).get(direction) or {}
+        add = [
+            {"header": {"key": k, "value": str(v)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for k, v in (ops.get("set") or {}).items()
+        ] + [
+            {"header": {"key": k, "value": str(v)}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+            for k, v in (ops.get("add") or {}).items()
+        ]
+        if add:
+            out[f"{direction}_headers_to_add"] = add
+        if ops.get("remove"):
+            out[f"{direction}_headers_to_remove"] = list(ops["remove"])
+    return out
+
+
+def http_route_action(ctx: PushContext, http: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """One Istio HTTPRoute's action part (shared by all its matches)."""
+    if "directResponse" in http:
+        body = (http["directResponse"].get("body") or {}).get("string")
+        resp: dict[str, Any] = {"status": int(http["directResponse"]["status"])}
+        if body is not None:
+            resp["body"] = {"inline_string": body}
+        return {"direct_response": resp}
+    if "redirect" in http:
+        redirect = http["redirect"]
+        out: dict[str, Any] = {"response_code": {301: "MOVED_PERMANENTLY", 302: "FOUND",
+                                                 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                                                 308: "PERMANENT_REDIRECT"}[
+            int(redirect.get("redirectCode", 301))]}
+        if "uri" in redirect:
+            out["path_redirect"] = redirect["uri"]
+        if "authority" in redirect:
+            out["host_redirect"] = redirect["authority"]
+        return {"redirect": out}
+
+    destinations = [d for d in http.get("route") or [] if d.get("weight", 1) != 0 or
+                    len(http.get("route") or []) == 1]
+    action: dict[str, Any] = {"timeout": duration(http["timeout"]) if "timeout" in http else "0s"}
+    if len(destinations) == 1:
+        action["cluster"] = destination_cluster(ctx, destinations[0]["destination"], namespace)
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [
+                {"name": destination_cluster(ctx, d["destination"], namespace),
+                 "weight": int(d.get("weight", 0))}
+                for d in destinations
+            ]
+        }
+    policy = retry_policy(http.get("retries"))
+    if policy:
+        action["retry_policy"] = policy
+    rewrite = http.get("rewrite") or {}
+    if "uri" in rewrite:
+        action["prefix_rewrite"] = rewrite["uri"]
+    if "authority" in rewrite:
+        action["host_rewrite_literal"] = rewrite["authority"]
+    route: dict[str, Any] = {"route": action}
+    route.update(header_operations(http.get("headers")))
+    return route
+
+
+def http_routes(
+    ctx: PushContext, vs: Resource, *, gateway: str, port: int | None
+) -> list[dict[str, Any]]:
+    """Envoy routes for one VirtualService as seen by `gateway` (`mesh` or `ns/name`) on `port`."""
+    routes = []
+    for i, http in enumerate(vs.spec.get("http") or []):
+        matches = http.get("match") or [{}]
+        action = http_route_action(ctx, http, vs.namespace)
+        for j, match in enumerate(matches):
+            if "port" in match and port is not None and int(match["port"]) != port:
+                continue
+            bound = match.get("gateways")
+            if bound and gateway not in [
+                g if g == "mesh" or "/" in g else f"{vs.namespace}/{g}" for g in bound
+            ]:
+                continue
+            route = {
+                "name": http.get("name") or f"{vs.namespace}.{vs.name}.{i}.{j}",
+                "match": route_match(match),
+                "metadata": {"filter_metadata": {"istio": {"config": vs_path(vs)}}},
+                **action,
+            }
+            if "fault" in http:
+                route["typed_per_filter_config"] = {FAULT_FILTER: fault_config(http["fault"])}
+            routes.append(route)
+    return routes
+
+
+def vs_path(vs: Resource) -> str:
+    return f"/apis/networking.istio.io/v1/namespaces/{vs.namespace}/virtual-service/{vs.name}"
+
+
+def default_route(cluster: str) -> dict[str, Any]:
+    return {
+        "name": "default",
+        "match": {"prefix": "/"},
+        "route": {"cluster": cluster, "timeout": "0s", "retry_policy": DEFAULT_RETRY_POLICY},
+    }
+
+
+def connect_route(cluster: str) -> dict[str, Any]:
+    """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster."""
+    return {
+        "match": {"connect_matcher": {}},
+        "route": {"cluster": cluster, "upgrade_configs": [
+            {"upgrade_type": "CONNECT", "connect_config": {}}]},
+    }
+
+
+def mesh_virtual_services(ctx: PushContext, svc: Service) -> list[Resource]:
+    """VirtualServices bound to the mesh whose hosts name this Service."""
+    return [
+        vs for vs in ctx.virtual_services
+        if "mesh" in ctx.vs_gateways(vs)
+        and any(fqdn(str(h), vs.namespace) == svc.fqdn for h in vs.spec.get("hosts") or [])
+    ]
+
+
+def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
+    """The sidecar's forward-proxy routes: a virtual host per Service port, Istio rules applied."""
+    vhosts = []
+    for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
+        vses = mesh_virtual_services(ctx, svc)
+        for port in svc.ports:
+            default_cluster = outbound_cluster(port.port, "", svc.fqdn)
+            routes: list[dict[str, Any]] = [connect_route(default_cluster)]
+            if port.protocol == "HTTP":
+                found = [r for vs in vses[:1] for r in http_routes(ctx, vs, gateway="mesh",
+                                                                   port=port.port)]
+                routes += found or [default_route(default_cluster)]
+            vhosts.append({
+                "name": f"{svc.fqdn}:{port.port}",
+                "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
+                "routes": routes,
+            })
+    return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
+            "validate_clusters": False}
+
+
+def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
+    """Routes for workloads without a sidecar in `namespace`: every Service by name, no Istio
+    rules, CONNECT tunnels for TLS (what cluster DNS and kube-proxy give a plain pod)."""
+    vhosts = []
+    for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
+        for port in svc.ports:
+            cluster = kube_cluster(port.port, svc.fqdn)
+            routes = [connect_route(cluster)]
+            if port.protocol == "HTTP":
+                routes.append({"match": {"prefix": "/"},
+                               "route": {"cluster": cluster, "timeout": "0s"}})
+            vhosts.append({
+                "name": f"{svc.fqdn}:{port.port}",
+                "domains": host_aliases(svc.name, svc.namespace, port.port, namespace),
+                "routes": routes,
+            })
+    return {"@type": ROUTE_TYPE, "name": f"kube_{namespace}", "virtual_hosts": vhosts,
+            "validate_clusters": False}
+
+
+def server_hosts_match(server_hosts: list[str], vs_host: str, vs_namespace: str) -> bool:
+    """Does a VirtualService host fall under a Gateway server's `hosts` (`ns/host` allowed)?"""
+    for entry in server_hosts:
+        ns, _, host = entry.rpartition("/")
+        if ns not in ("", "*", ".") and ns != vs_namespace:
+            continue
+        if host == "*" or vs_host == host or vs_host == "*":
+            return True
+        if host.startswith("*.") and vs_host.endswith(host[1:]):
+            return True
+    return False
+
+
+def gateway_route_config(
+    port: int, servers: list[tuple[Resource, dict[str, Any]]], ctx: PushContext
+) -> dict[str, Any]:
+    """`http.<port>`: virtual hosts for every VirtualService host bound to these servers."""
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for gw, server in servers:
+        gw_name = f"{gw.namespace}/{gw.name}"
+        for vs in ctx.virtual_services:
+            if gw_name not in ctx.vs_gateways(vs):
+                continue
+            for host in vs.spec.get("hosts") or []:
+                if not server_hosts_match(server.get("hosts") or [], str(host), vs.namespace):
+                    continue
+                routes = http_routes(ctx, vs, gateway=gw_name, port=port)
+                by_domain.setdefault(str(host), []).extend(routes)
+    vhosts = []
+    for host, routes in sorted(by_domain.items()):
+        domains = ["*"] if host == "*" else [host, f"{host}:*"]
+        vhosts.append({"name": f"{host}:{port}", "domains": domains, "routes": routes})
+    return {"@type": ROUTE_TYPE, "name": f"http.{port}", "virtual_hosts": vhosts,
+            "validate_clusters": False}

@@ -1,0 +1,166 @@
+"""Simulate a call through a proxy's generated config without starting Envoy.
+
+Like Istio's pilot/pkg/simulation: listener (by port) -> filter chain -> HTTP connection
+manager -> route configuration -> virtual host (by authority) -> route (by match) -> cluster.
+A call that would fail says why with a named error instead of a result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .snapshot import Snapshot
+
+
+class SimulationError(Exception):
+    """Base of the named ways a simulated call fails."""
+
+
+class ErrNoListener(SimulationError):
+    pass
+
+
+class ErrNoRoute(SimulationError):
+    pass
+
+
+class ErrNoCluster(SimulationError):
+    pass
+
+
+@dataclass
+class Call:
+    port: int  # the loopback port the client connects to
+    authority: str = ""
+    path: str = "/"
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    listener: str
+    clusters: dict[str, int]  # cluster -> weight (one cluster: weight 100)
+    route_config: str = ""
+    virtual_host: str = ""
+    route: str = ""
+    fault: dict[str, Any] | None = None
+    timeout: str = ""
+    direct_status: int | None = None
+
+    @property
+    def cluster(self) -> str:
+        """The single destination cluster (fails for a weighted split)."""
+        assert len(self.clusters) == 1, f"weighted split: {self.clusters}"
+        return next(iter(self.clusters))
+
+
+def string_matches(spec: dict[str, Any], value: str | None) -> bool:
+    if value is None:
+        return False
+    if "exact" in spec:
+        return value == spec["exact"]
+    if "prefix" in spec:
+        return value.startswith(spec["prefix"])
+    if "safe_regex" in spec:
+        return re.fullmatch(spec["safe_regex"]["regex"], value) is not None
+    return True
+
+
+def route_matches(match: dict[str, Any], call: Call) -> bool:
+    path = call.path.split("?", 1)[0]
+    if "connect_matcher" in match:
+        return call.method == "CONNECT"
+    if call.method == "CONNECT":
+        return False
+    if "path" in match and path != match["path"]:
+        return False
+    if "prefix" in match and not path.startswith(match["prefix"]):
+        return False
+    if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path):
+        return False
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    headers[":method"] = call.method
+    headers[":authority"] = call.authority
+    for h in match.get("headers", []):
+        value = headers.get(h["name"].lower())
+        if h.get("present_match"):
+            ok = value is not None
+        else:
+            ok = string_matches(h.get("string_match", {}), value)
+        if ok == bool(h.get("invert_match")):
+            return False
+    return True
+
+
+def domain_matches(domain: str, authority: str) -> bool:
+    return domain == "*" or fnmatch.fnmatchcase(authority, domain)
+
+
+def pick_virtual_host(route_config: dict[str, Any], authority: str) -> dict[str, Any]:
+    """Envoy's order: exact domain, then suffix wildcards, then prefix wildcards, then `*`."""
+    vhosts = route_config.get("virtual_hosts", [])
+    for vh in vhosts:
+        if authority in vh.get("domains", []):
+            return dict(vh)
+    for vh in vhosts:
+        if any(d.startswith("*") and d != "*" and domain_matches(d, authority)
+               for d in vh.get("domains", [])):
+            return dict(vh)
+    for vh in vhosts:
+        if any(d.endswith("*") and d != "*" and domain_matches(d, authority)
+               for d in vh.get("domains", [])):
+            return dict(vh)
+    for vh in vhosts:
+        if "*" in vh.get("domains", []):
+            return dict(vh)
+    raise ErrNoRoute(f"no virtual host in {route_config.get('name')} for {authority!r}")
+
+
+def simulate(snapshot: Snapshot, call: Call) -> Result:
+    """Follow `call` through `snapshot`; raise a SimulationError where Envoy would fail it."""
+    listener = next((lis for lis in snapshot.listeners.values()
+                     if lis["address"]["socket_address"]["port_value"] == call.port), None)
+    if listener is None:
+        raise ErrNoListener(f"no listener on port {call.port}")
+    config = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    if "stat_prefix" in config and "http_filters" not in config:  # tcp_proxy
+        weighted = {c["name"]: c["weight"] for c in
+                    (config.get("weighted_clusters") or {}).get("clusters", [])}
+        clusters = weighted or {config["cluster"]: 100}
+        _check_clusters(snapshot, clusters)
+        return Result(listener["name"], clusters)
+    route_config = (snapshot.routes.get(config["rds"]["route_config_name"]) if "rds" in config
+                    else config.get("route_config"))
+    if route_config is None:
+        raise ErrNoRoute(f"listener {listener['name']} has no route configuration")
+    vhost = pick_virtual_host(route_config, call.authority)
+    for route in vhost.get("routes", []):
+        if not route_matches(route.get("match", {}), call):
+            continue
+        result = Result(listener["name"], {}, route_config["name"], vhost["name"],
+                        route.get("name", ""))
+        if "direct_response" in route:
+            result.direct_status = int(route["direct_response"]["status"])
+            return result
+        action = route.get("route") or {}
+        if "weighted_clusters" in action:
+            result.clusters = {c["name"]: int(c["weight"])
+                               for c in action["weighted_clusters"]["clusters"]}
+        else:
+            result.clusters = {action["cluster"]: 100}
+        _check_clusters(snapshot, result.clusters)
+        fault = (route.get("typed_per_filter_config") or {}).get("envoy.filters.http.fault")
+        result.fault = fault
+        result.timeout = action.get("timeout", "")
+        return result
+    raise ErrNoRoute(f"no route in virtual host {vhost['name']} matches {call.path}")
+
+
+def _check_clusters(snapshot: Snapshot, clusters: dict[str, int]) -> None:
+    for name in clusters:
+        if name not in snapshot.clusters:
+            raise ErrNoCluster(f"route points at missing cluster {name}")

@@ -1,0 +1,138 @@
+"""One proxy's whole configuration, built at once and checked before it is pushed.
+
+Like go-control-plane's snapshot: listeners, routes and clusters travel together, each type
+carries a content version, and `check` refuses a snapshot whose listeners name a route
+configuration it lacks or whose routes name a cluster it lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clusters import CLUSTER_TYPE, build_clusters
+from .context import PushContext, Proxy, port_protocol
+from .listeners import LISTENER_TYPE, build_listeners, gateway_servers
+from .routes import ROUTE_TYPE, gateway_route_config, kube_route_config, outbound_route_config
+
+# The order Istio pushes in: clusters before the listeners and routes that use them.
+TYPE_ORDER = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SHORT_TYPE = {CLUSTER_TYPE: "CDS", LISTENER_TYPE: "LDS", ROUTE_TYPE: "RDS"}
+
+
+class InconsistentSnapshot(Exception):
+    """A listener names a missing route configuration, or a route a missing cluster."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    proxy_id: str
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def version(self, type_url: str) -> str:
+        """A content hash: equal config, equal version, so unchanged types are not re-sent."""
+        blob = json.dumps(self.resources.get(type_url, {}), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def of(self, type_url: str) -> dict[str, dict[str, Any]]:
+        return self.resources.get(type_url, {})
+
+    @property
+    def listeners(self) -> dict[str, dict[str, Any]]:
+        return self.of(LISTENER_TYPE)
+
+    @property
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return self.of(ROUTE_TYPE)
+
+    @property
+    def clusters(self) -> dict[str, dict[str, Any]]:
+        return self.of(CLUSTER_TYPE)
+
+    def with_clusters_of(self, other: Snapshot) -> Snapshot:
+        """This snapshot plus the clusters of `other` (make-before-break's first step)."""
+        merged = dict(other.clusters)
+        merged.update(self.clusters)
+        resources = dict(self.resources)
+        resources[CLUSTER_TYPE] = merged
+        return Snapshot(self.proxy_id, resources)
+
+
+def build_route_configs(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    if proxy.kind == "sidecar":
+        return [outbound_route_config(proxy, ctx)]
+    if proxy.kind == "kube":
+        return [kube_route_config(ns, ctx) for ns in sorted(proxy.kube_ports)]
+    configs = []
+    for port, servers in sorted(gateway_servers(proxy, ctx).items()):
+        protocol = port_protocol(str(servers[0][1]["port"].get("protocol", "HTTP")))
+        if protocol == "HTTP":
+            configs.append(gateway_route_config(port, servers, ctx))
+    return configs
+
+
+def build_snapshot(proxy: Proxy, ctx: PushContext) -> Snapshot:
+    """Build and check everything `proxy` needs from the push context."""
+    resources = {
+        CLUSTER_TYPE: {c["name"]: c for c in build_clusters(proxy, ctx)},
+        LISTENER_TYPE: {listener["name"]: listener for listener in build_listeners(proxy, ctx)},
+        ROUTE_TYPE: {r["name"]: r for r in build_route_configs(proxy, ctx)},
+    }
+    snapshot = Snapshot(proxy.id, resources)
+    check(snapshot)
+    return snapshot
+
+
+def referenced_route_names(listener: dict[str, Any]) -> list[str]:
+    names = []
+    for chain in listener.get("filter_chains", []):
+        for f in chain.get("filters", []):
+            rds = f.get("typed_config", {}).get("rds")
+            if rds:
+                names.append(rds["route_config_name"])
+    return names
+
+
+def route_clusters(route_config: dict[str, Any]) -> list[str]:
+    names = []
+    for vhost in route_config.get("virtual_hosts", []):
+        for route in vhost.get("routes", []):
+            action = route.get("route") or {}
+            if "cluster" in action:
+                names.append(action["cluster"])
+            for wc in (action.get("weighted_clusters") or {}).get("clusters", []):
+                names.append(wc["name"])
+    return names
+
+
+def listener_clusters(listener: dict[str, Any]) -> list[str]:
+    names = []
+    for chain in listener.get("filter_chains", []):
+        for f in chain.get("filters", []):
+            config = f.get("typed_config", {})
+            if "cluster" in config:
+                names.append(config["cluster"])
+            names += [c["name"] for c in (config.get("weighted_clusters") or {}).get("clusters", [])]
+            if "route_config" in config:
+                names += route_clusters(config["route_config"])
+    return names
+
+
+def check(snapshot: Snapshot) -> None:
+    """Refuse a snapshot that references what it does not contain."""
+    problems = []
+    for listener in snapshot.listeners.values():
+        for name in referenced_route_names(listener):
+            if name not in snapshot.routes:
+                problems.append(f"listener {listener['name']} uses missing routes {name}")
+        for cluster in listener_clusters(listener):
+            if cluster not in snapshot.clusters:
+                problems.append(f"listener {listener['name']} uses missing cluster {cluster}")
+    for route_config in snapshot.routes.values():
+        for cluster in route_clusters(route_config):
+            if cluster not in snapshot.clusters:
+                problems.append(f"routes {route_config['name']} use missing cluster {cluster}")
+    if problems:
+        raise InconsistentSnapshot(f"snapshot for {snapshot.proxy_id}: " + "; ".join(problems))

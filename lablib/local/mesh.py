@@ -1,0 +1,457 @@
+"""The local mesh: Kubernetes objects become processes, Istio objects become Envoy config.
+
+`LocalMesh` is what istiod, the kubelet and kube-proxy are on a cluster. It keeps the applied
+resources (a ConfigStore), runs every Deployment as local processes through the Supervisor
+(the app, plus a sidecar Envoy in injected namespaces), runs the gateways as Envoys, and pushes
+each proxy its snapshot over ADS. `apply` is all or nothing: a refused change leaves both the
+store and every proxy on the last good config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.analyze import analyze
+from ..config.loader import load
+from ..config.model import Resource
+from ..config.schema import validate
+from ..config.store import ConfigStore
+from ..controlplane.ads import AdsServer, PushError
+from ..controlplane.context import PushContext, Proxy, Workload, selector_matches
+from ..controlplane.naming import node_id
+from ..controlplane.snapshot import Snapshot, build_snapshot
+from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
+from .bootstrap import bootstrap, envoy_argv, write_bootstrap
+from .images import UnknownImageError, command_for
+from .ports import PortAllocator
+from .state import StateDir
+from .supervisor import Supervisor
+
+ISTIO_SYSTEM_MANIFEST = Path(__file__).with_name("istio_system.yaml")
+GATEWAY_IMAGE = "istio/proxyv2"
+PILOT_IMAGE = "istio/pilot"
+NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
+
+
+@dataclass
+class Pod:
+    """One running pod: its workload as the control plane sees it and its processes."""
+
+    name: str
+    namespace: str
+    deployment: str
+    template_hash: str
+    role: str  # "app", "gateway" or "control-plane"
+    workload: Workload
+    containers: list[dict[str, Any]]
+    proxy: Proxy | None = None
+    admin_port: int = 0
+    processes: list[str] = field(default_factory=list)
+    app_env: dict[str, str] = field(default_factory=dict)
+    bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
+    started_at: float = field(default_factory=time.time)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def envoy_live(admin_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
+            return bool(r.read().strip() == b"LIVE")
+    except OSError:
+        return False
+
+
+def template_hash(deployment: Resource) -> str:
+    template = deployment.spec.get("template") or {}
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class LocalMesh:
+    """Everything one learner's mesh is, in one process (meshd hosts it)."""
+
+    def __init__(self, state: StateDir, supervisor: Supervisor | None = None):
+        self.state = state
+        self.supervisor = supervisor or Supervisor(state)
+        self.ports = PortAllocator()
+        self.ads = AdsServer()
+        self.xds_port = self.ads.start(0)
+        self.store = ConfigStore.with_namespaces(["default"])
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.kube_proxy: Proxy | None = None
+        self.kube_admin_port = 0
+        self.lock = threading.RLock()
+        self.installed = False
+        self.supervisor.on_restart = self._on_restart
+
+    # --- public operations -----------------------------------------------------------------
+    def install(self, values: dict[str, str] | None = None) -> list[str]:
+        """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
+        with self.lock:
+            if not self.kube_proxy:
+                self._start_kube_proxy()
+            self.apply(load(str(ISTIO_SYSTEM_MANIFEST)))
+            self.installed = True
+            return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
+                    "Egress gateways installed", "Installation complete"]
+
+    def apply(self, resources: list[Resource], namespace: str | None = None) -> list[str]:
+        """Apply manifests; returns kubectl's lines (`service/details created`)."""
+        with self.lock:
+            if namespace:
+                resources = [r if r.namespace or r.kind == "Namespace" else r.in_namespace(namespace)
+                             for r in resources]
+            resources = [self._assign_node_ports(r) for r in resources]
+            old_store = self.store
+            candidate = old_store.with_applied(resources)
+            self._check(resources, candidate, old_store)
+            lines = []
+            for r in resources:
+                before = old_store.get(r.kind, r.namespace, r.name)
+                word = "created" if before is None else (
+                    "unchanged" if before.body == r.body else "configured")
+                lines.append(f"{kube_word(r.kind)}/{r.name} {word}")
+            self._transition(candidate)
+            return lines
+
+    def delete(self, resources: list[Resource], namespace: str | None = None,
+               ignore_missing: bool = False) -> list[str]:
+        with self.lock:
+            keys, lines = [], []
+            for r in resources:
+                ns = r.namespace or (namespace or "default" if r.kind != "Namespace" else "")
+                if namespace and r.kind != "Namespace" and not r.namespace:
+                    ns = namespace
+                if self.store.get(r.kind, ns, r.name) is None:
+                    if ignore_missing:
+                        continue
+                    raise NotFoundError(
+                        f'Error from server (NotFound): {plural(r.kind)} "{r.name}" not found')
+                keys.append((r.kind, ns, r.name))
+                if r.kind == "Namespace":
+                    keys += [x.key for x in self.store.list() if x.namespace == r.name]
+                lines.append(f'{kube_word(r.kind)} "{r.name}" deleted')
+            self._transition(self.store.without(keys))
+            return lines
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self.supervisor.stop_all()
+            self.ads.stop()
+            self.pods.clear()
+
+    # --- checks ----------------------------------------------------------------------------
+    def _check(self, incoming: list[Resource], candidate: ConfigStore, current: ConfigStore) -> None:
+        """Schema, images, then analysis; only findings this change introduces block it."""
+        errors: list[Diagnostic] = []
+        for r in incoming:
+            errors += [d for d in validate(r) if d.severity == "Error"]
+            if r.kind == "Deployment":
+                errors += self._image_problems(r)
+        if not errors:
+            known = {str(d) for d in analyze(current)}
+            errors = [d for d in analyze(candidate) if d.severity == "Error" and str(d) not in known]
+        if errors:
+            raise ConfigError(errors)
+
+    def _image_problems(self, deployment: Resource) -> list[Diagnostic]:
+        problems = []
+        containers = ((deployment.spec.get("template") or {}).get("spec") or {}).get("containers")
+        for i, c in enumerate(containers or []):
+            image = str(c.get("image", ""))
+            if GATEWAY_IMAGE in image or PILOT_IMAGE in image:
+                continue
+            try:
+                command_for(image, port_map={}, env={}, args=[])
+            except UnknownImageError as exc:
+                problems.append(Diagnostic("LAB0103", "Error", deployment.ref, str(exc),
+                                           f"spec.template.spec.containers[{i}].image",
+                                           "use one of the supported sample images, or run "
+                                           "this lab with LAB_BACKEND=kubernetes"))
+        return problems
+
+    def _assign_node_ports(self, r: Resource) -> Resource:
+        """Give LoadBalancer/NodePort Service ports a loopback port, as kube-proxy a node port."""
+        if r.kind != "Service" or r.spec.get("type") not in NODE_PORT_TYPES:
+            return r
+        existing = self.store.get("Service", r.namespace or "default", r.name)
+        old_ports = {p.get("name") or p["port"]: p.get("nodePort")
+                     for p in ((existing.spec.get("ports") if existing else None) or [])}
+        body = json.loads(json.dumps(r.body))
+        for p in body["spec"].get("ports") or []:
+            if not p.get("nodePort"):
+                p["nodePort"] = old_ports.get(p.get("name") or p["port"]) or self.ports.allocate()
+        return Resource(r.kind, r.name, r.namespace, body, r.source)
+
+    # --- the transition from one store to the next -----------------------------------------
+    def _transition(self, candidate: ConfigStore) -> None:
+        """Start new pods, push config make-before-break, then stop what is gone.
+
+        On any refusal, stop what was started, restore every proxy and keep the old store.
+        """
+        old_store, old_pods = self.store, dict(self.pods)
+        wanted = self._desired_pods(candidate)
+        keep = {k: p for k, p in old_pods.items() if (p.deployment, p.template_hash) in
+                {(d, h) for d, h, _ in wanted.get(p.namespace, [])}}
+        new_pods = self._plan_new_pods(candidate, wanted, keep)
+        gone = [p for k, p in old_pods.items() if k not in keep]
+        self.pods = {**keep, **{(p.namespace, p.name): p for p in new_pods}}
+        self._sync_gateway_ports(candidate)
+        for pod in new_pods:
+            if pod.role == "app" and pod.proxy is None and self.kube_proxy:
+                self._kube_port(pod.namespace)
+        try:
+            ctx = self._context(candidate)
+            snapshots = {p.id: build_snapshot(p, ctx) for p in ctx.proxies}
+            new_ids = {p.proxy.id for p in new_pods if p.proxy}
+            for pid in new_ids:
+                self.ads.set_target(snapshots[pid])
+            # New pods serve before existing proxies send them traffic (make-before-break).
+            self._start_pods(new_pods)
+            self.ads.wait_synced(new_ids, timeout=15, require_connected=True)
+            self.ads.push([s for pid, s in snapshots.items() if pid not in new_ids], timeout=10)
+        except (PushError, LabError) as exc:
+            self._rollback(old_store, old_pods, new_pods)
+            if isinstance(exc, PushError):
+                raise ProxyRejectedError(
+                    f"Envoy refused the new configuration, so every proxy keeps the last good "
+                    f"one. {exc.proxy_id} said: {exc.reason}") from None
+            raise
+        self.store = candidate
+        for pod in gone:
+            self._stop_pod(pod)
+
+    def _rollback(self, old_store: ConfigStore, old_pods: dict, new_pods: list[Pod]) -> None:
+        for pod in new_pods:
+            self._stop_pod(pod)
+        self.pods = old_pods
+        self.store = old_store
+        ctx = self._context(old_store)
+        try:
+            self.ads.push([build_snapshot(p, ctx) for p in ctx.proxies], timeout=10)
+        except PushError:
+            pass  # the proxies that refused still hold the old config
+
+    def _context(self, store: ConfigStore) -> PushContext:
+        proxies = [p.proxy for p in self.pods.values() if p.proxy]
+        if self.kube_proxy:
+            proxies.append(self.kube_proxy)
+        logs = {p.id: str(self.state.logs / f"{p.id.split('~')[2]}.access.log") for p in proxies}
+        return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
+                           logs)
+
+    # --- pods ------------------------------------------------------------------------------
+    def _desired_pods(self, store: ConfigStore) -> dict[str, list[tuple[str, str, Resource]]]:
+        out: dict[str, list[tuple[str, str, Resource]]] = {}
+        for d in store.list("Deployment"):
+            out.setdefault(d.namespace, []).append((d.name, template_hash(d), d))
+        return out
+
+    def _plan_new_pods(self, store: ConfigStore, wanted: dict, keep: dict) -> list[Pod]:
+        planned = []
+        for ns, deployments in wanted.items():
+            for name, thash, d in deployments:
+                have = sum(1 for p in keep.values() if p.namespace == ns and p.deployment == name)
+                for _ in range(max(int(d.spec.get("replicas", 1)) - have, 0)):
+                    planned.append(self._plan_pod(store, d, thash))
+        return planned
+
+    def _plan_pod(self, store: ConfigStore, d: Resource, thash: str) -> Pod:
+        template = d.spec.get("template") or {}
+        meta, spec = template.get("metadata") or {}, template.get("spec") or {}
+        labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        containers = list(spec.get("containers") or [])
+        suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
+        name = f"{d.name}-{thash}-{suffix}"
+        images = " ".join(str(c.get("image", "")) for c in containers)
+        role = ("gateway" if GATEWAY_IMAGE in images else
+                "control-plane" if PILOT_IMAGE in images else "app")
+        ns_labels = store.namespace_labels(d.namespace)
+        inject = (role == "app" and ns_labels.get("istio-injection") == "enabled"
+                  and labels.get("sidecar.istio.io/inject", "true") != "false"
+                  and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false")
+        port_names: dict[str, int] = {}
+        ports: dict[int, int] = {}
+        bind: dict[int, int] = {}
+        for c in containers:
+            for p in c.get("ports") or []:
+                cport = int(p["containerPort"])
+                if p.get("name"):
+                    port_names[str(p["name"])] = cport
+                if role == "control-plane":
+                    continue
+                ports[cport] = self.ports.allocate()
+                bind[cport] = self.ports.allocate() if inject else ports[cport]
+        workload = Workload(name, d.namespace, labels,
+                            str(spec.get("serviceAccountName") or "default"), inject, ports,
+                            port_names)
+        pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind)
+        if inject or role == "gateway":
+            kind = "sidecar" if inject else "router"
+            pod.admin_port = self.ports.allocate()
+            pod.proxy = Proxy(node_id(kind, name, d.namespace), kind, d.namespace, workload,
+                              outbound_port=self.ports.allocate() if inject else 0,
+                              app_ports=dict(bind) if inject else {})
+        return pod
+
+    def _sync_gateway_ports(self, store: ConfigStore) -> None:
+        """Gateway workload ports follow the gateway Service's node ports (80 -> 8080 -> P)."""
+        for key, pod in list(self.pods.items()):
+            if pod.role != "gateway" or pod.proxy is None:
+                continue
+            ports = dict(pod.workload.ports)
+            for svc in store.list("Service", pod.namespace):
+                if not selector_matches(dict(svc.spec.get("selector") or {}), pod.workload.labels):
+                    continue
+                for p in svc.spec.get("ports") or []:
+                    target = p.get("targetPort", p["port"])
+                    if isinstance(target, str):
+                        target = pod.workload.port_names.get(target, p["port"])
+                    if p.get("nodePort"):
+                        ports[int(target)] = int(p["nodePort"])
+            for gw in store.list("Gateway"):
+                if selector_matches(dict(gw.spec.get("selector") or {}), pod.workload.labels):
+                    for server in gw.spec.get("servers") or []:
+                        number = int(server["port"]["number"])
+                        target = self._gateway_target(store, pod, number)
+                        if target not in ports:
+                            ports[target] = self.ports.allocate()
+            if ports != pod.workload.ports:
+                workload = Workload(pod.workload.name, pod.workload.namespace, pod.workload.labels,
+                                    pod.workload.service_account, False, ports,
+                                    pod.workload.port_names)
+                pod.workload = workload
+                pod.proxy = Proxy(pod.proxy.id, "router", pod.namespace, workload)
+
+    def _gateway_target(self, store: ConfigStore, pod: Pod, number: int) -> int:
+        ctx = PushContext(store, (pod.workload,), ())
+        assert pod.proxy is not None
+        return ctx.gateway_target_port(pod.proxy, number)
+
+    def _start_pods(self, pods: list[Pod]) -> None:
+        if not pods:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
+            for f in [pool.submit(self._start_pod, p) for p in pods]:
+                f.result()
+
+    def _proxy_port_for(self, pod: Pod) -> int:
+        if pod.proxy and pod.proxy.kind == "sidecar":
+            return pod.proxy.outbound_port
+        return self._kube_port(pod.namespace)
+
+    def _start_pod(self, pod: Pod) -> None:
+        prefix = f"{pod.namespace}.{pod.name}"
+        if pod.proxy is not None:
+            boot = bootstrap(pod.proxy.id, f"{pod.workload.labels.get('app', pod.deployment)}."
+                             f"{pod.namespace}", pod.admin_port, self.xds_port,
+                             {"NAMESPACE": pod.namespace, "LABELS": pod.workload.labels,
+                              "SERVICE_ACCOUNT": pod.workload.service_account})
+            path = write_bootstrap(self.state.envoy / f"{prefix}.json", boot)
+            admin = pod.admin_port
+            self.supervisor.start(f"{prefix}.istio-proxy", envoy_argv(path),
+                                  ready=lambda: envoy_live(admin), ready_timeout=15)
+            pod.processes.append(f"{prefix}.istio-proxy")
+        if pod.role != "app":
+            return
+        proxy_url = f"http://127.0.0.1:{self._proxy_port_for(pod)}"
+        pod.app_env = {"http_proxy": proxy_url, "HTTP_PROXY": proxy_url,
+                       "https_proxy": proxy_url, "HTTPS_PROXY": proxy_url, "no_proxy": "",
+                       "NO_PROXY": "", "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
+        for c in pod.containers:
+            env = dict(pod.app_env)
+            env.update({str(e["name"]): str(e.get("value", "")) for e in c.get("env") or []})
+            cports = [int(p["containerPort"]) for p in c.get("ports") or []]
+            port_map = {cp: pod.bind_ports[cp] for cp in cports}
+            argv = command_for(str(c["image"]), port_map=port_map, env=env,
+                               args=[str(a) for a in c.get("args") or []])
+            ready = (lambda ports=list(port_map.values()): all(port_open(p) for p in ports))
+            name = f"{prefix}.{c['name']}"
+            self.supervisor.start(name, argv, env=env, ready=ready if port_map else None,
+                                  ready_timeout=20)
+            pod.processes.append(name)
+
+    def _stop_pod(self, pod: Pod) -> None:
+        for name in pod.processes:
+            self.supervisor.stop(name)
+        if pod.proxy:
+            self.ads.forget(pod.proxy.id)
+        for port in [*pod.workload.ports.values(), *pod.bind_ports.values(), pod.admin_port,
+                     pod.proxy.outbound_port if pod.proxy else 0]:
+            if port:
+                self.ports.release(port)
+
+    def _on_restart(self, name: str) -> None:
+        """A restarted Envoy reconnects and is sent its target snapshot again by ADS."""
+
+    # --- workloads without a sidecar -------------------------------------------------------
+    def _kube_port(self, namespace: str) -> int:
+        """The kube-proxy stand-in's listener for one namespace (its short names resolve
+        there); the next push configures it."""
+        assert self.kube_proxy is not None
+        if namespace not in self.kube_proxy.kube_ports:
+            ports = dict(self.kube_proxy.kube_ports)
+            ports[namespace] = self.ports.allocate()
+            self.kube_proxy = Proxy(self.kube_proxy.id, "kube", "kube-system", kube_ports=ports)
+        return self.kube_proxy.kube_ports[namespace]
+
+    def _start_kube_proxy(self) -> None:
+        self.kube_proxy = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube",
+                                "kube-system", kube_ports={"default": self.ports.allocate()})
+        self.kube_admin_port = self.ports.allocate()
+        ctx = self._context(self.store)
+        self.ads.set_target(build_snapshot(self.kube_proxy, ctx))
+        path = write_bootstrap(self.state.envoy / "kube-proxy.json",
+                               bootstrap(self.kube_proxy.id, "kube-proxy", self.kube_admin_port,
+                                         self.xds_port, {}))
+        admin = self.kube_admin_port
+        self.supervisor.start("kube-system.kube-proxy", envoy_argv(path),
+                              ready=lambda: envoy_live(admin), ready_timeout=15)
+        self.ads.wait_synced([self.kube_proxy.id], timeout=10, require_connected=True)
+
+    # --- views -----------------------------------------------------------------------------
+    def find_pod(self, namespace: str, name: str) -> Pod:
+        pod = self.pods.get((namespace, name))
+        if pod is None:
+            raise NotFoundError(f'Error from server (NotFound): pods "{name}" not found')
+        return pod
+
+    def snapshot_of(self, pod: Pod) -> Snapshot | None:
+        return self.ads.target(pod.proxy.id) if pod.proxy else None
+
+
+KUBE_WORDS = {
+    "Namespace": "namespace", "Service": "service", "Deployment": "deployment.apps",
+    "ServiceAccount": "serviceaccount", "Secret": "secret", "ConfigMap": "configmap",
+    "Gateway": "gateway.networking.istio.io",
+    "VirtualService": "virtualservice.networking.istio.io",
+    "DestinationRule": "destinationrule.networking.istio.io",
+    "Sidecar": "sidecar.networking.istio.io",
+    "ServiceEntry": "serviceentry.networking.istio.io",
+    "PeerAuthentication": "peerauthentication.security.istio.io",
+}
+
+
+def kube_word(kind: str) -> str:
+    """kubectl's `service` / `deployment.apps` / `virtualservice.networking.istio.io`."""
+    return KUBE_WORDS.get(kind, kind.lower())
+
+
+def plural(kind: str) -> str:
+    word = kind.lower()
+    return word + ("es" if word.endswith("s") else "s")

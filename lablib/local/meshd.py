@@ -1,0 +1,123 @@
+"""meshd: the per-user daemon that hosts one LocalMesh and answers requests on a Unix socket.
+
+Started by `lablib.connect()` (or `lablib istioctl install`); it owns every mesh process
+through the Supervisor, so they all end with it. When started from a notebook it watches the
+kernel that started it and tears the mesh down when that kernel dies, even by kill -9.
+
+Protocol: one JSON request per connection, `{"method": ..., "params": {...}}`, answered by
+`{"result": ...}` or `{"error": {"type": ..., "message": ..., "diagnostics": [...]}}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..config.loader import load
+from ..errors import ConfigError, LabError
+from .mesh import LocalMesh
+from .state import StateDir
+from .supervisor import Supervisor
+from .views import MeshViews
+
+log = logging.getLogger("meshd")
+
+
+class Handler(socketserver.StreamRequestHandler):
+    server: MeshServer
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        try:
+            request = json.loads(line)
+            result = self.server.dispatch(request["method"], request.get("params") or {})
+            reply: dict[str, Any] = {"result": result}
+        except ConfigError as exc:
+            reply = {"error": {"type": "ConfigError", "message": str(exc),
+                               "diagnostics": [dataclasses.asdict(d) for d in exc.diagnostics]}}
+        except LabError as exc:
+            reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        except Exception as exc:  # reported to the caller, never kills the daemon
+            log.exception("request failed")
+            reply = {"error": {"type": "BackendError", "message": f"{type(exc).__name__}: {exc}"}}
+        self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+
+
+class MeshServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, state: StateDir, mesh: LocalMesh):
+        self.state = state
+        self.mesh = mesh
+        self.views = MeshViews(mesh)
+        self.stopping = threading.Event()
+        super().__init__(str(state.socket_path), Handler)
+
+    def dispatch(self, method: str, params: dict[str, Any]) -> Any:
+        if method == "ping":
+            return {"pid": os.getpid(), "installed": self.mesh.installed}
+        if method == "install":
+            return self.mesh.install(params.get("values"))
+        if method == "apply":
+            docs = load(params["text"], namespace=params.get("namespace"))
+            return self.mesh.apply(docs, params.get("namespace"))
+        if method == "delete":
+            docs = load(params["text"], namespace=params.get("namespace"))
+            return self.mesh.delete(docs, params.get("namespace"),
+                                    bool(params.get("ignore_missing")))
+        if method == "shutdown":
+            threading.Thread(target=self.stop, daemon=True).start()
+            return "shutting down"
+        view = getattr(self.views, method, None)
+        if view is None or method.startswith("_"):
+            raise LabError(f"unknown request {method!r}")
+        return view(**params)
+
+    def stop(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.mesh.shutdown()
+        self.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshd")
+    parser.add_argument("--owner", type=int, default=0,
+                        help="pid whose death ends the mesh (the notebook kernel); 0 = none")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    state = StateDir()
+    state.socket_path.unlink(missing_ok=True)
+    supervisor = Supervisor(state)
+    mesh = LocalMesh(state, supervisor)
+    server = MeshServer(state, mesh)
+    os.chmod(state.socket_path, 0o600)
+    state.pid_path.write_text(str(os.getpid()))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
+    if args.owner:
+        supervisor.watch_owner(args.owner, lambda: server.stop())
+    log.info("meshd %d serving on %s (xDS 127.0.0.1:%d)", os.getpid(), state.socket_path,
+             mesh.xds_port)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.stop() if not server.stopping.is_set() else None
+        server.server_close()
+        state.socket_path.unlink(missing_ok=True)
+        Path(state.pid_path).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""`istioctl proxy-config` as DataFrames, read from the proxy's own admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from .backend import Backend
+
+KINDS = ("listeners", "routes", "clusters", "endpoints")
+
+
+def _dump(mesh: Backend, pod: str, namespace: str) -> list[dict[str, Any]]:
+    return list(json.loads(mesh.proxy_admin(pod, namespace, "config_dump"))["configs"])
+
+
+def _section(configs: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    return next((c for c in configs if c.get("@type", "").endswith(suffix)), {})
+
+
+def _match_text(match: dict[str, Any]) -> str:
+    parts = []
+    for key in ("path", "prefix"):
+        if key in match:
+            parts.append(f"{key}={match[key]}")
+    if "safe_regex" in match:
+        parts.append(f"regex={match['safe_regex'].get('regex')}")
+    if "connect_matcher" in match:
+        parts.append("CONNECT")
+    for h in match.get("headers", []):
+        sm = h.get("string_match") or {}
+        parts.append(f"{h['name']}:{next(iter(sm.values()), '*')}")
+    return " ".join(parts)
+
+
+def _action_text(route: dict[str, Any]) -> str:
+    action = route.get("route") or {}
+    if "cluster" in action:
+        return str(action["cluster"])
+    if "weighted_clusters" in action:
+        return ", ".join(f"{c['name']} ({c.get('weight', 0)}%)"
+                         for c in action["weighted_clusters"]["clusters"])
+    if "direct_response" in route:
+        return f"direct response {route['direct_response'].get('status')}"
+    return "-"
+
+
+def listeners(configs: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for item in _section(configs, "ListenersConfigDump").get("dynamic_listeners", []):
+        listener = (item.get("active_state") or {}).get("listener") or {}
+        address = listener.get("address", {}).get("socket_address", {})
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                tc = f.get("typed_config", {})
+                target = ((tc.get("rds") or {}).get("route_config_name")
+                          or (tc.get("route_config") or {}).get("name") or tc.get("cluster")
+                          or ", ".join(c["name"] for c in (tc.get("weighted_clusters") or {})
+                                       .get("clusters", [])))
+                rows.append({"name": listener.get("name"),
+                             "address": address.get("address"),
+                             "port": address.get("port_value"),
+                             "filter": f.get("name", "").rsplit(".", 1)[-1],
+                             "destination": f"Route: {target}" if "rds" in tc or
+                             "route_config" in tc else f"Cluster: {target}"})
+    return pd.DataFrame(rows, columns=["name", "address", "port", "filter", "destination"])
+
+
+def routes(configs: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for item in _section(configs, "RoutesConfigDump").get("dynamic_route_configs", []):
+        rc = item.get("route_config") or {}
+        for vhost in rc.get("virtual_hosts", []):
+            for route in vhost.get("routes", []):
+                rows.append({"route_config": rc.get("name"), "virtual_host": vhost.get("name"),
+                             "domains": ", ".join(vhost.get("domains", [])[:3]),
+                             "match": _match_text(route.get("match", {})),
+                             "destination": _action_text(route),
+                             "fault": "yes" if route.get("typed_per_filter_config") else "",
+                             "timeout": (route.get("route") or {}).get("timeout", "")})
+    return pd.DataFrame(rows, columns=["route_config", "virtual_host", "domains", "match",
+                                       "destination", "fault", "timeout"])
+
+
+def clusters(configs: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for item in _section(configs, "ClustersConfigDump").get("dynamic_active_clusters", []):
+        cluster = item.get("cluster") or {}
+        name = str(cluster.get("name", ""))
+        direction, port, subset, host = (name.split("|") + ["", "", "", ""])[:4]
+        rows.append({"service_fqdn": host or name, "port": port, "subset": subset,
+                     "direction": direction.upper(), "type": cluster.get("type", "EDS"),
+                     "name": name})
+    return pd.DataFrame(rows, columns=["service_fqdn", "port", "subset", "direction", "type",
+                                       "name"])
+
+
+def endpoints(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
+    data = json.loads(mesh.proxy_admin(pod, namespace, "clusters?format=json"))
+    rows = []
+    for status in data.get("cluster_statuses", []):
+        for host in status.get("host_statuses", []):
+            address = host.get("address", {}).get("socket_address", {})
+            health = host.get("health_status", {})
+            ok = health.get("eds_health_status", "HEALTHY") == "HEALTHY" and not any(
+                v for k, v in health.items() if k.startswith("failed"))
+            rows.append({"endpoint": f"{address.get('address')}:{address.get('port_value')}",
+                         "status": "HEALTHY" if ok else "UNHEALTHY",
+                         "outlier_check": "EJECTED" if health.get("failed_outlier_check")
+                         else "OK", "cluster": status.get("name")})
+    return pd.DataFrame(rows, columns=["endpoint", "status", "outlier_check", "cluster"])
+
+
+def proxy_config(mesh: Backend, kind: str, pod: str, namespace: str = "default") -> pd.DataFrame:
+    """`istioctl proxy-config KIND POD.NS`: what this proxy really holds, from its admin API."""
+    if kind not in KINDS:
+        raise ValueError(f'unknown proxy-config kind "{kind}"; use one of {", ".join(KINDS)}')
+    if kind == "endpoints":
+        return endpoints(mesh, pod, namespace)
+    return {"listeners": listeners, "routes": routes, "clusters": clusters}[kind](
+        _dump(mesh, pod, namespace))
+
+
+def stats(mesh: Backend, pod: str, namespace: str, pattern: str = "") -> pd.DataFrame:
+    """`pilot-agent request GET stats`, filtered by a substring, as name/value rows."""
+    rows = []
+    for line in mesh.proxy_admin(pod, namespace, "stats").splitlines():
+        name, _, value = line.partition(": ")
+        if pattern in name:
+            rows.append({"stat": name, "value": value})
+    return pd.DataFrame(rows, columns=["stat", "value"])

@@ -1,0 +1,108 @@
+"""Sending requests and reading what the traffic did, as pandas DataFrames."""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from .backend import Backend
+
+BOOKINFO_PATH = "/productpage"
+
+
+def classify(response: httpx.Response | None) -> str:
+    """Which reviews version answered a Bookinfo page (or `-` for other apps)."""
+    if response is None:
+        return "error"
+    if "text/html" not in response.headers.get("content-type", ""):
+        return "-"
+    from .apps.bookinfo import classify as classify_html
+
+    return str(classify_html(response.text))
+
+
+def _client(mesh: Backend, from_pod: str | None, namespace: str | None,
+            timeout: float) -> tuple[httpx.Client, str]:
+    """A client at the ingress gateway, or inside `from_pod` (through its sidecar)."""
+    if from_pod:
+        proxy = mesh.proxy_url(from_pod, namespace or "default")
+        if proxy is None:
+            raise NotImplementedError(f"backend {mesh.name} cannot send from inside a pod; "
+                                      "use mesh.exec(pod, ['curl', ...])")
+        return httpx.Client(proxy=proxy, timeout=timeout, trust_env=False), ""
+    host, port = mesh.ingress_address()
+    return httpx.Client(timeout=timeout, trust_env=False), f"http://{host}:{port}"
+
+
+def login(client: httpx.Client, base: str, user: str) -> None:
+    """Sign in to Bookinfo as `user` (any password), as the lab does in the browser."""
+    client.post(f"{base}/login", data={"username": user, "passwd": "password"},
+                follow_redirects=False)
+
+
+def send(mesh: Backend, path: str = BOOKINFO_PATH, n: int = 20, *, concurrency: int = 1,
+         user: str | None = None, headers: dict[str, str] | None = None,
+         from_pod: str | None = None, namespace: str | None = None,
+         timeout: float = 30.0) -> pd.DataFrame:
+    """Send `n` GET requests; one row each: status, latency_ms, version (for Bookinfo), error.
+
+    Through the ingress gateway by default; `from_pod=` sends from inside that pod, `path`
+    then being a full URL such as `http://productpage:9080/productpage`.
+    """
+    client, base = _client(mesh, from_pod, namespace, timeout)
+    if user:
+        login(client, base, user)
+
+    def one(i: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        response, error = None, ""
+        try:
+            response = client.get(base + path, headers=headers)
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        elapsed = (time.perf_counter() - start) * 1000
+        return {"request": i, "start": start, "status": response.status_code if response else 0,
+                "latency_ms": round(elapsed, 2), "version": classify(response), "error": error}
+
+    with client:
+        if concurrency <= 1:
+            rows = [one(i) for i in range(n)]
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                rows = list(pool.map(one, range(n)))
+    frame = pd.DataFrame(rows)
+    frame["start"] = frame["start"] - frame["start"].min()
+    return frame
+
+
+def shares(frame: pd.DataFrame, column: str = "version") -> pd.Series:
+    """The fraction of requests per value of `column` (e.g. reviews version)."""
+    return frame[column].value_counts(normalize=True).sort_index()
+
+
+def binomial_bound(p: float, n: int, z: float = 4.0) -> float:
+    """Half-width of a z-sigma binomial interval, never below one request's worth."""
+    return z * math.sqrt(max(p * (1 - p), 0.0) / n) + 1.0 / n
+
+
+def check_shares(frame: pd.DataFrame, expected: dict[str, float], column: str = "version",
+                 z: float = 4.0) -> pd.DataFrame:
+    """Assert observed shares match `expected` within a binomial bound; returns the table."""
+    n = len(frame)
+    observed = shares(frame, column)
+    rows = []
+    for key in sorted(set(expected) | set(observed.index)):
+        want = float(expected.get(key, 0.0))
+        got = float(observed.get(key, 0.0))
+        bound = binomial_bound(want, n, z)
+        rows.append({column: key, "expected": want, "observed": round(got, 3),
+                     "tolerance": round(bound, 3), "ok": abs(got - want) <= bound})
+    table = pd.DataFrame(rows)
+    bad = table[~table["ok"]]
+    assert bad.empty, f"observed shares outside the binomial bound over {n} requests:\n{bad}"
+    return table
