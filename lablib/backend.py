@@ -112,5 +112,5 @@ class Backend(abc.ABC):
     def proxy_status(self) -> list[dict[str, Any]]:
         """`istioctl proxy-status`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Forget the connection; the mesh keeps running."""

@@ -55,8 +55,6 @@ def send(mesh: Backend, path: str = BOOKINFO_PATH, n: int = 20, *, concurrency: 
     then being a full URL such as `http://productpage:9080/productpage`.
     """
     client, base = _client(mesh, from_pod, namespace, timeout)
-    if user:
-        login(client, base, user)
 
     def one(i: int) -> dict[str, Any]:
         start = time.perf_counter()
@@ -70,6 +68,8 @@ def send(mesh: Backend, path: str = BOOKINFO_PATH, n: int = 20, *, concurrency: 
                 "latency_ms": round(elapsed, 2), "version": classify(response), "error": error}
 
     with client:
+        if user:
+            login(client, base, user)
         if concurrency <= 1:
             rows = [one(i) for i in range(n)]
         else:

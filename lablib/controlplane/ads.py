@@ -154,11 +154,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         Proxies not yet connected get their snapshot when they connect.
         """
         snapshots = list(snapshots)
-        old = {s.proxy_id: self._targets.get(s.proxy_id) for s in snapshots}
-        stages = [
-            [s.with_clusters_of(old[s.proxy_id]) if old[s.proxy_id] else s for s in snapshots],
-            snapshots,
-        ]
+        make_before_break = []
+        for snap in snapshots:
+            previous = self._targets.get(snap.proxy_id)
+            make_before_break.append(snap.with_clusters_of(previous) if previous else snap)
+        stages = [make_before_break, snapshots]
         for stage in stages:
             for snap in stage:
                 self.set_target(snap)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .context import PushContext, Proxy, Service, ServicePort
+from .context import Proxy, PushContext, Service, ServicePort
 from .naming import inbound_cluster, kube_cluster, outbound_cluster
 from .routes import duration
 

@@ -122,7 +122,8 @@ class PushContext:
     def service(self, host: str, from_namespace: str) -> Service | None:
         return self.services.get(fqdn(host, from_namespace))
 
-    def endpoints(self, svc: Service, port: ServicePort, subset_labels: dict[str, str]) -> list[int]:
+    def endpoints(self, svc: Service, port: ServicePort,
+                  subset_labels: dict[str, str]) -> list[int]:
         """Loopback ports of the workloads behind a Service port (and a subset's labels)."""
         ports = []
         for w in self.workloads:

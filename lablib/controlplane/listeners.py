@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.model import Resource
-from .context import PushContext, Proxy, port_protocol, selector_matches
+from .context import Proxy, PushContext, port_protocol, selector_matches
 from .naming import inbound_cluster
 from .routes import FAULT_FILTER, destination_cluster, server_hosts_match
 

@@ -53,5 +53,5 @@ def host_aliases(name: str, namespace: str, port: int, client_namespace: str | N
 
 
 def node_id(kind: str, pod: str, namespace: str) -> str:
-    """Istio's node id: `sidecar~127.0.0.1~productpage-v1-abc.bookinfo-test~bookinfo-test.svc.cluster.local`."""
+    """Istio's node id: `sidecar~127.0.0.1~POD.NS~NS.svc.cluster.local`."""
     return f"{kind}~127.0.0.1~{pod}.{namespace}~{namespace}.{DOMAIN_SUFFIX}"

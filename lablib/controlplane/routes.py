@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config.schema import parse_duration
 from ..config.model import Resource
-from .context import PushContext, Proxy, Service
+from ..config.schema import parse_duration
+from .context import Proxy, PushContext, Service
 from .naming import fqdn, host_aliases, kube_cluster, outbound_cluster
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -116,7 +116,8 @@ def fault_config(fault: dict[str, Any]) -> dict[str, Any]:
         }
     if "abort" in fault:
         abort = fault["abort"]
-        out["abort"] = {"http_status": int(abort.get("httpStatus", 500)), "percentage": percentage(abort)}
+        out["abort"] = {"http_status": int(abort.get("httpStatus", 500)),
+                        "percentage": percentage(abort)}
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clusters import CLUSTER_TYPE, build_clusters
-from .context import PushContext, Proxy, port_protocol
+from .context import Proxy, PushContext, port_protocol
 from .listeners import LISTENER_TYPE, build_listeners, gateway_servers
 from .routes import ROUTE_TYPE, gateway_route_config, kube_route_config, outbound_route_config
 
@@ -114,7 +114,8 @@ def listener_clusters(listener: dict[str, Any]) -> list[str]:
             config = f.get("typed_config", {})
             if "cluster" in config:
                 names.append(config["cluster"])
-            names += [c["name"] for c in (config.get("weighted_clusters") or {}).get("clusters", [])]
+            weighted = (config.get("weighted_clusters") or {}).get("clusters", [])
+            names += [c["name"] for c in weighted]
             if "route_config" in config:
                 names += route_clusters(config["route_config"])
     return names

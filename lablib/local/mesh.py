@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,12 @@ from ..config.model import Resource
 from ..config.schema import validate
 from ..config.store import ConfigStore
 from ..controlplane.ads import AdsServer, PushError
-from ..controlplane.context import PushContext, Proxy, Workload, selector_matches
+from ..controlplane.context import Proxy, PushContext, Workload, selector_matches
 from ..controlplane.naming import node_id
 from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
-from .images import UnknownImageError, command_for
+from .images import command_for
 from .ports import PortAllocator
 from .state import StateDir
 from .supervisor import Supervisor
@@ -67,6 +68,11 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def listening(ports: list[int]) -> Callable[[], bool]:
+    """A readiness check: every one of `ports` accepts connections."""
+    return lambda: all(port_open(p) for p in ports)
 
 
 def envoy_live(admin_port: int) -> bool:
@@ -114,8 +120,8 @@ class LocalMesh:
         """Apply manifests; returns kubectl's lines (`service/details created`)."""
         with self.lock:
             if namespace:
-                resources = [r if r.namespace or r.kind == "Namespace" else r.in_namespace(namespace)
-                             for r in resources]
+                resources = [r if r.namespace or r.kind == "Namespace"
+                             else r.in_namespace(namespace) for r in resources]
             resources = [self._assign_node_ports(r) for r in resources]
             old_store = self.store
             candidate = old_store.with_applied(resources)
@@ -156,7 +162,8 @@ class LocalMesh:
             self.pods.clear()
 
     # --- checks ----------------------------------------------------------------------------
-    def _check(self, incoming: list[Resource], candidate: ConfigStore, current: ConfigStore) -> None:
+    def _check(self, incoming: list[Resource], candidate: ConfigStore,
+               current: ConfigStore) -> None:
         """Schema, images, then analysis; only findings this change introduces block it."""
         errors: list[Diagnostic] = []
         for r in incoming:
@@ -165,7 +172,8 @@ class LocalMesh:
                 errors += self._image_problems(r)
         if not errors:
             known = {str(d) for d in analyze(current)}
-            errors = [d for d in analyze(candidate) if d.severity == "Error" and str(d) not in known]
+            errors = [d for d in analyze(candidate)
+                      if d.severity == "Error" and str(d) not in known]
         if errors:
             raise ConfigError(errors)
 
@@ -176,9 +184,12 @@ class LocalMesh:
             image = str(c.get("image", ""))
             if GATEWAY_IMAGE in image or PILOT_IMAGE in image:
                 continue
+            declared = {int(p["containerPort"]): int(p["containerPort"])
+                        for p in c.get("ports") or []}
             try:
-                command_for(image, port_map={}, env={}, args=[])
-            except UnknownImageError as exc:
+                command_for(image, port_map=declared, env={},
+                            args=[str(a) for a in c.get("args") or []])
+            except LabError as exc:
                 problems.append(Diagnostic("LAB0103", "Error", deployment.ref, str(exc),
                                            f"spec.template.spec.containers[{i}].image",
                                            "use one of the supported sample images, or run "
@@ -311,7 +322,7 @@ class LocalMesh:
 
     def _sync_gateway_ports(self, store: ConfigStore) -> None:
         """Gateway workload ports follow the gateway Service's node ports (80 -> 8080 -> P)."""
-        for key, pod in list(self.pods.items()):
+        for pod in list(self.pods.values()):
             if pod.role != "gateway" or pod.proxy is None:
                 continue
             ports = dict(pod.workload.ports)
@@ -380,9 +391,9 @@ class LocalMesh:
             port_map = {cp: pod.bind_ports[cp] for cp in cports}
             argv = command_for(str(c["image"]), port_map=port_map, env=env,
                                args=[str(a) for a in c.get("args") or []])
-            ready = (lambda ports=list(port_map.values()): all(port_open(p) for p in ports))
             name = f"{prefix}.{c['name']}"
-            self.supervisor.start(name, argv, env=env, ready=ready if port_map else None,
+            self.supervisor.start(name, argv, env=env,
+                                  ready=listening(list(port_map.values())) if port_map else None,
                                   ready_timeout=20)
             pod.processes.append(name)
 
