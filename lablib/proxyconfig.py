@@ -17,7 +17,7 @@ def _dump(mesh: Backend, pod: str, namespace: str) -> list[dict[str, Any]]:
 
 
 def _section(configs: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
-    return next((c for c in configs if c.get("@type", "").endswith(suffix)), {})
+    return next((c for c in configs if c.get("@type", "").endswith("." + suffix)), {})
 
 
 def _match_text(match: dict[str, Any]) -> str:
