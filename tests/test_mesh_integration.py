@@ -1,0 +1,232 @@
+"""The local mesh with real Envoy: routing outcomes, and bad input that never breaks it.
+
+Every bad-input case asserts two things: a clear error that names the resource and field,
+and that traffic afterwards still follows the last good config.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import lablib
+from lablib import traffic
+
+pytestmark = pytest.mark.envoy
+NS = "bookinfo-test"
+ALL_V1 = "samples/bookinfo/networking/virtual-service-all-v1.yaml"
+JASON_V2 = "samples/bookinfo/networking/virtual-service-reviews-test-v2.yaml"
+
+
+def reviews_vs(routes: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: networking.istio.io/v1alpha3
+        kind: VirtualService
+        metadata:
+          name: reviews
+          namespace: {NS}
+        spec:
+          hosts: [reviews]
+          http:
+          - route:
+        """) + textwrap.indent(textwrap.dedent(routes), " " * 4)
+
+
+def assert_still_jason_v2(mesh):
+    assert traffic.shares(traffic.send(mesh, n=6, user="jason")).to_dict() == {"v2": 1.0}
+    assert traffic.shares(traffic.send(mesh, n=6)).to_dict() == {"v1": 1.0}
+
+
+@pytest.fixture(scope="module")
+def routed(bookinfo_mesh):
+    bookinfo_mesh.apply(ALL_V1, namespace=NS)
+    bookinfo_mesh.apply(JASON_V2, namespace=NS)
+    return bookinfo_mesh
+
+
+def test_productpage_answers_through_the_ingress_gateway(bookinfo_mesh):
+    host, port = bookinfo_mesh.ingress_address()
+    assert host == "127.0.0.1"
+    frame = traffic.send(bookinfo_mesh, n=10)
+    assert (frame["status"] == 200).all()
+
+
+def test_every_bookinfo_pod_has_its_sidecar(bookinfo_mesh):
+    pods = bookinfo_mesh.get("pods", namespace=NS)
+    assert len(pods) == 6
+    for pod in pods:
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        assert "istio-proxy" in names
+        assert pod["status"]["phase"] == "Running"
+
+
+def test_routing_by_user(routed):
+    assert_still_jason_v2(routed)
+
+
+def test_exec_runs_real_curl_through_the_pods_sidecar(routed):
+    pod = routed.pod_name({"app": "productpage"}, NS)
+    result = routed.exec(pod, ["curl", "-s", "-D", "-", "http://reviews:9080/reviews/0"],
+                         namespace=NS)
+    assert result.returncode == 0
+    assert "server: envoy" in result.stdout.lower()  # answered through the sidecar
+    assert '"podname": "reviews-v1-' in result.stdout  # and routed by the all-v1 rule
+
+
+def test_proxy_config_shows_the_subset_clusters(routed):
+    from lablib.proxyconfig import proxy_config
+
+    pod = routed.pod_name({"app": "productpage"}, NS)
+    clusters = proxy_config(routed, "clusters", pod, NS)
+    subsets = set(clusters[clusters.service_fqdn == f"reviews.{NS}.svc.cluster.local"].subset)
+    assert {"", "v1", "v2", "v3"} <= subsets
+
+
+BAD_INPUTS = {
+    "invalid YAML": ("kind: VirtualService\nmetadata: {name: reviews\n", "line"),
+    "unknown kind": ("apiVersion: v1\nkind: Podd\nmetadata: {name: x}\n", "Podd"),
+    "weight not a number": (reviews_vs("""\
+        - destination: {host: reviews, subset: v1}
+          weight: "abc"
+        """), "spec.http[0].route[0].weight"),
+    "weights sum to 90": (reviews_vs("""\
+        - {destination: {host: reviews, subset: v1}, weight: 50}
+        - {destination: {host: reviews, subset: v3}, weight: 40}
+        """), "sum to 90"),
+    "undefined subset": (reviews_vs("""\
+        - destination: {host: reviews, subset: v9}
+        """), "v9"),
+    "host that is no Service": (reviews_vs("""\
+        - destination: {host: reveiws, subset: v1}
+        """), "reveiws"),
+    "missing namespace": ("""\
+apiVersion: v1
+kind: Service
+metadata: {name: x, namespace: no-such-namespace}
+spec: {ports: [{port: 80}], selector: {app: x}}
+""", "no-such-namespace"),
+    "image with no local equivalent": ("""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: bookinfo-test}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "nginx:1.25", ports: [{containerPort: 80}]}]
+""", "nginx:1.25"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_and_traffic_keeps_the_last_good_config(routed, case):
+    text, named = BAD_INPUTS[case]
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.apply(text)
+    assert named in str(refused.value)
+    assert "fix" in str(refused.value) or "line" in str(refused.value)
+    assert_still_jason_v2(routed)
+
+
+def test_port_taken_is_envoys_refusal_and_the_mesh_keeps_serving(routed):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        service = routed.get("service", "istio-ingressgateway", "istio-system")[0]
+        service["spec"]["ports"].append({"name": "http-extra", "port": 3000,
+                                         "targetPort": 3000, "nodePort": taken})
+        gateway = {
+            "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
+            "metadata": {"name": "extra", "namespace": NS},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 3000, "name": "http", "protocol": "HTTP"},
+                                  "hosts": ["*"]}]}}
+        with pytest.raises(lablib.ProxyRejectedError, match="(?i)address already in use"):
+            routed.apply([service, gateway])
+    ports = [p["name"] for p in
+             routed.get("service", "istio-ingressgateway", "istio-system")[0]["spec"]["ports"]]
+    assert "http-extra" not in ports
+    assert not routed.get("gateway", namespace=NS, selector=None) or all(
+        g["metadata"]["name"] != "extra" for g in routed.get("gateway", namespace=NS))
+    assert_still_jason_v2(routed)
+
+
+def test_admin_and_xds_ports_listen_on_loopback_only(routed):
+    """Every socket a mesh process listens on (admin, xDS, listeners) is bound to loopback."""
+    pids = {row["pid"] for row in routed.processes() if row.get("pid")}
+    pids.add(routed.call("ping")["pid"])
+    sockets = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    checked = 0
+    for line in sockets.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            local = line.split()[3]
+            assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), line
+            checked += 1
+    assert checked >= 10  # admin, xDS, gateway, sidecar and app ports were all seen
+
+
+def test_killing_the_kernel_ends_every_mesh_process(tmp_path):
+    """kill -9 of the process that started the mesh: meshd and every child exit within 2 s."""
+    script = textwrap.dedent("""\
+        import os, sys, time
+        import lablib
+        mesh = lablib.connect("local")
+        mesh.install()
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+        """)
+    env = dict(os.environ, LAB_STATE_DIR=str(tmp_path))
+    kernel = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert kernel.stdout is not None
+        kernel.stdout.readline()
+        children = _mesh_processes(str(tmp_path))
+        assert len(children) >= 4  # meshd, kube-proxy, ingress and egress gateways
+        os.kill(kernel.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2.5
+        while _alive(children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(children), f"still running: {_alive(children)}"
+    finally:
+        kernel.kill()
+
+
+def _mesh_processes(state: str) -> list[int]:
+    """Processes whose environment or command line names this mesh's state folder."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if state.encode() in f.read():
+                    pids.append(int(entry))
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if state.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
