@@ -1,0 +1,1 @@
+"""Benchmarks of the local mesh against bare Envoy and bare Python baselines (`python -m bench`)."""
