@@ -421,15 +421,24 @@ def test_workload_checks() -> None:
         "metadata: {labels: {app: ratings, version: v2}}", "metadata: {labels: {app: ratings}}")
     found = find(bookinfo(broken), "LAB0205")
     assert "version=v2" in found.fix
-    found = find(bookinfo(_service("ratings").replace("{port: 9080, name: http}",
-                                                      "{port: 9080, name: http, targetPort: 8080}")),
-                 "LAB0206")
+    moved = _service("ratings").replace("name: http}", "name: http, targetPort: 8080}")
+    found = find(bookinfo(moved), "LAB0206")
     assert (found.severity, found.field) == ("Warning", "spec.ports[0].targetPort")
     policy = ("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n"
               "metadata: {name: strict}\nspec:\n  selector: {matchLabels: {app: reviewz}}\n"
               "  mtls: {mode: STRICT}\n")
     found = find(bookinfo(policy), "LAB0207")
     assert (found.severity, found.field) == ("Warning", "spec.selector.matchLabels")
+
+
+def test_pods_that_declare_no_ports_are_not_second_guessed() -> None:
+    # Istio's sleep sample: Service port 80, a container without any `ports:`.
+    quiet = _deployment("ratings", "v2").replace("        ports: [{containerPort: 9080}]\n", "")
+    service = _service("ratings").replace("{port: 9080, name: http}", "{port: 80, name: http}")
+    store = bookinfo(service, quiet)
+    assert "LAB0206" in codes(store)  # ratings-v1 still declares 9080
+    store = store.without([("Deployment", NS, "ratings-v1")])
+    assert "LAB0206" not in codes(store)
 
 
 def test_sidecar_ingress_ports_count_as_exposed() -> None:

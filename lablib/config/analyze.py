@@ -158,11 +158,12 @@ def _service_target_ports(store: ConfigStore) -> Iterator[Diagnostic]:
         workloads = store.workloads(service.namespace, selector)
         if not workloads:
             continue
-        numbers: set[Any] = set()
-        names: set[Any] = set()
+        declared = [p for d in workloads for p in _container_ports(d)]
+        if not declared:
+            continue  # containerPort is optional documentation; nothing to compare against
+        numbers: set[Any] = {p.get("containerPort") for p in declared}
+        names: set[Any] = {p.get("name") for p in declared}
         for deployment in workloads:
-            numbers |= {p.get("containerPort") for p in _container_ports(deployment)}
-            names |= {p.get("name") for p in _container_ports(deployment)}
             numbers |= _sidecar_ports(store, deployment)
         for i, port in enumerate(_list(service.spec.get("ports"))):
             port = _dict(port)

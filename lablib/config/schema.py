@@ -28,6 +28,7 @@ __all__ = [
     "field_path",
     "item_path",
     "parse_duration",
+    "schema_code",
     "validate",
 ]
 

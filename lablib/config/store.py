@@ -99,6 +99,7 @@ class ConfigStore:
         return sorted(r.name for r in self.list("Namespace"))
 
     def has_namespace(self, namespace: str) -> bool:
+        """Whether a Namespace of that name is stored."""
         return ("Namespace", "", namespace) in self._items
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:

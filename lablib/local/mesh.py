@@ -190,7 +190,7 @@ class LocalMesh:
                 command_for(image, port_map=declared, env={},
                             args=[str(a) for a in c.get("args") or []])
             except LabError as exc:
-                problems.append(Diagnostic("LAB0103", "Error", deployment.ref, str(exc),
+                problems.append(Diagnostic("LAB0106", "Error", deployment.ref, str(exc),
                                            f"spec.template.spec.containers[{i}].image",
                                            "use one of the supported sample images, or run "
                                            "this lab with LAB_BACKEND=kubernetes"))
