@@ -97,10 +97,12 @@ def test_output_goes_to_the_log_with_env(sup: Supervisor, state: StateDir) -> No
     code = "import os, sys; print('out', os.environ['GREETING']); print('err', file=sys.stderr)"
     proc = sup.start("hello", [PY, "-c", code], env={"GREETING": "hi"}, restart=False)
     assert eventually(lambda: sup.status()[0]["state"] == EXITED)
-    text = state.log_path("hello").read_text()
-    assert "out hi\n" in text and "err\n" in text
-    assert "supervisor: start" in text and "exited with code 0" in text
-    assert sup.log_tail("hello", 2)[-2:] == ["err", f"--- {text.splitlines()[-1][4:]}"]
+    lines = state.log_path("hello").read_text().splitlines()
+    assert "out hi" in lines and "err" in lines
+    assert lines[0].startswith("--- ") and "supervisor: start: " in lines[0]
+    assert lines[-1].startswith("--- ") and lines[-1].endswith("exited with code 0")
+    assert sup.log_tail("hello", 2) == lines[-2:]
+    assert sup.log_tail("hello", 100) == lines
     assert proc.exit_code == 0 and proc.pid is None
 
 
@@ -112,16 +114,19 @@ def test_children_are_tagged_with_their_mesh(sup: Supervisor, state: StateDir) -
 
 
 def test_status_and_pids(sup: Supervisor, state: StateDir) -> None:
-    proc = sup.start("sleeper", SLEEP)
+    log = state.log_path("sleeper")
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    proc = sup.start("sleeper", [PY, "-c", code], ready=lambda: log.read_text().endswith("\nup\n"))
     (row,) = sup.status()
     assert row["name"] == "sleeper" and row["pid"] == proc.pid
     assert row["state"] == RUNNING and row["ready"] and row["restarts"] == 0
     assert row["log"] == str(state.log_path("sleeper"))
-    assert row["rss"] > 1_000_000  # a Python interpreter is several MB
+    assert row["rss"] > 4_000_000  # a running Python interpreter is several MB
     assert abs(row["started_at"] - time.time()) < 5
     assert sup.pids() == {"sleeper": proc.pid}
     with pytest.raises(BackendError, match="already running"):
         sup.start("sleeper", SLEEP)
+    assert sup.pids() == {"sleeper": proc.pid}
     with pytest.raises(NotFoundError):
         sup.log_tail("nobody")
 
@@ -312,12 +317,18 @@ def test_kill_stale_leaves_a_live_meshd_alone(state: StateDir) -> None:
     try:
         assert owner.stdout is not None
         child = int(owner.stdout.readline())
+        state.write_private("certs/k.pem", b"key")
         assert kill_stale(state) == owner.pid
         assert not gone(child) and state.pid_path.exists()
-        # A live process that is not a meshd (pid reused) is stale.
+        # Without meshd.pid, the live meshd is found as the parent of the mesh's processes.
+        state.pid_path.unlink()
+        assert kill_stale(state) == owner.pid
+        assert not gone(child) and (state.certs / "k.pem").exists()
+        # A live process that is not a meshd (a reused pid) is stale, and so is what it runs.
         state.pid_path.write_text(str(child))
         assert kill_stale(state, marker="no-such-daemon") is None
-        assert not state.pid_path.exists()
+        assert eventually(lambda: gone(child), 1)
+        assert not state.pid_path.exists() and not (state.certs / "k.pem").exists()
     finally:
         owner.kill()
         owner.wait()

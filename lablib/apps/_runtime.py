@@ -93,8 +93,7 @@ class AppHandler(BaseHTTPRequestHandler):
         for name, value in extra_headers:
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def send_json(self, status: int, payload: object) -> None:
         """Send `payload` as a JSON response."""

@@ -461,7 +461,7 @@ class Supervisor:
             _signal_group(popen.pid, signal.SIGKILL)
             try:
                 popen.wait(5.0)
-            except subprocess.TimeoutExpired:  # stuck in the kernel; the monitor reaps it later
+            except subprocess.TimeoutExpired:  # stuck in the kernel (D state): nothing more to do
                 log.warning("process %d did not die after SIGKILL", popen.pid)
         with self._lock:
             for proc in procs:
@@ -669,10 +669,10 @@ def _ppid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _orphans(state: StateDir, marker: str) -> list[int]:
-    """Live processes started for `state` whose supervisor is gone."""
+def _leftovers(state: StateDir, marker: str) -> tuple[list[int], int | None]:
+    """Processes started for `state` whose supervisor is gone, and a live supervisor if any."""
     tag = f"{OWNER_ENV}={state.path}".encode()
-    found = []
+    orphans = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -680,27 +680,30 @@ def _orphans(state: StateDir, marker: str) -> list[int]:
         if not _tagged(pid, tag) or _proc_stat_state(pid) in (None, "Z"):
             continue
         parent = _ppid(pid)
-        # A tagged parent is handled with it (its group) or is itself legitimate; a
-        # daemon parent means a live meshd owns this child.
-        if parent is not None and (_tagged(parent, tag) or _is_daemon(parent, marker)):
-            continue
-        found.append(pid)
-    return found
+        if parent is not None and _is_daemon(parent, marker):
+            return [], parent  # a meshd runs this mesh even though meshd.pid does not say so
+        # A tagged parent takes this one with it (same process group), or is legitimate.
+        if parent is None or not _tagged(parent, tag):
+            orphans.append(pid)
+    return orphans, None
 
 
 def kill_stale(state: StateDir, marker: str = "meshd") -> int | None:
     """Clean up after a dead meshd of this mesh; return the pid of a live one, if any.
 
     A meshd is live when meshd.pid names a running process of this user whose command line
-    contains `marker`. Otherwise every leftover process tagged for this mesh is killed (with
-    its process group) and the mesh folder is cleared, keeping the logs that may explain
-    what happened.
+    contains `marker`, or when such a process is the parent of a process started for this
+    mesh. Otherwise every leftover process of this mesh is killed (with its process group)
+    and the mesh folder is cleared, keeping the logs that may explain what happened.
+    Call it before this process writes meshd.pid or opens its socket.
     """
     pid = state.read_pid()
     if pid is not None and _is_daemon(pid, marker):
         return pid
     for _ in range(5):
-        orphans = _orphans(state, marker)
+        orphans, live = _leftovers(state, marker)
+        if live is not None:
+            return live
         if not orphans:
             break
         for orphan in orphans:
