@@ -25,4 +25,7 @@ def connect(backend: str | None = None) -> Backend:
         from .local.client import LocalBackend
 
         return LocalBackend()
-    raise BackendError(f'unknown backend "{name}": use "local" (the default) or "kubernetes"')
+    if name == "kubernetes":
+        raise BackendError('the kubernetes backend is not built yet; unset LAB_BACKEND to use '
+                           'the local mesh')
+    raise BackendError(f'unknown backend "{name}": use "local" (the default)')

@@ -230,3 +230,18 @@ def _alive(pids: list[int]) -> list[int]:
         except OSError:
             pass
     return alive
+
+
+def test_workload_without_sidecar_reaches_services_by_name(routed):
+    """A pod in a namespace without injection: plain connections by name, as kube-proxy gives."""
+    routed.create_namespace("plain")
+    try:
+        routed.apply("samples/sleep/sleep.yaml", namespace="plain")
+        pod = routed.pod_name({"app": "sleep"}, "plain")
+        manifest = routed.get("pods", pod, "plain")[0]
+        assert "istio-proxy" not in [c["name"] for c in manifest["spec"]["containers"]]
+        result = routed.exec(pod, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                   f"http://productpage.{NS}:9080/productpage"], namespace="plain")
+        assert result.stdout == "200"
+    finally:
+        routed.delete_namespace("plain")
