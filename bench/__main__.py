@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lablib.local.ports import allocate_port
+
 from . import envoy_baseline as bare
 from .machine import machine_info
 from .mesh_bench import BringUp, apply_ms, bring_up, deploy_httpbin, isolated_mesh
@@ -67,9 +69,9 @@ def run(workdir: Path) -> str:
         file_reloads = bare.file_reload_ms(workdir, CHANGES)
         mesh_url = deploy_httpbin(mesh)
         with bare.upstream(workdir) as upstream_port:
-            b_port, a_port = bare.free_port(), bare.free_port()
-            config_b = bare.proxy_config(bare.free_port(), b_port, upstream_port)
-            config_a = bare.proxy_config(bare.free_port(), a_port, b_port)
+            b_port, a_port = allocate_port(), allocate_port()
+            config_b = bare.proxy_config(allocate_port(), b_port, upstream_port)
+            config_a = bare.proxy_config(allocate_port(), a_port, b_port)
             with bare.envoy(config_b, workdir, "chain-b"), bare.envoy(config_a, workdir, "chain-a"):
                 latencies = _interleaved({
                     "a": mesh_url,

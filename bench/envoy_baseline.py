@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 import httpx
 
 from lablib.local.bootstrap import envoy_argv, write_bootstrap
+from lablib.local.mesh import envoy_live
+from lablib.local.ports import allocate_port, port_accepts
 
 from .stats import wait_until
 
@@ -26,13 +26,6 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3."
                                     "Router"}}
 ROUTE_CONFIG = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _address(port: int) -> dict[str, Any]:
@@ -119,24 +112,6 @@ def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         _stop(proc)
 
 
-def envoy_live(admin_port: int) -> bool:
-    """Whether the Envoy on `admin_port` answers /ready with LIVE."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
-            return r.read().strip() == b"LIVE"
-    except OSError:
-        return False
-
-
-def accepts(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def envoy(config: dict[str, Any], workdir: Path, name: str) -> Iterator[int]:
     """A static Envoy running `config` until the block ends; yields its admin port."""
@@ -152,7 +127,7 @@ def envoy(config: dict[str, Any], workdir: Path, name: str) -> Iterator[int]:
 
 def envoy_start_seconds(workdir: Path, name: str) -> float:
     """Seconds from spawning a minimal-config Envoy to its /ready answering LIVE."""
-    admin_port = free_port()
+    admin_port = allocate_port()
     path = write_bootstrap(workdir / f"{name}.json", minimal_config(admin_port))
     start = time.perf_counter()
     with process(envoy_argv(path), workdir / f"{name}.log"):
@@ -162,22 +137,22 @@ def envoy_start_seconds(workdir: Path, name: str) -> float:
 
 def app_start_seconds(workdir: Path, name: str) -> float:
     """Seconds from spawning Bookinfo's details app to its first accepted connection."""
-    port = free_port()
+    port = allocate_port()
     argv = [sys.executable, "-m", "lablib.apps.bookinfo.details", "--port", str(port)]
     start = time.perf_counter()
     with process(argv, workdir / f"{name}.log"):
-        wait_until(lambda: accepts(port), 20, "bare details app listening", step=0.001)
+        wait_until(lambda: port_accepts(port), 20, "bare details app listening", step=0.001)
         return time.perf_counter() - start
 
 
 @contextmanager
 def upstream(workdir: Path, name: str = "upstream") -> Iterator[int]:
     """A tiny httpbin under waitress (as the mesh runs it); yields its port."""
-    port = free_port()
+    port = allocate_port()
     argv = [sys.executable, "-m", "waitress", "--host", "127.0.0.1", "--port", str(port),
             "--threads", "4", "httpbin:app"]
     with process(argv, workdir / f"{name}.log"):
-        wait_until(lambda: accepts(port), 30, "httpbin upstream listening", step=0.01)
+        wait_until(lambda: port_accepts(port), 30, "httpbin upstream listening", step=0.01)
         yield port
 
 
@@ -186,8 +161,8 @@ def file_reload_ms(workdir: Path, changes: int) -> list[float]:
     watched = workdir / "rds"
     watched.mkdir(parents=True, exist_ok=True)
     write_routes(watched, "b0")
-    listen_port = free_port()
-    config = file_rds_config(free_port(), listen_port, watched)
+    listen_port = allocate_port()
+    config = file_rds_config(allocate_port(), listen_port, watched)
     url = f"http://127.0.0.1:{listen_port}/"
     result = []
     with envoy(config, workdir, "file-rds"), httpx.Client(trust_env=False, timeout=5) as client:

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from ..config import hosts, store
 from ..config.model import Resource
 from ..config.store import ConfigStore
-from .naming import fqdn, service_fqdn
-
-TCP_PROTOCOL_PREFIXES = ("tcp", "tls", "mongo", "mysql", "redis", "https")
+from .naming import service_fqdn
 
 
 @dataclass(frozen=True)
@@ -79,13 +78,16 @@ class Proxy:
 
 
 def port_protocol(name: str, app_protocol: str | None = None) -> str:
-    """Istio's protocol selection from `appProtocol` or the port name prefix (`http-web`)."""
-    label = (app_protocol or name or "").lower().split("-")[0]
-    return "TCP" if label.startswith(TCP_PROTOCOL_PREFIXES) else "HTTP"
+    """How the proxies treat a port: "HTTP" for Istio's HTTP family and for ports Istio would
+    sniff, "TCP" for everything else (TCP, TLS, HTTPS, MONGO...)."""
+    selected = hosts.port_protocol({"name": name, "appProtocol": app_protocol})
+    return "HTTP" if not selected or selected in hosts.HTTP_PROTOCOLS else "TCP"
 
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    """Kubernetes selection, except that an empty selector selects nothing here: a Service
+    or Gateway without one has no workloads."""
+    return bool(selector) and store.selector_matches(selector, labels)
 
 
 def service_from_resource(res: Resource) -> Service:
@@ -119,8 +121,19 @@ class PushContext:
             out[svc.fqdn] = svc
         return out
 
+    def host_fqdn(self, host: str, from_namespace: str) -> str:
+        """The name Istio keys `host` by, resolved exactly as the analyzer resolves it."""
+        key = (host, from_namespace)
+        if key not in self._host_names:
+            self._host_names[key] = hosts.canonical_host(self.store, host, from_namespace)
+        return self._host_names[key]
+
+    @cached_property
+    def _host_names(self) -> dict[tuple[str, str], str]:
+        return {}
+
     def service(self, host: str, from_namespace: str) -> Service | None:
-        return self.services.get(fqdn(host, from_namespace))
+        return self.services.get(self.host_fqdn(host, from_namespace))
 
     def endpoints(self, svc: Service, port: ServicePort,
                   subset_labels: dict[str, str]) -> list[int]:
@@ -141,7 +154,7 @@ class PushContext:
         """DestinationRules by host FQDN; the oldest wins a conflict, as in Istio."""
         out: dict[str, Resource] = {}
         for res in self.store.list("DestinationRule"):
-            out.setdefault(fqdn(str(res.spec.get("host", "")), res.namespace), res)
+            out.setdefault(self.host_fqdn(str(res.spec.get("host", "")), res.namespace), res)
         return out
 
     def subsets(self, host_fqdn: str) -> list[dict[str, Any]]:

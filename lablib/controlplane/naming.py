@@ -5,20 +5,6 @@ from __future__ import annotations
 DOMAIN_SUFFIX = "svc.cluster.local"
 
 
-def fqdn(host: str, namespace: str) -> str:
-    """`reviews` seen from namespace X is `reviews.X.svc.cluster.local`."""
-    if host == "*" or host.startswith("*."):
-        return host
-    parts = host.split(".")
-    if len(parts) == 1:
-        return f"{host}.{namespace}.{DOMAIN_SUFFIX}"
-    if len(parts) == 2:
-        return f"{host}.{DOMAIN_SUFFIX}"
-    if len(parts) == 3 and parts[2] == "svc":
-        return f"{host}.cluster.local"
-    return host
-
-
 def service_fqdn(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.{DOMAIN_SUFFIX}"
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..config.model import Resource
 from ..config.schema import parse_duration
 from .context import Proxy, PushContext, Service
-from .naming import fqdn, host_aliases, kube_cluster, outbound_cluster
+from .naming import host_aliases, kube_cluster, outbound_cluster
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -88,7 +88,7 @@ def route_match(match: dict[str, Any]) -> dict[str, Any]:
 
 
 def destination_cluster(ctx: PushContext, dest: dict[str, Any], namespace: str) -> str:
-    host = fqdn(str(dest["host"]), namespace)
+    host = ctx.host_fqdn(str(dest["host"]), namespace)
     svc = ctx.services.get(host)
     port = (dest.get("port") or {}).get("number")
     if port is None and svc and len(svc.ports) == 1:
@@ -258,7 +258,8 @@ def mesh_virtual_services(ctx: PushContext, svc: Service) -> list[Resource]:
     return [
         vs for vs in ctx.virtual_services
         if "mesh" in ctx.vs_gateways(vs)
-        and any(fqdn(str(h), vs.namespace) == svc.fqdn for h in vs.spec.get("hosts") or [])
+        and any(ctx.host_fqdn(str(h), vs.namespace) == svc.fqdn
+                for h in vs.spec.get("hosts") or [])
     ]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import socket
 import threading
 import time
 import urllib.request
@@ -34,7 +33,7 @@ from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .images import command_for
-from .ports import PortAllocator
+from .ports import PortAllocator, port_accepts
 from .state import StateDir
 from .supervisor import Supervisor
 
@@ -64,15 +63,9 @@ class Pod:
     started_at: float = field(default_factory=time.time)
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def listening(ports: list[int]) -> Callable[[], bool]:
     """A readiness check: every one of `ports` accepts connections."""
-    return lambda: all(port_open(p) for p in ports)
+    return lambda: all(port_accepts(p) for p in ports)
 
 
 def envoy_live(admin_port: int) -> bool:
@@ -103,6 +96,7 @@ class LocalMesh:
         self.kube_admin_port = 0
         self.lock = threading.RLock()
         self.installed = False
+        self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
         self.supervisor.on_restart = self._on_restart
 
     # --- public operations -----------------------------------------------------------------
@@ -171,11 +165,18 @@ class LocalMesh:
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
         if not errors:
-            known = {str(d) for d in analyze(current)}
-            errors = [d for d in analyze(candidate)
+            known = {str(d) for d in self._findings(current)}
+            errors = [d for d in self._findings(candidate)
                       if d.severity == "Error" and str(d) not in known]
         if errors:
             raise ConfigError(errors)
+
+    def _findings(self, store: ConfigStore) -> list[Diagnostic]:
+        """analyze(store), remembered for the last store analysed: the candidate of one apply
+        is the current store of the next, so each apply analyses once."""
+        if self._analysed is None or self._analysed[0] is not store:
+            self._analysed = (store, analyze(store))
+        return self._analysed[1]
 
     def _image_problems(self, deployment: Resource) -> list[Diagnostic]:
         problems = []

@@ -43,11 +43,12 @@ class MeshViews:
     def get(self, kind: str, namespace: str | None = None, name: str | None = None,
             selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         kind = kind_of(kind)
+        processes = {row["name"]: row for row in self.mesh.supervisor.status()}
         if kind == "Pod":
-            items = [self._pod_manifest(p) for p in self.mesh.pods.values()
+            items = [self._pod_manifest(p, processes) for p in self.mesh.pods.values()
                      if namespace in (None, p.namespace)]
         else:
-            items = [self._with_status(r.kind, r.body, r.namespace)
+            items = [self._with_status(r.kind, r.body, r.namespace, processes)
                      for r in self.mesh.store.list(kind, namespace)]
         if name is not None:
             items = [i for i in items if i["metadata"]["name"] == name]
@@ -59,7 +60,8 @@ class MeshViews:
                      if selector_matches(selector, i["metadata"].get("labels") or {})]
         return items
 
-    def _with_status(self, kind: str, body: dict[str, Any], namespace: str) -> dict[str, Any]:
+    def _with_status(self, kind: str, body: dict[str, Any], namespace: str,
+                     processes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out = dict(body)
         out["metadata"] = dict(body.get("metadata") or {})
         if namespace:
@@ -67,7 +69,9 @@ class MeshViews:
         if kind == "Deployment":
             pods = [p for p in self.mesh.pods.values()
                     if p.namespace == namespace and p.deployment == body["metadata"]["name"]]
-            ready = sum(1 for p in pods if self._pod_ready(p))
+            ready = sum(1 for p in pods
+                        if all(processes.get(name, {}).get("state") == "Running"
+                               for name in p.processes))
             out["status"] = {"replicas": len(pods), "readyReplicas": ready,
                              "availableReplicas": ready, "updatedReplicas": len(pods)}
         if kind == "Service":
@@ -76,22 +80,13 @@ class MeshViews:
             out["status"] = {"phase": "Active"}
         return out
 
-    def _process_rows(self, pod: Pod) -> dict[str, dict[str, Any]]:
-        rows = {row["name"]: row for row in self.mesh.supervisor.status()}
-        return {name: rows.get(name, {}) for name in pod.processes}
-
-    def _pod_ready(self, pod: Pod) -> bool:
-        rows = self._process_rows(pod)
-        return all(r.get("state") == "Running" for r in rows.values())
-
-    def _pod_manifest(self, pod: Pod) -> dict[str, Any]:
-        rows = self._process_rows(pod)
+    def _pod_manifest(self, pod: Pod, processes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         containers = [dict(c) for c in pod.containers]
         if pod.proxy and pod.proxy.kind == "sidecar":
             containers.append({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.20.3"})
         statuses = []
         for c in containers:
-            row = rows.get(f"{pod.namespace}.{pod.name}.{c['name']}", {})
+            row = processes.get(f"{pod.namespace}.{pod.name}.{c['name']}", {})
             if pod.role == "control-plane":
                 row = {"state": "Running", "restarts": 0}
             running = row.get("state") == "Running"
