@@ -10,7 +10,9 @@ one has acknowledged, or raises with Envoy's own reason.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,7 +20,13 @@ from collections.abc import Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 
-import grpc
+# The mesh forks a child for every process it runs while gRPC threads serve xDS. gRPC's fork
+# handlers then run in the child between fork and exec and can abort it; the children never
+# use gRPC, so turn fork support off (and the line gRPC logs at each fork) before importing it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
 
 # Every message type that can appear inside a typed_config must be imported for json_format.
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: F401
@@ -53,10 +61,22 @@ class PushError(Exception):
         self.reason = reason
 
 
+_PACKED: dict[str, any_pb2.Any] = {}
+
+
 def to_any(resource: dict) -> any_pb2.Any:
-    """A resource dict in Envoy's JSON form (with `@type`) as a protobuf Any."""
-    packed = any_pb2.Any()
-    json_format.ParseDict(resource, packed)
+    """A resource dict in Envoy's JSON form (with `@type`) as a protobuf Any.
+
+    Sidecars in one namespace get identical route configurations, and a push resends them to
+    each; converting JSON to protobuf is the slow part, so equal content is converted once."""
+    key = json.dumps(resource, sort_keys=True)
+    packed = _PACKED.get(key)
+    if packed is None:
+        packed = any_pb2.Any()
+        json_format.ParseDict(resource, packed)
+        if len(_PACKED) > 1024:
+            _PACKED.clear()
+        _PACKED[key] = packed
     return packed
 
 

@@ -30,11 +30,16 @@ class InconsistentSnapshot(Exception):
 class Snapshot:
     proxy_id: str
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def version(self, type_url: str) -> str:
-        """A content hash: equal config, equal version, so unchanged types are not re-sent."""
-        blob = json.dumps(self.resources.get(type_url, {}), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        """A content hash: equal config, equal version, so unchanged types are not re-sent.
+
+        Computed once per type: a snapshot is never changed after it is built."""
+        if type_url not in self._versions:
+            blob = json.dumps(self.resources.get(type_url, {}), sort_keys=True).encode()
+            self._versions[type_url] = hashlib.sha256(blob).hexdigest()[:12]
+        return self._versions[type_url]
 
     def of(self, type_url: str) -> dict[str, dict[str, Any]]:
         return self.resources.get(type_url, {})

@@ -10,16 +10,11 @@ Protocol: one JSON request per connection, `{"method": ..., "params": {...}}`, a
 
 from __future__ import annotations
 
-import os
-
-# gRPC logs a line at every fork of a child process unless told to keep quiet.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-
-import argparse  # noqa: E402
+import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socketserver
 import sys
