@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import pytest
 
@@ -245,3 +246,38 @@ def test_workload_without_sidecar_reaches_services_by_name(routed):
         assert result.stdout == "200"
     finally:
         routed.delete_namespace("plain")
+
+
+def test_meshes_side_by_side_then_nothing_left_but_logs(tmp_path, monkeypatch):
+    """Two students' meshes on one machine: separate ports, and teardown leaves only logs."""
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    meshes = {}
+    try:
+        for name in ("alice", "bob"):
+            monkeypatch.setenv("LAB_MESH", name)
+            meshes[name] = lablib.connect("local")
+            meshes[name].install()
+        status_ports = {name: mesh.ingress_address("status-port")[1]
+                        for name, mesh in meshes.items()}
+        assert status_ports["alice"] != status_ports["bob"]
+        for port in status_ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/ready") as answer:
+                assert answer.status == 200
+        pids = [row["pid"] for mesh in meshes.values() for row in mesh.processes()]
+    finally:
+        for mesh in meshes.values():
+            mesh.uninstall()
+    deadline = time.monotonic() + 3
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pids)
+    for name in meshes:
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["logs"]
+
+
+def test_reapplying_a_manifest_is_unchanged_and_keeps_its_creation_time(bookinfo_mesh):
+    created = bookinfo_mesh.get("svc", "details", NS)[0]["metadata"]["creationTimestamp"]
+    time.sleep(1.1)  # a new stamp would differ at one-second resolution
+    lines = bookinfo_mesh.apply("samples/bookinfo/platform/kube/bookinfo.yaml", namespace=NS)
+    assert lines and all(line.endswith(" unchanged") for line in lines), lines
+    assert bookinfo_mesh.get("svc", "details", NS)[0]["metadata"]["creationTimestamp"] == created

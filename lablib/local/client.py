@@ -29,6 +29,15 @@ ERRORS: dict[str, type[LabError]] = {
 }
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class LocalBackend(Backend):
     """A real Envoy mesh on 127.0.0.1, run by meshd for this user (and LAB_MESH name)."""
 
@@ -98,9 +107,11 @@ class LocalBackend(Backend):
         return list(self.call("verify"))
 
     def uninstall(self) -> None:
+        """Stop the mesh; returns once meshd has exited (its processes and files are gone)."""
+        daemon = int(self.call("ping")["pid"])
         self.call("shutdown")
         deadline = time.monotonic() + 10
-        while self._alive() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and _running(daemon):
             time.sleep(0.05)
 
     def apply(self, source: Source, namespace: str | None = None) -> list[str]:

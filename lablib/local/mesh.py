@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ class Pod:
     app_env: dict[str, str] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
     started_at: float = field(default_factory=time.time)
+
+
+def rfc3339(ts: float) -> str:
+    """Kubernetes' timestamp format: `2024-03-05T11:37:41Z`."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def listening(ports: list[int]) -> Callable[[], bool]:
@@ -116,17 +122,23 @@ class LocalMesh:
             if namespace:
                 resources = [r if r.namespace or r.kind == "Namespace"
                              else r.in_namespace(namespace) for r in resources]
-            resources = [self._assign_node_ports(r) for r in resources]
+            new_node_ports: list[int] = []
+            resources = [self._admit(r, new_node_ports) for r in resources]
             old_store = self.store
-            candidate = old_store.with_applied(resources)
-            self._check(resources, candidate, old_store)
+            try:
+                candidate = old_store.with_applied(resources)
+                self._check(resources, candidate, old_store)
+                self._transition(candidate)
+            except Exception:
+                for port in new_node_ports:
+                    self.ports.release(port)
+                raise
             lines = []
             for r in resources:
                 before = old_store.get(r.kind, r.namespace, r.name)
                 word = "created" if before is None else (
                     "unchanged" if before.body == r.body else "configured")
                 lines.append(f"{kube_word(r.kind)}/{r.name} {word}")
-            self._transition(candidate)
             return lines
 
     def delete(self, resources: list[Resource], namespace: str | None = None,
@@ -197,17 +209,23 @@ class LocalMesh:
                                            "this lab with LAB_BACKEND=kubernetes"))
         return problems
 
-    def _assign_node_ports(self, r: Resource) -> Resource:
-        """Give LoadBalancer/NodePort Service ports a loopback port, as kube-proxy a node port."""
-        if r.kind != "Service" or r.spec.get("type") not in NODE_PORT_TYPES:
-            return r
-        existing = self.store.get("Service", r.namespace or "default", r.name)
-        old_ports = {p.get("name") or p["port"]: p.get("nodePort")
-                     for p in ((existing.spec.get("ports") if existing else None) or [])}
+    def _admit(self, r: Resource, new_node_ports: list[int]) -> Resource:
+        """What the API server adds to a manifest: its creation time (kept on updates) and,
+        for LoadBalancer/NodePort Services, a node port per port — here a loopback port."""
+        existing = self.store.get(r.kind, r.namespace, r.name)
         body = json.loads(json.dumps(r.body))
-        for p in body["spec"].get("ports") or []:
-            if not p.get("nodePort"):
-                p["nodePort"] = old_ports.get(p.get("name") or p["port"]) or self.ports.allocate()
+        created = (existing.body.get("metadata") or {}).get("creationTimestamp") if existing \
+            else None
+        body.setdefault("metadata", {})["creationTimestamp"] = created or rfc3339(time.time())
+        if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES:
+            old_ports = {p.get("name") or p["port"]: p.get("nodePort")
+                         for p in ((existing.spec.get("ports") if existing else None) or [])}
+            for p in body["spec"].get("ports") or []:
+                if not p.get("nodePort"):
+                    p["nodePort"] = old_ports.get(p.get("name") or p["port"])
+                if not p.get("nodePort"):
+                    p["nodePort"] = self.ports.allocate()
+                    new_node_ports.append(p["nodePort"])
         return Resource(r.kind, r.name, r.namespace, body, r.source)
 
     # --- the transition from one store to the next -----------------------------------------

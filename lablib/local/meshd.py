@@ -1,7 +1,7 @@
 """meshd: the per-user daemon that hosts one LocalMesh and answers requests on a Unix socket.
 
-Started by `lablib.connect()` (or `lablib istioctl install`); it owns every mesh process
-through the Supervisor, so they all end with it. When started from a notebook it watches the
+Started by `lablib.connect()`; it owns every mesh process through the Supervisor, so they
+all end with it. When started from a notebook it watches the
 kernel that started it and tears the mesh down when that kernel dies, even by kill -9.
 
 Protocol: one JSON request per connection, `{"method": ..., "params": {...}}`, answered by
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -19,14 +20,13 @@ import signal
 import socketserver
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..config.loader import load
 from ..errors import ConfigError, LabError
 from .mesh import LocalMesh
 from .state import StateDir
-from .supervisor import Supervisor
+from .supervisor import Supervisor, kill_stale
 from .views import MeshViews
 
 log = logging.getLogger("meshd")
@@ -97,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     state = StateDir()
+    lock = open(state.path / "meshd.lock", "w")  # held for meshd's life; the OS drops it on exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another meshd serves mesh %s; leaving it be", state.mesh)
+        return 0
+    live = kill_stale(state)  # processes and files a killed meshd left behind
+    if live is not None:
+        log.info("meshd %d already serves mesh %s", live, state.mesh)
+        return 0
     state.socket_path.unlink(missing_ok=True)
     supervisor = Supervisor(state)
     mesh = LocalMesh(state, supervisor)
@@ -114,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop() if not server.stopping.is_set() else None
         server.server_close()
-        state.socket_path.unlink(missing_ok=True)
-        Path(state.pid_path).unlink(missing_ok=True)
+        state.clear(keep_logs=True)  # nothing but the logs outlives the mesh
     return 0
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from ..controlplane.context import selector_matches
 from ..errors import NotFoundError
-from .mesh import LocalMesh, Pod, envoy_live
+from .mesh import LocalMesh, Pod, envoy_live, rfc3339
 
 KIND_ALIASES = {
     "pod": "Pod", "pods": "Pod", "po": "Pod",
@@ -30,10 +29,6 @@ KIND_ALIASES = {
 def kind_of(word: str) -> str:
     """`svc`, `services`, `Service` and `virtualservice` all name their Kind."""
     return KIND_ALIASES.get(word.lower(), KIND_ALIASES.get(word.lower().split(".")[0], word))
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class MeshViews:
