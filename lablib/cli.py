@@ -1,5 +1,6 @@
-"""The `lablib` command: see and stop local meshes from a terminal.
+"""The `lablib` command: check the machine, and see and stop local meshes from a terminal.
 
+    lablib doctor          what the labs need, what is missing, and how to fix it
     lablib status          every local mesh of this user, and its processes
     lablib down [NAME]     stop one mesh (default: $LAB_MESH or "default")
     lablib down --all      stop every mesh of this user
@@ -9,40 +10,43 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 from .errors import LabError
+from .local.client import LocalBackend
 from .local.state import StateDir, default_root
 
 
-def _meshes() -> list[str]:
-    root = default_root()
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def _backend(name: str):  # the client only: never starts a daemon
-    from .local.client import LocalBackend
-
+def attach(name: str) -> LocalBackend | None:
+    """A client of mesh `name` if it is running; never starts one."""
     backend = LocalBackend.__new__(LocalBackend)
     backend.state = StateDir(name)
     backend.owner = 0
-    return backend
+    return backend if backend._alive() else None
+
+
+def local_meshes() -> Iterator[tuple[str, LocalBackend | None]]:
+    """Every mesh folder of this user, with a client where that mesh is running."""
+    root = default_root()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir():
+            yield folder.name, attach(folder.name)
 
 
 def down(names: list[str]) -> int:
     for name in names:
-        backend = _backend(name)
-        if backend._alive():
-            backend.uninstall()
-            print(f"mesh {name}: stopped")
-        else:
+        backend = attach(name)
+        if backend is None:
             print(f"mesh {name}: not running")
+            continue
+        backend.uninstall()
+        print(f"mesh {name}: stopped")
     return 0
 
 
 def status() -> int:
-    for name in _meshes():
-        backend = _backend(name)
-        if not backend._alive():
+    for name, backend in local_meshes():
+        if backend is None:
             print(f"mesh {name}: not running")
             continue
         rows = backend.processes()
@@ -52,19 +56,31 @@ def status() -> int:
     return 0
 
 
+def doctor() -> int:
+    from .doctor import checks, report
+
+    rows = checks()
+    print(report(rows))
+    return 1 if any(row["ok"] is False for row in rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lablib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check tools, backend, state folder and running meshes")
     sub.add_parser("status", help="list local meshes and their processes")
     stop = sub.add_parser("down", help="stop a local mesh and everything it runs")
     stop.add_argument("name", nargs="?", default=None)
     stop.add_argument("--all", action="store_true", help="every mesh of this user")
     args = parser.parse_args(argv)
     try:
+        if args.command == "doctor":
+            return doctor()
         if args.command == "status":
             return status()
-        names = _meshes() if args.all else [args.name or StateDir().mesh]
+        names = [name for name, _ in local_meshes()] if args.all else [
+            args.name or StateDir().mesh]
         return down(names)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)

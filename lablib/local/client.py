@@ -174,3 +174,7 @@ class LocalBackend(Backend):
 
     def processes(self) -> list[dict[str, Any]]:
         return list(self.call("processes"))
+
+    def ports(self) -> list[int]:
+        """The loopback ports this mesh holds."""
+        return [int(p) for p in self.call("ports")]

