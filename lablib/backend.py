@@ -17,11 +17,12 @@ from .errors import BackendError
 Source = str | Path | dict[str, Any] | Sequence[str | Path | dict[str, Any]]
 
 
-def manifest_text(source: Source) -> str:
+def manifest_text(source: Source, check_fields: bool = True) -> str:
     """Files, folders, YAML text or dicts as one multi-document YAML string."""
     from .config.loader import load
 
-    return yaml.safe_dump_all([r.body for r in load(source)], sort_keys=False)
+    resources = load(source, check_fields=check_fields)
+    return yaml.safe_dump_all([r.body for r in resources], sort_keys=False)
 
 
 class Backend(abc.ABC):

@@ -191,7 +191,7 @@ def _missing(doc: _Document, path: str, ref: str, what: str) -> Diagnostic:
 
 
 def _resources(doc: _Document, body: Any, prefix: str, namespace: str | None,
-               problems: list[Diagnostic]) -> Iterator[Resource]:
+               problems: list[Diagnostic], check_fields: bool = True) -> Iterator[Resource]:
     """The Resources of one document body (several for `kind: List`)."""
     label = f"{doc.label}, {prefix}" if prefix else doc.label
 
@@ -205,7 +205,8 @@ def _resources(doc: _Document, body: Any, prefix: str, namespace: str | None,
     kind = body.get("kind")
     if kind == "List":
         for index, item in enumerate(body.get("items") or []):
-            yield from _resources(doc, item, item_path(full("items"), index), namespace, problems)
+            yield from _resources(doc, item, item_path(full("items"), index), namespace, problems,
+                                  check_fields)
         return
     metadata = body.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
@@ -233,7 +234,8 @@ def _resources(doc: _Document, body: Any, prefix: str, namespace: str | None,
     resource = _placed(kind, name, body, metadata, namespace, label, doc, full, problems)
     if resource is None:
         return
-    problems.extend(_located(d, doc, full(d.field)) for d in validate(resource))
+    if check_fields:
+        problems.extend(_located(d, doc, full(d.field)) for d in validate(resource))
     yield resource
 
 
@@ -268,17 +270,20 @@ def _located(diagnostic: Diagnostic, doc: _Document, path: str) -> Diagnostic:
 
 
 def load(source: Source, namespace: str | None = None,
-         base_dir: str | os.PathLike[str] | None = None) -> list[Resource]:
+         base_dir: str | os.PathLike[str] | None = None,
+         check_fields: bool = True) -> list[Resource]:
     """Resources from a path, folder, YAML text, dict, or a list of those; ConfigError if bad.
 
     Relative paths are tried from `base_dir` (default: the current folder), then from the
     kit folder, so `samples/bookinfo/platform/kube/bookinfo.yaml` works from `labs/`.
+    `check_fields=False` checks only what names a resource (kind, name, namespace), as
+    `kubectl delete -f` needs no valid spec.
     """
     problems: list[Diagnostic] = []
     resources: list[Resource] = []
     base = Path(base_dir) if base_dir is not None else None
     for doc in _documents(source, base, problems):
-        resources.extend(_resources(doc, doc.data, "", namespace, problems))
+        resources.extend(_resources(doc, doc.data, "", namespace, problems, check_fields))
     if any(p.severity == "Error" for p in problems):
         raise ConfigError(problems)
     return resources

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from ..errors import (
     ProxyRejectedError,
 )
 from .state import StateDir
+
+# Tools a sample image ships that this machine lacks, run by their local equivalents.
+EMULATED_TOOLS = {"fortio": [sys.executable, "-m", "lablib.apps.fortio"]}
 
 ERRORS: dict[str, type[LabError]] = {
     "NotFoundError": NotFoundError, "ProxyRejectedError": ProxyRejectedError,
@@ -119,7 +123,8 @@ class LocalBackend(Backend):
 
     def delete(self, source: Source, namespace: str | None = None,
                ignore_missing: bool = True) -> list[str]:
-        return list(self.call("delete", text=manifest_text(source), namespace=namespace,
+        return list(self.call("delete", text=manifest_text(source, check_fields=False),
+                              namespace=namespace,
                               ignore_missing=ignore_missing))
 
     def get(self, kind: str, name: str | None = None, namespace: str | None = None,
@@ -145,13 +150,18 @@ class LocalBackend(Backend):
     def exec(self, pod: str, command: Sequence[str], namespace: str = "default",
              container: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
         info = self.pod_info(pod, namespace)
-        if container == "istio-proxy" and list(command[:2]) == ["pilot-agent", "request"]:
-            path = command[3] if len(command) > 3 else ""
+        if container is not None and container not in info["containers"]:
+            raise BackendError(f"error: container {container} is not valid for pod {pod}")
+        argv = list(command)
+        if container == "istio-proxy" and argv[:2] == ["pilot-agent", "request"]:
+            path = argv[3] if len(argv) > 3 else ""
             out = self.proxy_admin(pod, namespace, path)
-            return subprocess.CompletedProcess(list(command), 0, out, "")
+            return subprocess.CompletedProcess(argv, 0, out, "")
+        if argv and argv[0] in EMULATED_TOOLS and shutil.which(argv[0]) is None:
+            argv = [*EMULATED_TOOLS[argv[0]], *argv[1:]]
         env = dict(os.environ)
         env.update(info["env"])
-        return subprocess.run(list(command), env=env, capture_output=True, text=True,
+        return subprocess.run(argv, env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:

@@ -71,7 +71,7 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
             docs = load(params["text"], namespace=params.get("namespace"))
             return self.mesh.apply(docs, params.get("namespace"))
         if method == "delete":
-            docs = load(params["text"], namespace=params.get("namespace"))
+            docs = load(params["text"], namespace=params.get("namespace"), check_fields=False)
             return self.mesh.delete(docs, params.get("namespace"),
                                     bool(params.get("ignore_missing")))
         if method == "shutdown":

@@ -109,7 +109,9 @@ class MeshViews:
                 "proxy": pod.proxy.kind if pod.proxy else None,
                 "proxy_id": pod.proxy.id if pod.proxy else None,
                 "ports": {str(k): v for k, v in pod.workload.ports.items()},
-                "labels": pod.workload.labels}
+                "labels": pod.workload.labels,
+                "containers": [str(c["name"]) for c in pod.containers]
+                + (["istio-proxy"] if pod.proxy and pod.proxy.kind == "sidecar" else [])}
 
     def snapshot(self, namespace: str, name: str) -> dict[str, Any]:
         """The config the control plane wants this pod's proxy to hold (for call simulation)."""
