@@ -300,3 +300,77 @@ def test_every_resource_parses_as_envoy_protobuf():
         for by_name in resources.values():
             for resource in by_name.values():
                 assert to_any(resource).type_url == resource["@type"]
+
+
+def test_retries_become_envoys_retry_policy():
+    vs = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,connect-failure,503"}
+    route: [{destination: {host: reviews, subset: v1}}]
+"""
+    snap = snapshot_for(SIDECAR, SUBSETS, vs)
+    route = snap.routes["outbound_http"]
+    action = next(r["route"] for vh in route["virtual_hosts"]
+                  if vh["name"].startswith("reviews.") for r in vh["routes"] if "prefix" in
+                  r["match"])
+    policy = action["retry_policy"]
+    assert policy["num_retries"] == 3 and policy["per_try_timeout"] == "2s"
+    assert policy["retry_on"] == "gateway-error,connect-failure,retriable-status-codes"
+    assert policy["retriable_status_codes"] == [503]
+
+
+def test_no_timeout_means_none_and_default_retries_as_istio():
+    result = simulate(snapshot_for(SIDECAR), Call(15001, "reviews:9080"))
+    assert result.timeout == "0s"  # Istio disables Envoy's 15 s default route timeout
+
+
+TRAFFIC_POLICY = """
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 7}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m,
+                       maxEjectionPercent: 100}
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 9}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+def test_destination_rule_policy_at_host_port_and_subset_level():
+    snap = snapshot_for(SIDECAR, TRAFFIC_POLICY)
+    host = snap.clusters[f"outbound|9080||reviews.{NS}.svc.cluster.local"]
+    v1 = snap.clusters[f"outbound|9080|v1|reviews.{NS}.svc.cluster.local"]
+    v2 = snap.clusters[f"outbound|9080|v2|reviews.{NS}.svc.cluster.local"]
+    assert host["circuit_breakers"]["thresholds"][0] == {
+        "max_connections": 1, "max_pending_requests": 1, "max_requests": 7}
+    options = host["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"]["max_requests_per_connection"] == 1
+    assert host["outlier_detection"]["consecutive_5xx"] == 1
+    assert host["outlier_detection"]["base_ejection_time"] == "180s"
+    assert host["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
+    assert host["lb_policy"] == "RANDOM"  # port level beats host level
+    assert v1["circuit_breakers"]["thresholds"][0]["max_connections"] == 9  # subset level
+    # Istio merges subset policy field by field: a subset's connectionPool replaces the
+    # host's whole connectionPool, so the host's pending-request limit does not carry over.
+    assert "max_pending_requests" not in v1["circuit_breakers"]["thresholds"][0]
+    assert v1["outlier_detection"]["consecutive_5xx"] == 1  # untouched fields do carry over
+    assert v2["circuit_breakers"]["thresholds"][0]["max_connections"] == 1  # inherits host
