@@ -35,20 +35,21 @@ from envoy.config.route.v3 import route_pb2  # noqa: F401
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from .snapshot import LISTENER_TYPE, ROUTE_TYPE, SHORT_TYPE, TYPE_ORDER, Snapshot
+from .snapshot import NAMED_TYPES, SHORT_TYPE, TYPE_ORDER, Snapshot
 
 log = logging.getLogger(__name__)
-WILDCARD_TYPES = {"type.googleapis.com/envoy.config.cluster.v3.Cluster", LISTENER_TYPE}
+WILDCARD_TYPES = set(TYPE_ORDER) - set(NAMED_TYPES)
 
 
 class PushError(Exception):
@@ -204,13 +205,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     for type_url in TYPE_ORDER:
                         state = stream.types.get(type_url)
                         if state is None:
-                            if type_url == ROUTE_TYPE and not snap.routes:
+                            if type_url in NAMED_TYPES and not snap.of(type_url):
                                 continue
                             pending.append((proxy_id, f"{SHORT_TYPE[type_url]} not requested"))
                             continue
                         if state.nacked_version and state.nacked_version == state.sent_version:
                             raise PushError(proxy_id, type_url, state.nack_reason)
-                        if type_url == ROUTE_TYPE and not state.subscribed & set(snap.routes):
+                        if type_url in NAMED_TYPES and not state.subscribed & set(
+                                snap.of(type_url)):
                             continue
                         if state.acked_version != self._wanted(snap, type_url, state)[0]:
                             pending.append((proxy_id, f"{SHORT_TYPE[type_url]} not acknowledged"))

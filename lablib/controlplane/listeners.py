@@ -1,21 +1,20 @@
-"""LDS: listeners for sidecars, gateways and the kube-proxy stand-in (Istio's listener*.go).
+"""LDS: listeners for sidecars and the kube-proxy stand-in (Istio's listener*.go).
 
 Outputs `envoy.config.listener.v3.Listener` dicts, all bound to 127.0.0.1:
 - sidecar `outbound_http`: the forward proxy its app uses as `http_proxy` (RDS `outbound_http`);
 - sidecar `inbound|<containerPort>`: where other workloads reach the pod; forwards to the app;
-- gateway `0.0.0.0_<port>`: one per Gateway server port (RDS `http.<port>`, or TCP proxy);
-- gateway `status`: the 15021 health port;
 - kube `kube_<namespace>`: the forward proxy of workloads without a sidecar.
+
+Gateways' listeners are built in gateway.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config.model import Resource
-from .context import Proxy, PushContext, port_protocol, selector_matches
+from .context import Proxy, PushContext, selector_matches
 from .naming import inbound_cluster
-from .routes import FAULT_FILTER, destination_cluster, server_hosts_match
+from .routes import FAULT_FILTER
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -142,70 +141,6 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return listeners
 
 
-def gateway_servers(proxy: Proxy, ctx: PushContext) -> dict[int, list[tuple[Resource, dict]]]:
-    """Gateway servers that select this gateway, by the workload port they listen on."""
-    by_port: dict[int, list[tuple[Resource, dict]]] = {}
-    for gw in ctx.gateways:
-        if not selector_matches(dict(gw.spec.get("selector") or {}), proxy.labels):
-            continue
-        for server in gw.spec.get("servers") or []:
-            port = ctx.gateway_target_port(proxy, int(server["port"]["number"]))
-            by_port.setdefault(port, []).append((gw, server))
-    return by_port
-
-
-def gateway_tcp_routes(port: int, server_port: int, servers: list[tuple[Resource, dict]],
-                       ctx: PushContext) -> list[tuple[str, int]]:
-    """Weighted clusters of the first VirtualService `tcp` route bound here that matches."""
-    for gw, server in servers:
-        gw_name = f"{gw.namespace}/{gw.name}"
-        for vs in ctx.virtual_services:
-            if gw_name not in ctx.vs_gateways(vs):
-                continue
-            if not any(server_hosts_match(server.get("hosts") or [], str(h), vs.namespace)
-                       for h in vs.spec.get("hosts") or []):
-                continue
-            for tcp in vs.spec.get("tcp") or []:
-                matches = tcp.get("match") or [{}]
-                if not any(int(m.get("port", server_port)) in (server_port, port)
-                           for m in matches):
-                    continue
-                dests = tcp.get("route") or []
-                return [(destination_cluster(ctx, d["destination"], vs.namespace),
-                         int(d.get("weight", 100 if len(dests) == 1 else 0))) for d in dests]
-    return []
-
-
-def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
-    workload = proxy.workload
-    assert workload is not None
-    listeners = []
-    status_port = workload.ports.get(15021)
-    if status_port:
-        route_config = {"name": "status", "virtual_hosts": [{
-            "name": "status", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/healthz/ready"},
-                 "direct_response": {"status": 200}}]}]}
-        listeners.append(listener("status", status_port,
-                                  [hcm("status", proxy, ctx, route_config=route_config)]))
-    for port, servers in sorted(gateway_servers(proxy, ctx).items()):
-        local = workload.ports.get(port)
-        if not local:
-            continue
-        protocol = port_protocol(str(servers[0][1]["port"].get("protocol", "HTTP")))
-        name = f"0.0.0.0_{port}"
-        if protocol == "TCP":
-            server_port = int(servers[0][1]["port"]["number"])
-            clusters = gateway_tcp_routes(port, server_port, servers, ctx)
-            if not clusters:
-                continue
-            filters = [tcp_proxy(name, clusters, proxy, ctx)]
-        else:
-            filters = [hcm(name, proxy, ctx, rds=f"http.{port}", gateway=True)]
-        listeners.append(listener(name, local, filters))
-    return listeners
-
-
 def kube_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return [listener(f"kube_{ns}", port, [hcm(f"kube_{ns}", proxy, ctx, rds=f"kube_{ns}")])
             for ns, port in sorted(proxy.kube_ports.items())]
@@ -215,7 +150,5 @@ def build_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     """Every listener `proxy` needs."""
     if proxy.kind == "sidecar":
         return sidecar_listeners(proxy, ctx)
-    if proxy.kind == "router":
-        return gateway_listeners(proxy, ctx)
     return kube_listeners(proxy, ctx)
 

@@ -302,39 +302,3 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
             })
     return {"@type": ROUTE_TYPE, "name": f"kube_{namespace}", "virtual_hosts": vhosts,
             "validate_clusters": False}
-
-
-def server_hosts_match(server_hosts: list[str], vs_host: str, vs_namespace: str) -> bool:
-    """Does a VirtualService host fall under a Gateway server's `hosts` (`ns/host` allowed)?"""
-    for entry in server_hosts:
-        ns, _, host = entry.rpartition("/")
-        if ns not in ("", "*", ".") and ns != vs_namespace:
-            continue
-        if host == "*" or vs_host == host or vs_host == "*":
-            return True
-        if host.startswith("*.") and vs_host.endswith(host[1:]):
-            return True
-    return False
-
-
-def gateway_route_config(
-    port: int, servers: list[tuple[Resource, dict[str, Any]]], ctx: PushContext
-) -> dict[str, Any]:
-    """`http.<port>`: virtual hosts for every VirtualService host bound to these servers."""
-    by_domain: dict[str, list[dict[str, Any]]] = {}
-    for gw, server in servers:
-        gw_name = f"{gw.namespace}/{gw.name}"
-        for vs in ctx.virtual_services:
-            if gw_name not in ctx.vs_gateways(vs):
-                continue
-            for host in vs.spec.get("hosts") or []:
-                if not server_hosts_match(server.get("hosts") or [], str(host), vs.namespace):
-                    continue
-                routes = http_routes(ctx, vs, gateway=gw_name, port=port)
-                by_domain.setdefault(str(host), []).extend(routes)
-    vhosts = []
-    for host, routes in sorted(by_domain.items()):
-        domains = ["*"] if host == "*" else [host, f"{host}:*"]
-        vhosts.append({"name": f"{host}:{port}", "domains": domains, "routes": routes})
-    return {"@type": ROUTE_TYPE, "name": f"http.{port}", "virtual_hosts": vhosts,
-            "validate_clusters": False}

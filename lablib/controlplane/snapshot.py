@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clusters import CLUSTER_TYPE, build_clusters
-from .context import Proxy, PushContext, port_protocol
-from .listeners import LISTENER_TYPE, build_listeners, gateway_servers
-from .routes import ROUTE_TYPE, gateway_route_config, kube_route_config, outbound_route_config
+from .context import Proxy, PushContext
+from .gateway import SECRET_TYPE, gateway_listeners, gateway_route_configs, gateway_secrets
+from .listeners import LISTENER_TYPE, build_listeners
+from .routes import ROUTE_TYPE, kube_route_config, outbound_route_config
 
-# The order Istio pushes in: clusters before the listeners and routes that use them.
-TYPE_ORDER = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
-SHORT_TYPE = {CLUSTER_TYPE: "CDS", LISTENER_TYPE: "LDS", ROUTE_TYPE: "RDS"}
+# The order Istio pushes in: clusters and secrets before the listeners and routes using them.
+TYPE_ORDER = (CLUSTER_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SHORT_TYPE = {CLUSTER_TYPE: "CDS", SECRET_TYPE: "SDS", LISTENER_TYPE: "LDS", ROUTE_TYPE: "RDS"}
+# Types a proxy asks for by name once a listener references them (not "everything").
+NAMED_TYPES = (SECRET_TYPE, ROUTE_TYPE)
 
 
 class InconsistentSnapshot(Exception):
@@ -56,6 +59,10 @@ class Snapshot:
     def clusters(self) -> dict[str, dict[str, Any]]:
         return self.of(CLUSTER_TYPE)
 
+    @property
+    def secrets(self) -> dict[str, dict[str, Any]]:
+        return self.of(SECRET_TYPE)
+
     def with_clusters_of(self, other: Snapshot) -> Snapshot:
         """This snapshot plus the clusters of `other` (make-before-break's first step)."""
         merged = dict(other.clusters)
@@ -70,19 +77,18 @@ def build_route_configs(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
         return [outbound_route_config(proxy, ctx)]
     if proxy.kind == "kube":
         return [kube_route_config(ns, ctx) for ns in sorted(proxy.kube_ports)]
-    configs = []
-    for port, servers in sorted(gateway_servers(proxy, ctx).items()):
-        protocol = port_protocol(str(servers[0][1]["port"].get("protocol", "HTTP")))
-        if protocol == "HTTP":
-            configs.append(gateway_route_config(port, servers, ctx))
-    return configs
+    return gateway_route_configs(proxy, ctx)
 
 
 def build_snapshot(proxy: Proxy, ctx: PushContext) -> Snapshot:
     """Build and check everything `proxy` needs from the push context."""
+    router = proxy.kind == "router"
+    listeners = gateway_listeners(proxy, ctx) if router else build_listeners(proxy, ctx)
+    secrets = gateway_secrets(proxy, ctx) if router else []
     resources = {
         CLUSTER_TYPE: {c["name"]: c for c in build_clusters(proxy, ctx)},
-        LISTENER_TYPE: {listener["name"]: listener for listener in build_listeners(proxy, ctx)},
+        SECRET_TYPE: {s["name"]: s for s in secrets},
+        LISTENER_TYPE: {listener["name"]: listener for listener in listeners},
         ROUTE_TYPE: {r["name"]: r for r in build_route_configs(proxy, ctx)},
     }
     snapshot = Snapshot(proxy.id, resources)
@@ -126,10 +132,24 @@ def listener_clusters(listener: dict[str, Any]) -> list[str]:
     return names
 
 
+def referenced_secrets(listener: dict[str, Any]) -> list[str]:
+    names = []
+    for chain in listener.get("filter_chains", []):
+        common = ((chain.get("transport_socket") or {}).get("typed_config") or {}).get(
+            "common_tls_context") or {}
+        names += [c["name"] for c in common.get("tls_certificate_sds_secret_configs", [])]
+        if "validation_context_sds_secret_config" in common:
+            names.append(common["validation_context_sds_secret_config"]["name"])
+    return names
+
+
 def check(snapshot: Snapshot) -> None:
     """Refuse a snapshot that references what it does not contain."""
     problems = []
     for listener in snapshot.listeners.values():
+        for name in referenced_secrets(listener):
+            if name not in snapshot.secrets:
+                problems.append(f"listener {listener['name']} uses missing secret {name}")
         for name in referenced_route_names(listener):
             if name not in snapshot.routes:
                 problems.append(f"listener {listener['name']} uses missing routes {name}")

@@ -9,6 +9,7 @@ store and every proxy on the last good config.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -217,6 +218,10 @@ class LocalMesh:
         created = (existing.body.get("metadata") or {}).get("creationTimestamp") if existing \
             else None
         body.setdefault("metadata", {})["creationTimestamp"] = created or rfc3339(time.time())
+        if r.kind == "Secret" and body.get("stringData"):
+            data = body.setdefault("data", {})
+            for key, value in body.pop("stringData").items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
         if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES:
             old_ports = {p.get("name") or p["port"]: p.get("nodePort")
                          for p in ((existing.spec.get("ports") if existing else None) or [])}
@@ -255,7 +260,7 @@ class LocalMesh:
             self._start_pods(new_pods)
             self.ads.wait_synced(new_ids, timeout=15, require_connected=True)
             self.ads.push([s for pid, s in snapshots.items() if pid not in new_ids], timeout=10)
-        except (PushError, LabError) as exc:
+        except Exception as exc:  # whatever went wrong, nothing half-applied stays
             self._rollback(old_store, old_pods, new_pods)
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(

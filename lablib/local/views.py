@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..controlplane.context import selector_matches
+from ..controlplane.gateway import SECRET_TYPE
 from ..errors import NotFoundError
 from .mesh import LocalMesh, Pod, envoy_live, rfc3339
 
@@ -24,6 +26,14 @@ KIND_ALIASES = {
     "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
     "pa": "PeerAuthentication",
 }
+
+
+def redacted_secret(secret: dict[str, Any]) -> dict[str, Any]:
+    """An SDS secret without its private key: views never hand out key material."""
+    out = json.loads(json.dumps(secret))
+    if "tls_certificate" in out:
+        out["tls_certificate"]["private_key"] = {"inline_bytes": "[redacted]"}
+    return out
 
 
 def kind_of(word: str) -> str:
@@ -116,7 +126,12 @@ class MeshViews:
     def snapshot(self, namespace: str, name: str) -> dict[str, Any]:
         """The config the control plane wants this pod's proxy to hold (for call simulation)."""
         snap = self.mesh.snapshot_of(self.mesh.find_pod(namespace, name))
-        return snap.resources if snap else {}
+        if snap is None:
+            return {}
+        resources = dict(snap.resources)
+        resources[SECRET_TYPE] = {name: redacted_secret(s)
+                                  for name, s in snap.secrets.items()}
+        return resources
 
     def proxy_status(self) -> list[dict[str, Any]]:
         return self.mesh.ads.status()
