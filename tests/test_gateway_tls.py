@@ -121,3 +121,62 @@ def test_mutual_tls_demands_a_client_certificate_from_the_ca(mesh, pki):
     assert refused.returncode != 0 and refused.stdout in ("000", "")
     foreign = curl(mesh, pki, *intruder)
     assert foreign.returncode != 0 and foreign.stdout in ("000", "")
+
+
+def expired_secret(pki: Path) -> dict:
+    """A certificate for HOST that expired yesterday, signed by the test root."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    root_key = serialization.load_pem_private_key((pki / "root.key").read_bytes(), None)
+    root = x509.load_pem_x509_certificate((pki / "root.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+            .issuer_name(root.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=3))
+            .not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "expired", "namespace": "istio-system"},
+            "data": {"tls.crt": base64.b64encode(cert.public_bytes(
+                serialization.Encoding.PEM)).decode(),
+                "tls.key": base64.b64encode(pem_key).decode()}}
+
+
+def mismatched_secret(pki: Path) -> dict:
+    secret = tls_secret(pki, "mismatched", with_ca=False)
+    secret["data"]["tls.key"] = b64(pki / "client.example.com.key")
+    return secret
+
+
+@pytest.mark.parametrize("case, code", [
+    ("credential that does not exist", "LAB0220"),
+    ("MUTUAL without ca.crt", "LAB0221"),
+    ("key that is not the certificate's", "LAB0222"),
+    ("expired certificate", "LAB0223"),
+])
+def test_bad_credentials_are_refused_and_the_gateway_keeps_serving(mesh, pki, case, code):
+    mesh.apply([tls_secret(pki, "httpbin-credential", with_ca=False),
+                *gateway("SIMPLE", "httpbin-credential")])
+    change = {
+        "credential that does not exist": gateway("SIMPLE", "no-such-secret"),
+        "MUTUAL without ca.crt": gateway("MUTUAL", "httpbin-credential"),
+        "key that is not the certificate's": [mismatched_secret(pki),
+                                              *gateway("SIMPLE", "mismatched")],
+        "expired certificate": [expired_secret(pki), *gateway("SIMPLE", "expired")],
+    }[case]
+    with pytest.raises(lablib.ConfigError) as refused:
+        mesh.apply(change)
+    message = str(refused.value)
+    assert code in message and "spec.servers[0].tls" in message and "fix:" in message
+    assert curl(mesh, pki).stdout == "418"

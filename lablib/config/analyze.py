@@ -12,14 +12,19 @@ LAB0204 namespace does not exist               LAB0212 tcp route on an HTTP port
 LAB0205 Deployment selector vs template labels LAB0213 two VirtualServices, same gateway host
 LAB0206 Service targetPort not on any pod      LAB0214 route to a subset with no pods
 LAB0207 workload selector matches nothing      LAB0215 destination port not on the Service
-LAB0208 duplicate subset name
+LAB0208 duplicate subset name                 LAB0220 TLS server credential not found
+                                               LAB0221 MUTUAL server without a client CA
+                                               LAB0222 credential unreadable or key mismatch
+                                               LAB0223 credential certificate expired
 
 Severity "Error" refuses an apply; "Warning" and "Info" are reported and let through.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import Diagnostic
@@ -258,6 +263,88 @@ def _gateways(store: ConfigStore) -> Iterator[Diagnostic]:
                 f"use a port the gateway Service exposes ({exposed or 'none'}), or add {number} "
                 f"to that Service's ports",
             )
+
+
+TERMINATING_TLS = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def _secret_data(secret: Resource) -> dict[str, bytes]:
+    """A Secret's values as bytes, from `data` (base64) or `stringData`."""
+    out = {k: str(v).encode() for k, v in _dict(secret.body.get("stringData")).items()}
+    for key, value in _dict(secret.body.get("data")).items():
+        try:
+            out[key] = base64.b64decode(str(value), validate=True)
+        except ValueError:
+            out[key] = b""
+    return out
+
+
+def _credential_problem(data: dict[str, bytes]) -> tuple[str, str] | None:
+    """(code, message) when tls.crt/tls.key are unusable or the certificate has expired."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(data.get("tls.crt", b""))
+    except ValueError:
+        return "LAB0222", "tls.crt is not a PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(data.get("tls.key", b""), password=None)
+    except (ValueError, TypeError):
+        return "LAB0222", "tls.key is not an unencrypted PEM private key"
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.PEM
+    if key.public_key().public_bytes(encoding, public) != \
+            cert.public_key().public_bytes(encoding, public):
+        return "LAB0222", "tls.key does not belong to the certificate in tls.crt"
+    expires = cert.not_valid_after_utc
+    if expires < datetime.now(UTC):
+        return "LAB0223", f"the certificate in tls.crt expired on {expires:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def _gateway_credentials(store: ConfigStore) -> Iterator[Diagnostic]:
+    """LAB0220-0223: what a terminating TLS server needs from its credentialName Secret,
+    looked up where the gateway's pods run (istio-system for the default ingress)."""
+    for gateway in store.list("Gateway"):
+        selector = _dict(gateway.spec.get("selector"))
+        namespaces = sorted({d.namespace for d in store.workloads(None, selector)}
+                            ) if selector else []
+        for i, server in enumerate(_list(gateway.spec.get("servers"))):
+            tls = _dict(_dict(server).get("tls"))
+            mode = str(tls.get("mode", "")).upper()
+            if mode not in TERMINATING_TLS or not namespaces:
+                continue
+            path = f"spec.servers[{i}].tls"
+            name = str(tls.get("credentialName") or "")
+            ns = namespaces[0]
+            create = (f"kubectl create -n {ns} secret tls {name or 'NAME'} "
+                      f"--key=KEY.pem --cert=CERT.pem")
+            secret = store.get("Secret", ns, name) if name else None
+            if secret is None:
+                what = (f'Secret "{name}" not found in namespace {ns}, where the gateway runs'
+                        if name else "no credentialName: the local gateway reads its "
+                        "certificate from a Secret")
+                yield Diagnostic("LAB0220", ERROR, gateway.ref, what, f"{path}.credentialName",
+                                 f"create it first: {create}")
+                continue
+            data = _secret_data(secret)
+            problem = _credential_problem(data)
+            if problem:
+                code, message = problem
+                yield Diagnostic(code, ERROR, gateway.ref, f'Secret {ns}/{name}: {message}',
+                                 f"{path}.credentialName",
+                                 f"issue a new certificate and key, then {create}")
+            cacert = store.get("Secret", ns, f"{name}-cacert")
+            has_ca = "ca.crt" in data or (cacert is not None and "ca.crt" in _secret_data(cacert))
+            if mode == "MUTUAL" and not has_ca:
+                yield Diagnostic(
+                    "LAB0221", ERROR, gateway.ref,
+                    f"mode MUTUAL needs the CA that signs client certificates, but Secret "
+                    f"{ns}/{name} has no ca.crt (nor is there a Secret {name}-cacert)",
+                    f"{path}.mode",
+                    f"kubectl create -n {ns} secret generic {name} --from-file=tls.key=KEY.pem "
+                    f"--from-file=tls.crt=CERT.pem --from-file=ca.crt=CA.pem")
 
 
 def _gateway_selector_fix(store: ConfigStore) -> str:
@@ -710,6 +797,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _service_target_ports,
     _workload_selectors,
     _gateways,
+    _gateway_credentials,
     _virtual_services,
     _conflicts,
     _destination_rules,
