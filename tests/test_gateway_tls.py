@@ -135,7 +135,7 @@ def expired_secret(pki: Path) -> dict:
     root_key = serialization.load_pem_private_key((pki / "root.key").read_bytes(), None)
     root = x509.load_pem_x509_certificate((pki / "root.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
             .issuer_name(root.subject).public_key(key.public_key())
