@@ -77,12 +77,14 @@ GATEWAY = Proxy(node_id("router", "istio-ingressgateway-a", "istio-system"), "ro
                 "istio-system", GATEWAY_WORKLOAD)
 
 
-def snapshot_for(proxy: Proxy, *yaml_docs: str) -> Snapshot:
+def snapshot_for(proxy: Proxy, *yaml_docs: str, mtls: bool = False) -> Snapshot:
     resources = []
     for text in (SERVICES, INGRESS_SERVICE, *yaml_docs):
         resources += load(text, namespace=None if "istio-system" in text else NS)
     store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(resources)
-    ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY))
+    identities = {p.id: ("CHAIN", "KEY") for p in (SIDECAR, GATEWAY)} if mtls else {}
+    ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY), {},
+                      identities, "ROOT" if mtls else "")
     return build_snapshot(proxy, ctx)
 
 
@@ -295,8 +297,8 @@ def test_every_resource_parses_as_envoy_protobuf():
     """The JSON we build is accepted by Envoy's own schema (protobuf), field by field."""
     from lablib.controlplane.ads import to_any
 
-    snap = snapshot_for(GATEWAY, GATEWAY_YAML, SUBSETS)
-    for resources in (snapshot_for(SIDECAR, SUBSETS).resources, snap.resources):
+    snap = snapshot_for(GATEWAY, GATEWAY_YAML, SUBSETS, mtls=True)
+    for resources in (snapshot_for(SIDECAR, SUBSETS, mtls=True).resources, snap.resources):
         for by_name in resources.values():
             for resource in by_name.values():
                 assert to_any(resource).type_url == resource["@type"]
@@ -374,3 +376,32 @@ def test_destination_rule_policy_at_host_port_and_subset_level():
     assert "max_pending_requests" not in v1["circuit_breakers"]["thresholds"][0]
     assert v1["outlier_detection"]["consecutive_5xx"] == 1  # untouched fields do carry over
     assert v2["circuit_breakers"]["thresholds"][0]["max_connections"] == 1  # inherits host
+
+
+def test_auto_mtls_to_sidecars_checks_their_spiffe_identity():
+    snap = snapshot_for(SIDECAR, SUBSETS, mtls=True)
+    cluster = snap.clusters[f"outbound|9080|v1|reviews.{NS}.svc.cluster.local"]
+    tls = cluster["transport_socket_matches"][0]["transport_socket"]["typed_config"]
+    sans = tls["common_tls_context"]["combined_validation_context"][
+        "default_validation_context"]["match_typed_subject_alt_names"]
+    assert sans == [{"san_type": "URI",
+                     "matcher": {"exact": f"spiffe://cluster.local/ns/{NS}/sa/default"}}]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {
+        "tlsMode": "istio"}
+    assert {"default", "ROOTCA"} <= set(snap.secrets)
+
+
+def test_permissive_inbound_has_a_tls_and_a_plaintext_chain():
+    snap = snapshot_for(SIDECAR, mtls=True)
+    inbound = snap.listeners["inbound|9080"]
+    kinds = [c["filter_chain_match"]["transport_protocol"] for c in inbound["filter_chains"]]
+    assert kinds == ["tls", "raw_buffer"]
+    strict = snapshot_for(SIDECAR, """
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+""", mtls=True)
+    chains = strict.listeners["inbound|9080"]["filter_chains"]
+    assert [c["filter_chain_match"]["transport_protocol"] for c in chains] == ["tls"]

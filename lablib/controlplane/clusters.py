@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .context import Proxy, PushContext, Service, ServicePort
+from .mtls import apply_upstream_tls
 from .naming import inbound_cluster, kube_cluster, outbound_cluster
 from .routes import duration
 
@@ -107,30 +108,45 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
             "healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}}
 
 
-def service_port_clusters(svc: Service, port: ServicePort, ctx: PushContext) -> list[dict]:
+def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
+                          ctx: PushContext) -> list[dict]:
+    """The Service port's cluster and one per DestinationRule subset, with their policy and
+    auto mTLS toward the endpoints that take it."""
     dr = ctx.destination_rules.get(svc.fqdn)
     host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
+    subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
+                                   s.get("trafficPolicy")) for s in ctx.subsets(svc.fqdn)]
     clusters = []
-    main = static_cluster(outbound_cluster(port.port, "", svc.fqdn), ctx.endpoints(svc, port, {}))
-    apply_traffic_policy(main, merge_policy(host_policy, None, port.port))
-    clusters.append(main)
-    for subset in ctx.subsets(svc.fqdn):
-        name = outbound_cluster(port.port, str(subset["name"]), svc.fqdn)
-        cluster = static_cluster(name, ctx.endpoints(svc, port, dict(subset.get("labels") or {})))
-        apply_traffic_policy(cluster, merge_policy(host_policy, subset.get("trafficPolicy"),
-                                                   port.port))
+    for subset, labels, subset_policy in subsets:
+        endpoints = ctx.endpoint_workloads(svc, port, labels)
+        cluster = static_cluster(outbound_cluster(port.port, subset, svc.fqdn),
+                                 [p for p, _ in endpoints])
+        policy = merge_policy(host_policy, subset_policy, port.port)
+        apply_traffic_policy(cluster, policy)
+        apply_upstream_tls(cluster, proxy, ctx, svc, subset, port.port, port.target_port,
+                           endpoints, (policy.get("tls") or {}).get("mode"))
         clusters.append(cluster)
     return clusters
 
 
-def outbound_clusters(ctx: PushContext) -> list[dict[str, Any]]:
+def outbound_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return [c for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn)
-            for port in svc.ports for c in service_port_clusters(svc, port, ctx)]
+            for port in svc.ports for c in service_port_clusters(proxy, svc, port, ctx)]
 
 
 def kube_clusters(ctx: PushContext) -> list[dict[str, Any]]:
-    return [static_cluster(kube_cluster(port.port, svc.fqdn), ctx.endpoints(svc, port, {}))
-            for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn) for port in svc.ports]
+    """kube-proxy forwards connections, it does not pool them: one upstream connection per
+    request, so a policy change (STRICT mTLS) applies to the very next request, as on a
+    cluster where each client connection is its own."""
+    clusters = []
+    for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
+        for port in svc.ports:
+            cluster = static_cluster(kube_cluster(port.port, svc.fqdn),
+                                     ctx.endpoints(svc, port, {}))
+            apply_traffic_policy(cluster, {"connectionPool": {"http": {
+                "maxRequestsPerConnection": 1}}})
+            clusters.append(cluster)
+    return clusters
 
 
 def inbound_clusters(proxy: Proxy) -> list[dict[str, Any]]:
@@ -142,7 +158,7 @@ def build_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     """Every cluster `proxy` needs."""
     if proxy.kind == "kube":
         return kube_clusters(ctx)
-    clusters = outbound_clusters(ctx)
+    clusters = outbound_clusters(proxy, ctx)
     if proxy.kind == "sidecar":
         clusters += inbound_clusters(proxy)
     return clusters

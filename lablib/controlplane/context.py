@@ -111,6 +111,10 @@ class PushContext:
     workloads: tuple[Workload, ...]
     proxies: tuple[Proxy, ...]
     access_log_paths: dict[str, str] = field(default_factory=dict)  # proxy id -> file
+    # Mesh identity from istiod's CA: proxy id -> (certificate chain PEM, key PEM), and the
+    # root every proxy trusts. Without them the mesh runs without mTLS.
+    certificates: dict[str, tuple[str, str]] = field(default_factory=dict)
+    root_cert: str = ""
 
     @cached_property
     def services(self) -> dict[str, Service]:
@@ -135,10 +139,10 @@ class PushContext:
     def service(self, host: str, from_namespace: str) -> Service | None:
         return self.services.get(self.host_fqdn(host, from_namespace))
 
-    def endpoints(self, svc: Service, port: ServicePort,
-                  subset_labels: dict[str, str]) -> list[int]:
-        """Loopback ports of the workloads behind a Service port (and a subset's labels)."""
-        ports = []
+    def endpoint_workloads(self, svc: Service, port: ServicePort,
+                           subset_labels: dict[str, str]) -> list[tuple[int, Workload]]:
+        """(loopback port, workload) behind a Service port and a subset's labels."""
+        found = []
         for w in self.workloads:
             if w.namespace != svc.namespace or not selector_matches(svc.selector, w.labels):
                 continue
@@ -146,8 +150,13 @@ class PushContext:
                 continue
             p = w.endpoint_port(port.target_port)
             if p:
-                ports.append(p)
-        return sorted(ports)
+                found.append((p, w))
+        return sorted(found, key=lambda pw: pw[0])
+
+    def endpoints(self, svc: Service, port: ServicePort,
+                  subset_labels: dict[str, str]) -> list[int]:
+        """Loopback ports of the workloads behind a Service port (and a subset's labels)."""
+        return [p for p, _ in self.endpoint_workloads(svc, port, subset_labels)]
 
     @cached_property
     def destination_rules(self) -> dict[str, Resource]:

@@ -19,13 +19,11 @@ from typing import Any
 from ..config.model import Resource
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
+from .mtls import SECRET_TYPE, TLS_INSPECTOR
 from .routes import ROUTE_TYPE, destination_cluster, http_routes
 
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TLS_TYPE = ("type.googleapis.com/"
             "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
-TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
 TERMINATING_MODES = {"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"}
 PASSTHROUGH_MODES = {"PASSTHROUGH", "AUTO_PASSTHROUGH"}
 TCP_PROTOCOLS = {"TCP", "TLS", "MONGO", "MYSQL", "REDIS"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .context import Proxy, PushContext, selector_matches
+from .mtls import TLS_INSPECTOR, XFCC, inbound_chains
 from .naming import inbound_cluster
 from .routes import FAULT_FILTER
 
@@ -129,15 +130,28 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     for cport in sorted(proxy.app_ports):
         name = f"inbound|{cport}"
         cluster = inbound_cluster(cport)
-        if protocols.get(cport, "HTTP") == "TCP":
-            filters = [tcp_proxy(name, [(cluster, 100)], proxy, ctx)]
-        else:
-            route_config = {"name": inbound_cluster(cport), "virtual_hosts": [{
-                "name": f"inbound|http|{cport}", "domains": ["*"],
-                "routes": [{"name": "default", "match": {"prefix": "/"},
-                            "route": {"cluster": cluster, "timeout": "0s"}}]}]}
-            filters = [hcm(name, proxy, ctx, route_config=route_config)]
-        listeners.append(listener(name, proxy.workload.ports[cport], filters))
+        tcp = protocols.get(cport, "HTTP") == "TCP"
+        route_config = {"name": inbound_cluster(cport), "virtual_hosts": [{
+            "name": f"inbound|http|{cport}", "domains": ["*"],
+            "routes": [{"name": "default", "match": {"prefix": "/"},
+                        "route": {"cluster": cluster, "timeout": "0s"}}]}]}
+
+        def filters_for(tls: bool, name: str = name, cluster: str = cluster, tcp: bool = tcp,
+                        route_config: dict[str, Any] = route_config) -> list[dict[str, Any]]:
+            if tcp:
+                return [tcp_proxy(name, [(cluster, 100)], proxy, ctx)]
+            manager = hcm(name, proxy, ctx, route_config=route_config)
+            if tls:
+                manager["typed_config"].update(XFCC)
+            return [manager]
+
+        chains, inspect = inbound_chains(proxy, ctx, cport, filters_for)
+        inbound: dict[str, Any] = {"@type": LISTENER_TYPE, "name": name,
+                                   "address": socket_address(proxy.workload.ports[cport]),
+                                   "filter_chains": chains}
+        if inspect:
+            inbound["listener_filters"] = [TLS_INSPECTOR]
+        listeners.append(inbound)
     return listeners
 
 

@@ -16,6 +16,7 @@ from .clusters import CLUSTER_TYPE, build_clusters
 from .context import Proxy, PushContext
 from .gateway import SECRET_TYPE, gateway_listeners, gateway_route_configs, gateway_secrets
 from .listeners import LISTENER_TYPE, build_listeners
+from .mtls import identity_secrets
 from .routes import ROUTE_TYPE, kube_route_config, outbound_route_config
 
 # The order Istio pushes in: clusters and secrets before the listeners and routes using them.
@@ -84,7 +85,7 @@ def build_snapshot(proxy: Proxy, ctx: PushContext) -> Snapshot:
     """Build and check everything `proxy` needs from the push context."""
     router = proxy.kind == "router"
     listeners = gateway_listeners(proxy, ctx) if router else build_listeners(proxy, ctx)
-    secrets = gateway_secrets(proxy, ctx) if router else []
+    secrets = identity_secrets(proxy, ctx) + (gateway_secrets(proxy, ctx) if router else [])
     resources = {
         CLUSTER_TYPE: {c["name"]: c for c in build_clusters(proxy, ctx)},
         SECRET_TYPE: {s["name"]: s for s in secrets},
@@ -132,15 +133,26 @@ def listener_clusters(listener: dict[str, Any]) -> list[str]:
     return names
 
 
-def referenced_secrets(listener: dict[str, Any]) -> list[str]:
-    names = []
-    for chain in listener.get("filter_chains", []):
-        common = ((chain.get("transport_socket") or {}).get("typed_config") or {}).get(
-            "common_tls_context") or {}
-        names += [c["name"] for c in common.get("tls_certificate_sds_secret_configs", [])]
-        if "validation_context_sds_secret_config" in common:
-            names.append(common["validation_context_sds_secret_config"]["name"])
+def transport_secrets(socket: dict[str, Any] | None) -> list[str]:
+    """SDS secret names a TLS transport socket (downstream or upstream) refers to."""
+    common = ((socket or {}).get("typed_config") or {}).get("common_tls_context") or {}
+    names = [c["name"] for c in common.get("tls_certificate_sds_secret_configs", [])]
+    combined = common.get("combined_validation_context") or {}
+    for holder in (common, combined):
+        if "validation_context_sds_secret_config" in holder:
+            names.append(holder["validation_context_sds_secret_config"]["name"])
     return names
+
+
+def referenced_secrets(listener: dict[str, Any]) -> list[str]:
+    return [n for chain in listener.get("filter_chains", [])
+            for n in transport_secrets(chain.get("transport_socket"))]
+
+
+def cluster_secrets(cluster: dict[str, Any]) -> list[str]:
+    sockets = [cluster.get("transport_socket")] + [
+        m["transport_socket"] for m in cluster.get("transport_socket_matches", [])]
+    return [n for socket in sockets for n in transport_secrets(socket)]
 
 
 def check(snapshot: Snapshot) -> None:
@@ -156,6 +168,10 @@ def check(snapshot: Snapshot) -> None:
         for cluster in listener_clusters(listener):
             if cluster not in snapshot.clusters:
                 problems.append(f"listener {listener['name']} uses missing cluster {cluster}")
+    for cluster_config in snapshot.clusters.values():
+        for name in cluster_secrets(cluster_config):
+            if name not in snapshot.secrets:
+                problems.append(f"cluster {cluster_config['name']} uses missing secret {name}")
     for route_config in snapshot.routes.values():
         for cluster in route_clusters(route_config):
             if cluster not in snapshot.clusters:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..certs import spiffe_id
 from ..config.analyze import analyze
 from ..config.loader import load
 from ..config.model import Resource
@@ -34,6 +35,7 @@ from ..controlplane.naming import node_id
 from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
+from .identity import MeshCA
 from .images import command_for
 from .ports import PortAllocator, port_accepts
 from .state import StateDir
@@ -104,12 +106,19 @@ class LocalMesh:
         self.lock = threading.RLock()
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
+        self.ca: MeshCA | None = None
+        self._stopping = threading.Event()
         self.supervisor.on_restart = self._on_restart
+        threading.Thread(target=self._renew_certificates, daemon=True,
+                         name="certificate-renewal").start()
 
     # --- public operations -----------------------------------------------------------------
     def install(self, values: dict[str, str] | None = None) -> list[str]:
         """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
         with self.lock:
+            # istiod reads a plugged-in CA (the `cacerts` Secret) when it starts.
+            self.ca = MeshCA.for_install(self.store.get("Secret", "istio-system", "cacerts"),
+                                         self.state.certs / "istiod")
             if not self.kube_proxy:
                 self._start_kube_proxy()
             self.apply(load(str(ISTIO_SYSTEM_MANIFEST)))
@@ -163,8 +172,9 @@ class LocalMesh:
             return lines
 
     def shutdown(self) -> None:
+        self._stopping.set()
         with self.lock:
-            self.supervisor.stop_all()
+            self.supervisor.close()
             self.ads.stop()
             self.pods.clear()
 
@@ -287,8 +297,32 @@ class LocalMesh:
         if self.kube_proxy:
             proxies.append(self.kube_proxy)
         logs = {p.id: str(self.state.logs / f"{p.id.split('~')[2]}.access.log") for p in proxies}
+        identities: dict[str, tuple[str, str]] = {}
+        if self.ca is not None:
+            for proxy in proxies:
+                if proxy.workload is not None:
+                    identities[proxy.id] = self.ca.certificate(spiffe_id(
+                        proxy.workload.namespace, proxy.workload.service_account))
         return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
-                           logs)
+                           logs, identities, self.ca.root_pem if self.ca else "")
+
+    def rotate_certificates(self) -> None:
+        """Issue every workload a new certificate now and push it (as a CA renewal does)."""
+        with self.lock:
+            if self.ca is not None:
+                self.ca.rotate()
+                self._repush()
+
+    def _repush(self) -> None:
+        ctx = self._context(self.store)
+        self.ads.push([build_snapshot(p, ctx) for p in ctx.proxies])
+
+    def _renew_certificates(self) -> None:
+        """Push renewed certificates when the earliest one reaches half its life."""
+        while not self._stopping.wait(30):
+            if self.ca is not None and time.time() >= self.ca.next_renewal():
+                with self.lock:
+                    self._repush()
 
     # --- pods ------------------------------------------------------------------------------
     def _desired_pods(self, store: ConfigStore) -> dict[str, list[tuple[str, str, Resource]]]:

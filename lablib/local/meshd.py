@@ -74,6 +74,9 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
             docs = load(params["text"], namespace=params.get("namespace"), check_fields=False)
             return self.mesh.delete(docs, params.get("namespace"),
                                     bool(params.get("ignore_missing")))
+        if method == "rotate_certificates":
+            self.mesh.rotate_certificates()
+            return "rotated"
         if method == "shutdown":
             threading.Thread(target=self.stop, daemon=True).start()
             return "shutting down"
