@@ -16,6 +16,7 @@ LAB0208 duplicate subset name                 LAB0220 TLS server credential not 
                                                LAB0221 MUTUAL server without a client CA
                                                LAB0222 credential unreadable or key mismatch
                                                LAB0223 credential certificate expired
+                                               LAB0224 volume's Secret/ConfigMap not found
 
 Severity "Error" refuses an apply; "Warning" and "Info" are reported and let through.
 """
@@ -345,6 +346,30 @@ def _gateway_credentials(store: ConfigStore) -> Iterator[Diagnostic]:
                     f"{path}.mode",
                     f"kubectl create -n {ns} secret generic {name} --from-file=tls.key=KEY.pem "
                     f"--from-file=tls.crt=CERT.pem --from-file=ca.crt=CA.pem")
+
+
+def _volume_sources(store: ConfigStore) -> Iterator[Diagnostic]:
+    """LAB0224: a pod volume from a Secret or ConfigMap that does not exist (and is not
+    optional): its pods would never start."""
+    for deployment in store.list("Deployment"):
+        spec = _dict(_dict(deployment.spec.get("template")).get("spec"))
+        for i, volume in enumerate(_list(spec.get("volumes"))):
+            volume = _dict(volume)
+            for key, kind, field in (("secret", "Secret", "secretName"),
+                                     ("configMap", "ConfigMap", "name")):
+                source = _dict(volume.get(key))
+                name = source.get(field)
+                if not source or not name or source.get("optional"):
+                    continue
+                if store.get(kind, deployment.namespace, str(name)) is None:
+                    word = "secret" if kind == "Secret" else "configmap"
+                    yield Diagnostic(
+                        "LAB0224", ERROR, deployment.ref,
+                        f'{kind} "{name}" not found in namespace {deployment.namespace}: the '
+                        "pods could not mount it and would never start",
+                        f"spec.template.spec.volumes[{i}].{key}.{field}",
+                        f"create it first: kubectl create -n {deployment.namespace} {word} "
+                        f"{name} --from-file=...")
 
 
 def _gateway_selector_fix(store: ConfigStore) -> str:
@@ -798,6 +823,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _workload_selectors,
     _gateways,
     _gateway_credentials,
+    _volume_sources,
     _virtual_services,
     _conflicts,
     _destination_rules,

@@ -6,7 +6,7 @@ pure functions of (proxy, PushContext).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -119,11 +119,30 @@ class PushContext:
     @cached_property
     def services(self) -> dict[str, Service]:
         """Services by FQDN."""
+        tls_ports = self._tls_routed_ports()
         out = {}
         for res in self.store.list("Service"):
             svc = service_from_resource(res)
-            out[svc.fqdn] = svc
+            # Istio sniffs the protocol of a port whose name says none; TLS is what a `tls`
+            # route sends there, so such a port is carried as TCP end to end.
+            ports = tuple(
+                replace(p, protocol="TCP") if (svc.fqdn, p.port) in tls_ports
+                and not hosts.port_protocol({"name": p.name}) else p for p in svc.ports)
+            out[svc.fqdn] = replace(svc, ports=ports)
         return out
+
+    def _tls_routed_ports(self) -> set[tuple[str, int]]:
+        """(host FQDN, port) of every VirtualService `tls` route destination."""
+        found = set()
+        for vs in self.store.list("VirtualService"):
+            for tls in vs.spec.get("tls") or []:
+                for route in tls.get("route") or []:
+                    dest = route.get("destination") or {}
+                    number = (dest.get("port") or {}).get("number")
+                    if number is not None:
+                        found.add((hosts.canonical_host(self.store, str(dest.get("host", "")),
+                                                        vs.namespace), int(number)))
+        return found
 
     def host_fqdn(self, host: str, from_namespace: str) -> str:
         """The name Istio keys `host` by, resolved exactly as the analyzer resolves it."""

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import random
+import shutil
 import threading
 import time
 import urllib.request
@@ -64,6 +65,7 @@ class Pod:
     processes: list[str] = field(default_factory=list)
     app_env: dict[str, str] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the pod spec's, by name
     started_at: float = field(default_factory=time.time)
 
 
@@ -267,7 +269,7 @@ class LocalMesh:
             for pid in new_ids:
                 self.ads.set_target(snapshots[pid])
             # New pods serve before existing proxies send them traffic (make-before-break).
-            self._start_pods(new_pods)
+            self._start_pods(new_pods, candidate)
             self.ads.wait_synced(new_ids, timeout=15, require_connected=True)
             self.ads.push([s for pid, s in snapshots.items() if pid not in new_ids], timeout=10)
         except Exception as exc:  # whatever went wrong, nothing half-applied stays
@@ -369,7 +371,8 @@ class LocalMesh:
         workload = Workload(name, d.namespace, labels,
                             str(spec.get("serviceAccountName") or "default"), inject, ports,
                             port_names)
-        pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind)
+        pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind,
+                  volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":
             kind = "sidecar" if inject else "router"
             pod.admin_port = self.ports.allocate()
@@ -412,19 +415,44 @@ class LocalMesh:
         assert pod.proxy is not None
         return ctx.gateway_target_port(pod.proxy, number)
 
-    def _start_pods(self, pods: list[Pod]) -> None:
+    def _start_pods(self, pods: list[Pod], store: ConfigStore) -> None:
         if not pods:
             return
         with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
-            for f in [pool.submit(self._start_pod, p) for p in pods]:
+            for f in [pool.submit(self._start_pod, p, store) for p in pods]:
                 f.result()
+
+    def _mount(self, pod: Pod, container: dict[str, Any], store: ConfigStore) -> dict[str, str]:
+        """Write the Secret and ConfigMap volumes a container mounts into the pod's folder,
+        as the kubelet would; returns mountPath -> local folder (the app gets it as
+        LAB_MOUNTS). Secret files are 0600."""
+        mounts = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = pod.volumes.get(str(mount.get("name")), {})
+            source = volume.get("secret") or volume.get("configMap")
+            if source is None:
+                continue
+            kind = "Secret" if "secret" in volume else "ConfigMap"
+            name = str(source.get("secretName") or source.get("name"))
+            found = store.get(kind, pod.namespace, name)
+            data = dict((found.body.get("data") or {}) if found else {})
+            folder = self.state.path / "mounts" / f"{pod.namespace}.{pod.name}" / str(
+                mount["name"])
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for key, value in data.items():
+                if kind == "Secret":
+                    self.state.write_private(folder / key, base64.b64decode(str(value)))
+                else:
+                    (folder / key).write_text(str(value))
+            mounts[str(mount["mountPath"])] = str(folder)
+        return mounts
 
     def _proxy_port_for(self, pod: Pod) -> int:
         if pod.proxy and pod.proxy.kind == "sidecar":
             return pod.proxy.outbound_port
         return self._kube_port(pod.namespace)
 
-    def _start_pod(self, pod: Pod) -> None:
+    def _start_pod(self, pod: Pod, store: ConfigStore) -> None:
         prefix = f"{pod.namespace}.{pod.name}"
         if pod.proxy is not None:
             boot = bootstrap(pod.proxy.id, f"{pod.workload.labels.get('app', pod.deployment)}."
@@ -445,6 +473,9 @@ class LocalMesh:
         for c in pod.containers:
             env = dict(pod.app_env)
             env.update({str(e["name"]): str(e.get("value", "")) for e in c.get("env") or []})
+            mounts = self._mount(pod, c, store)
+            if mounts:
+                env["LAB_MOUNTS"] = json.dumps(mounts)
             cports = [int(p["containerPort"]) for p in c.get("ports") or []]
             port_map = {cp: pod.bind_ports[cp] for cp in cports}
             argv = command_for(str(c["image"]), port_map=port_map, env=env,
@@ -458,6 +489,8 @@ class LocalMesh:
     def _stop_pod(self, pod: Pod) -> None:
         for name in pod.processes:
             self.supervisor.stop(name)
+        shutil.rmtree(self.state.path / "mounts" / f"{pod.namespace}.{pod.name}",
+                      ignore_errors=True)
         if pod.proxy:
             self.ads.forget(pod.proxy.id)
         for port in [*pod.workload.ports.values(), *pod.bind_ports.values(), pod.admin_port,
