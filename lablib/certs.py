@@ -694,10 +694,17 @@ def certificates(source: CertSource) -> list[x509.Certificate]:
                            "    fix: pass a path, PEM text or bytes, or a list of them")
 
 
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def _parse(data: bytes, where: str) -> list[x509.Certificate]:
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
+            # Only the certificate blocks: `openssl s_client` output also holds other PEM
+            # blocks (the TLS session), which are not certificates.
+            blocks = _PEM_CERTIFICATE.findall(data)
+            return x509.load_pem_x509_certificates(b"\n".join(blocks) if blocks else data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError as exc:
         raise CertificateError(f"no certificate found in {where} ({exc})\n"

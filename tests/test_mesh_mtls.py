@@ -137,3 +137,17 @@ def test_workload_certificates_are_short_lived_spiffe_certificates(mesh):
     assert uris == [f"spiffe://cluster.local/ns/{NS}/sa/httpbin"]
     days = int(re.sub(r"\D", "", str(leaf["days_until_expiration"])) or 0)
     assert days <= 1
+
+
+def test_openssl_from_the_proxy_container_sees_the_workload_certificate(mesh):
+    """As the plug-in CA task does: `kubectl exec sleep -c istio-proxy -- openssl s_client
+    -showcerts -connect httpbin.NS:8000` shows the chain httpbin's sidecar presents."""
+    from lablib import certs
+
+    pod = mesh.pod_name({"app": "sleep"}, NS)
+    shown = mesh.exec(pod, ["openssl", "s_client", "-showcerts", "-connect",
+                            f"httpbin.{NS}:8000"], namespace=NS, container="istio-proxy")
+    chain = certs.chain_table(shown.stdout.encode())
+    assert f"spiffe://cluster.local/ns/{NS}/sa/httpbin" in " ".join(
+        str(v) for v in chain.iloc[0].to_dict().values())
+    assert len(chain) >= 2 and bool(chain.iloc[0]["verifies_against_next"])

@@ -124,7 +124,7 @@ def workload_port_protocols(proxy: Proxy, ctx: PushContext) -> dict[int, str]:
 
 def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     listeners = [listener("outbound_http", proxy.outbound_port,
-                          [hcm("outbound_http", proxy, ctx, rds="outbound_http")])]
+                          [forward_proxy_hcm("outbound_http", proxy, ctx)])]
     protocols = workload_port_protocols(proxy, ctx)
     assert proxy.workload is not None
     for cport in sorted(proxy.app_ports):
@@ -155,8 +155,16 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return listeners
 
 
+def forward_proxy_hcm(name: str, proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
+    """The HTTP connection manager of a forward-proxy listener; it also takes HTTP/1.0,
+    which `openssl s_client -proxy` speaks for its CONNECT."""
+    manager = hcm(name, proxy, ctx, rds=name)
+    manager["typed_config"]["http_protocol_options"] = {"accept_http_10": True}
+    return manager
+
+
 def kube_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
-    return [listener(f"kube_{ns}", port, [hcm(f"kube_{ns}", proxy, ctx, rds=f"kube_{ns}")])
+    return [listener(f"kube_{ns}", port, [forward_proxy_hcm(f"kube_{ns}", proxy, ctx)])
             for ns, port in sorted(proxy.kube_ports.items())]
 
 

@@ -159,10 +159,17 @@ class LocalBackend(Backend):
             return subprocess.CompletedProcess(argv, 0, out, "")
         if argv and argv[0] in EMULATED_TOOLS and shutil.which(argv[0]) is None:
             argv = [*EMULATED_TOOLS[argv[0]], *argv[1:]]
+        bypasses_sidecar = container == "istio-proxy" or info["proxy"] != "sidecar"
+        if argv[:2] == ["openssl", "s_client"] and "-proxy" not in argv and bypasses_sidecar \
+                and info.get("direct_proxy"):
+            # openssl reads no proxy variables; cluster DNS would give it the service's
+            # endpoints directly, which is what the kube-proxy stand-in's CONNECT does.
+            argv = [*argv[:2], "-proxy", info["direct_proxy"], *argv[2:]]
         env = dict(os.environ)
         env.update(info["env"])
+        # Like `kubectl exec` without -i: the command gets no standard input.
         return subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
 
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)

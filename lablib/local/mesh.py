@@ -260,7 +260,9 @@ class LocalMesh:
         self.pods = {**keep, **{(p.namespace, p.name): p for p in new_pods}}
         self._sync_gateway_ports(candidate)
         for pod in new_pods:
-            if pod.role == "app" and pod.proxy is None and self.kube_proxy:
+            # Every app namespace gets the plain path too: pods without a sidecar use it, and
+            # so does traffic that bypasses a sidecar (from its istio-proxy container).
+            if pod.role == "app" and self.kube_proxy:
                 self._kube_port(pod.namespace)
         try:
             ctx = self._context(candidate)

@@ -120,8 +120,15 @@ class MeshViews:
                 "proxy_id": pod.proxy.id if pod.proxy else None,
                 "ports": {str(k): v for k, v in pod.workload.ports.items()},
                 "labels": pod.workload.labels,
+                "direct_proxy": self._direct_proxy(pod.namespace),
                 "containers": [str(c["name"]) for c in pod.containers]
                 + (["istio-proxy"] if pod.proxy and pod.proxy.kind == "sidecar" else [])}
+
+    def _direct_proxy(self, namespace: str) -> str:
+        """host:port of the kube-proxy stand-in for `namespace` (plain connections)."""
+        kube = self.mesh.kube_proxy
+        port = kube.kube_ports.get(namespace) if kube else None
+        return f"127.0.0.1:{port}" if port else ""
 
     def snapshot(self, namespace: str, name: str) -> dict[str, Any]:
         """The config the control plane wants this pod's proxy to hold (for call simulation)."""
