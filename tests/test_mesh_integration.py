@@ -122,7 +122,8 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      containers: [{name: web, image: "registry.example.com/shop/web:2.1", ports: [{containerPort: 80}]}]
+      containers:
+      - {name: web, image: "registry.example.com/shop/web:2.1", ports: [{containerPort: 80}]}
 """, "registry.example.com/shop/web:2.1"),
 }
 
