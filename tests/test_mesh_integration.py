@@ -77,7 +77,7 @@ def test_exec_runs_real_curl_through_the_pods_sidecar(routed):
     result = routed.exec(pod, ["curl", "-s", "-D", "-", "http://reviews:9080/reviews/0"],
                          namespace=NS)
     assert result.returncode == 0
-    assert "server: envoy" in result.stdout.lower()  # answered through the sidecar
+    assert "server: istio-envoy" in result.stdout.lower()  # answered through the sidecar
     assert '"podname": "reviews-v1-' in result.stdout  # and routed by the all-v1 rule
 
 

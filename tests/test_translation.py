@@ -405,3 +405,41 @@ spec: {mtls: {mode: STRICT}}
 """, mtls=True)
     chains = strict.listeners["inbound|9080"]["filter_chains"]
     assert [c["filter_chain_match"]["transport_protocol"] for c in chains] == ["tls"]
+
+
+def test_a_zero_weight_tcp_destination_is_left_out():
+    tcp = """
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: tcp-gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 31400, name: tcp, protocol: TCP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-gw]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v1}, weight: 100}
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v2}, weight: 0}
+"""
+    result = simulate(snapshot_for(GATEWAY, tcp), Call(31400))
+    assert result.clusters == {f"outbound|9000|v1|tcp-echo.{NS}.svc.cluster.local": 100}
+
+
+def test_gateway_route_match_port_means_the_server_port():
+    matched = GATEWAY_YAML.replace("number: 8080", "number: 80").replace(
+        "    - uri: {exact: /productpage}", "    - uri: {exact: /productpage}\n      port: 80")
+    assert simulate(snapshot_for(GATEWAY, matched), Call(30080, "x", "/productpage")).clusters

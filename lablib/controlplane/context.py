@@ -51,6 +51,9 @@ class Workload:
     injected: bool
     ports: dict[int, int]
     port_names: dict[str, int] = field(default_factory=dict)
+    # A gateway port that several Service ports target (80 and 3000 -> 8080) is reached on
+    # each of their node ports: the first is in `ports`, the others here.
+    port_aliases: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def endpoint_port(self, target: int | str) -> int | None:
         container_port = self.port_names.get(target) if isinstance(target, str) else target

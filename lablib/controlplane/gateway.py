@@ -84,8 +84,12 @@ def bound_virtual_services(ctx: PushContext, gw: Resource, server: dict[str, Any
 
 
 def weighted(ctx: PushContext, vs: Resource, route: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    return [(destination_cluster(ctx, d["destination"], vs.namespace),
-             int(d.get("weight", 100 if len(route) == 1 else 0))) for d in route]
+    """(cluster, weight) of a route's destinations; a 0% destination is left out, as Istio
+    does (Envoy refuses a weight of 0)."""
+    out = [(destination_cluster(ctx, d["destination"], vs.namespace),
+            int(d.get("weight", 100 if len(route) == 1 else 0))) for d in route]
+    kept = [(cluster, weight) for cluster, weight in out if weight > 0]
+    return kept or out[:1]
 
 
 def tcp_route_clusters(port: int, servers: list[Server], ctx: PushContext) -> list[tuple[str, int]]:
@@ -194,6 +198,9 @@ def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
             continue
         out: dict[str, Any] = {"@type": LISTENER_TYPE, "name": f"0.0.0.0_{port}",
                                "address": socket_address(local), "filter_chains": chains}
+        aliases = workload.port_aliases.get(port, ())
+        if aliases:
+            out["additional_addresses"] = [{"address": socket_address(p)} for p in aliases]
         if any("filter_chain_match" in c for c in chains):
             out["listener_filters"] = [TLS_INSPECTOR]
         listeners.append(out)
@@ -206,7 +213,8 @@ def route_config(name: str, port: int, servers: list[Server], ctx: PushContext) 
     for gw, server in servers:
         gw_name = f"{gw.namespace}/{gw.name}"
         for vs in bound_virtual_services(ctx, gw, server):
-            routes = http_routes(ctx, vs, gateway=gw_name, port=port)
+            # A route's `match.port` means the Gateway server's port, as in Istio.
+            routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]))
             for host in vs.spec.get("hosts") or []:
                 if server_hosts_match(server.get("hosts") or [], str(host), vs.namespace):
                     by_domain.setdefault(str(host), []).extend(routes)

@@ -78,6 +78,7 @@ def hcm(stat_prefix: str, proxy: Proxy, ctx: PushContext, *, rds: str | None = N
         "normalize_path": True,
         "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"}],
         "stream_idle_timeout": "0s",
+        "server_name": "istio-envoy",
     }
     if rds:
         config["rds"] = {"route_config_name": rds, "config_source": ADS}

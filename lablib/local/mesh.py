@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,14 @@ class Pod:
     app_env: dict[str, str] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the pod spec's, by name
+    private_ports: dict[int, int] = field(default_factory=dict)  # gateway ports without a Service
     started_at: float = field(default_factory=time.time)
+
+
+def node_ports(store: ConfigStore) -> set[int]:
+    """Every node port the store's Services hold."""
+    return {int(p["nodePort"]) for svc in store.list("Service")
+            for p in svc.spec.get("ports") or [] if p.get("nodePort")}
 
 
 def rfc3339(ts: float) -> str:
@@ -281,6 +288,8 @@ class LocalMesh:
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
                     f"one. {exc.proxy_id} said: {exc.reason}") from None
             raise
+        for port in node_ports(old_store) - node_ports(candidate):
+            self.ports.release(port)
         self.store = candidate
         for pod in gone:
             self._stop_pod(pod)
@@ -366,8 +375,8 @@ class LocalMesh:
                 cport = int(p["containerPort"])
                 if p.get("name"):
                     port_names[str(p["name"])] = cport
-                if role == "control-plane":
-                    continue
+                if role in ("control-plane", "gateway"):
+                    continue  # istiod is meshd; gateway ports follow their Service
                 ports[cport] = self.ports.allocate()
                 bind[cport] = self.ports.allocate() if inject else ports[cport]
         workload = Workload(name, d.namespace, labels,
@@ -384,11 +393,15 @@ class LocalMesh:
         return pod
 
     def _sync_gateway_ports(self, store: ConfigStore) -> None:
-        """Gateway workload ports follow the gateway Service's node ports (80 -> 8080 -> P)."""
+        """Gateway workload ports follow the gateway Service's node ports (80 -> 8080 -> P).
+
+        A port no Service port targets (a Gateway server on it, or one the container
+        declares) gets a private loopback port, reached only from the mesh, as a pod port
+        is; one that no longer needs it gives it back."""
         for pod in list(self.pods.values()):
             if pod.role != "gateway" or pod.proxy is None:
                 continue
-            ports = dict(pod.workload.ports)
+            node_ports: dict[int, list[int]] = {}
             for svc in store.list("Service", pod.namespace):
                 if not selector_matches(dict(svc.spec.get("selector") or {}), pod.workload.labels):
                     continue
@@ -397,18 +410,29 @@ class LocalMesh:
                     if isinstance(target, str):
                         target = pod.workload.port_names.get(target, p["port"])
                     if p.get("nodePort"):
-                        ports[int(target)] = int(p["nodePort"])
+                        node_ports.setdefault(int(target), []).append(int(p["nodePort"]))
+            wanted = {int(p["containerPort"]) for c in pod.containers for p in c.get("ports") or []}
             for gw in store.list("Gateway"):
                 if selector_matches(dict(gw.spec.get("selector") or {}), pod.workload.labels):
-                    for server in gw.spec.get("servers") or []:
-                        number = int(server["port"]["number"])
-                        target = self._gateway_target(store, pod, number)
-                        if target not in ports:
-                            ports[target] = self.ports.allocate()
-            if ports != pod.workload.ports:
-                workload = Workload(pod.workload.name, pod.workload.namespace, pod.workload.labels,
-                                    pod.workload.service_account, False, ports,
-                                    pod.workload.port_names)
+                    wanted |= {self._gateway_target(store, pod, int(server["port"]["number"]))
+                               for server in gw.spec.get("servers") or []}
+            ports: dict[int, int] = {}
+            aliases: dict[int, tuple[int, ...]] = {}
+            for target in sorted(wanted | set(node_ports)):
+                if target in node_ports:
+                    ports[target], *rest = node_ports[target]
+                    if rest:
+                        aliases[target] = tuple(rest)
+                else:
+                    if target not in pod.private_ports:
+                        pod.private_ports[target] = self.ports.allocate()
+                    ports[target] = pod.private_ports[target]
+            for target, private in list(pod.private_ports.items()):
+                if ports.get(target) != private:
+                    self.ports.release(private)
+                    del pod.private_ports[target]
+            if ports != pod.workload.ports or aliases != pod.workload.port_aliases:
+                workload = replace(pod.workload, ports=ports, port_aliases=aliases)
                 pod.workload = workload
                 pod.proxy = Proxy(pod.proxy.id, "router", pod.namespace, workload)
 
