@@ -1,5 +1,9 @@
 """The `lablib` command: check the machine, and see and stop local meshes from a terminal.
 
+    lablib kubectl ARGS    kubectl's commands against the local mesh (the real one on a cluster)
+    lablib istioctl ARGS   istioctl's commands, likewise
+    lablib shell           a shell with kubectl and istioctl first on PATH
+    lablib env             the exports that do the same: eval "$(lablib env)"
     lablib doctor          what the labs need, what is missing, and how to fix it
     lablib status          every local mesh of this user, and its processes
     lablib down [NAME]     stop one mesh (default: $LAB_MESH or "default")
@@ -19,10 +23,7 @@ from .local.state import StateDir, default_root
 
 def attach(name: str) -> LocalBackend | None:
     """A client of mesh `name` if it is running; never starts one."""
-    backend = LocalBackend.__new__(LocalBackend)
-    backend.state = StateDir(name)
-    backend.owner = 0
-    return backend if backend._alive() else None
+    return LocalBackend.attach(StateDir(name))
 
 
 def local_meshes() -> Iterator[tuple[str, LocalBackend | None]]:
@@ -65,6 +66,14 @@ def doctor() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given and args_given[0] in ("kubectl", "istioctl", "shell", "env"):
+        # Before argparse, which would take the tools' own flags (-n, -o) for its own.
+        from . import shims
+
+        tools = {"kubectl": shims.kubectl_main, "istioctl": shims.istioctl_main,
+                 "shell": shims.shell_main, "env": shims.env_main}
+        return int(tools[args_given[0]](args_given[1:]))
     parser = argparse.ArgumentParser(prog="lablib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -282,3 +282,33 @@ def test_reapplying_a_manifest_is_unchanged_and_keeps_its_creation_time(bookinfo
     lines = bookinfo_mesh.apply("samples/bookinfo/platform/kube/bookinfo.yaml", namespace=NS)
     assert lines and all(line.endswith(" unchanged") for line in lines), lines
     assert bookinfo_mesh.get("svc", "details", NS)[0]["metadata"]["creationTimestamp"] == created
+
+
+def test_a_kube_injected_manifest_runs_with_the_meshs_own_sidecar(bookinfo_mesh):
+    """`kubectl apply -f <(istioctl kube-inject -f sleep.yaml)` in a namespace without the
+    injection label: the pod gets its sidecar from the annotation, not from the label."""
+    from lablib.config.loader import load
+
+    bookinfo_mesh.create_namespace("injected-by-hand")
+    try:
+        docs = [r.body for r in load("samples/sleep/sleep.yaml")]
+        for body in docs:
+            if body["kind"] == "Deployment":
+                template = body["spec"]["template"]
+                template["metadata"].setdefault("annotations", {})[
+                    "sidecar.istio.io/status"] = '{"containers":["istio-proxy"]}'
+                template["spec"]["containers"].append(
+                    {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.20.3"})
+        bookinfo_mesh.apply(docs, namespace="injected-by-hand")
+        pod = bookinfo_mesh.pod_name({"app": "sleep"}, "injected-by-hand")
+        result = bookinfo_mesh.exec(pod, ["curl", "-s", "-D", "-", "-o", "/dev/null",
+                                          f"http://productpage.{NS}:9080/productpage"],
+                                    namespace="injected-by-hand")
+        assert "200" in result.stdout.splitlines()[0]
+        assert "server: istio-envoy" in result.stdout.lower()
+    finally:
+        bookinfo_mesh.delete_namespace("injected-by-hand")
+
+
+def test_the_default_namespace_has_a_creation_time(bookinfo_mesh):
+    assert bookinfo_mesh.get("namespace", "default")[0]["metadata"]["creationTimestamp"]

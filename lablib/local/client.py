@@ -54,6 +54,14 @@ class LocalBackend(Backend):
         if not self._alive():
             self._start_daemon(start_timeout)
 
+    @classmethod
+    def attach(cls, state: StateDir | None = None) -> LocalBackend | None:
+        """A client of the mesh if it is running; None otherwise (never starts one)."""
+        backend = cls.__new__(cls)
+        backend.state = state or StateDir()
+        backend.owner = 0
+        return backend if backend._alive() else None
+
     # --- talking to meshd ---------------------------------------------------------------------
     def call(self, method: str, timeout: float = 300.0, **params: Any) -> Any:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

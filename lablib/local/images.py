@@ -40,7 +40,15 @@ def _httpbin(port: int) -> _Image:
     return _Image(port, (*argv, "httpbin:app"))
 
 
+def _nginx() -> _Image:
+    """The nginx image: lablib's stand-in serving what the mounted nginx.conf describes."""
+    # The image listens on 80 by default; a mounted nginx.conf may move it (the passthrough
+    # task's listens on 443), and then the one containerPort declared is the one it serves.
+    return _Image(80, ("-m", "lablib.apps.nginx", "--port", "{port}"))
+
+
 _TCP_ECHO = "istio/tcp-echo-server"
+_FORTIO = "fortio/fortio"
 # The tcp-echo image's CMD, used when a Deployment gives no args.
 _TCP_ECHO_DEFAULT_ARGS = ("9000", "hello")
 
@@ -59,7 +67,13 @@ _IMAGES = {
     "kennethreitz/httpbin": _httpbin(80),
     "mccutchen/go-httpbin": _httpbin(8080),
     "curlimages/curl": _Image(None, ("-m", "lablib.apps.sleep")),
+    # Docker Hub's official image, as `nginx` or `library/nginx`.
+    "nginx": _nginx(),
+    "library/nginx": _nginx(),
     _TCP_ECHO: _Image(None, ()),  # argv built from the container's args
+    # fortio's image runs `fortio server`, an echo server on 8080 (plus every other declared
+    # port, see command_for).
+    _FORTIO: _Image(8080, ("-m", "lablib.apps.fortio", "server", "--port", "{port}")),
 }
 
 _REGISTRY = "docker.io/"
@@ -156,5 +170,11 @@ def command_for(
         return [sys.executable, *argv]
     if spec.port is None:
         return [sys.executable, *spec.argv]
-    port = str(_loopback_port(image, spec.port, port_map))
-    return [sys.executable, *(part.replace("{port}", port) for part in spec.argv)]
+    port = _loopback_port(image, spec.port, port_map)
+    argv = [sys.executable, *(part.replace("{port}", str(port)) for part in spec.argv)]
+    if _repository(image) == _FORTIO:
+        # Istio's fortio-deploy.yaml also declares grpc-ping on 8079. A pod is ready only when
+        # every declared port listens, so the stand-in answers (HTTP) on those ports too.
+        for extra in sorted(set(port_map.values()) - {port}):
+            argv += ["--port", str(extra)]
+    return argv

@@ -109,6 +109,9 @@ class LocalMesh:
         self.ads = AdsServer()
         self.xds_port = self.ads.start(0)
         self.store = ConfigStore.with_namespaces(["default"])
+        default = self.store.get("Namespace", "", "default")
+        assert default is not None
+        self.store = self.store.with_applied([self._admit(default, [])])
         self.pods: dict[tuple[str, str], Pod] = {}
         self.kube_proxy: Proxy | None = None
         self.kube_admin_port = 0
@@ -215,7 +218,7 @@ class LocalMesh:
         containers = ((deployment.spec.get("template") or {}).get("spec") or {}).get("containers")
         for i, c in enumerate(containers or []):
             image = str(c.get("image", ""))
-            if GATEWAY_IMAGE in image or PILOT_IMAGE in image:
+            if GATEWAY_IMAGE in image or PILOT_IMAGE in image or c.get("name") == "istio-proxy":
                 continue
             declared = {int(p["containerPort"]): int(p["containerPort"])
                         for p in c.get("ports") or []}
@@ -358,15 +361,20 @@ class LocalMesh:
         meta, spec = template.get("metadata") or {}, template.get("spec") or {}
         labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
         containers = list(spec.get("containers") or [])
+        # `istioctl kube-inject` output already holds the sidecar: the mesh runs its own.
+        pre_injected = "sidecar.istio.io/status" in (meta.get("annotations") or {})
+        if pre_injected:
+            containers = [c for c in containers if c.get("name") != "istio-proxy"]
         suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
         name = f"{d.name}-{thash}-{suffix}"
         images = " ".join(str(c.get("image", "")) for c in containers)
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")
         ns_labels = store.namespace_labels(d.namespace)
-        inject = (role == "app" and ns_labels.get("istio-injection") == "enabled"
-                  and labels.get("sidecar.istio.io/inject", "true") != "false"
-                  and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false")
+        inject = role == "app" and (pre_injected or (
+            ns_labels.get("istio-injection") == "enabled"
+            and labels.get("sidecar.istio.io/inject", "true") != "false"
+            and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false"))
         port_names: dict[str, int] = {}
         ports: dict[int, int] = {}
         bind: dict[int, int] = {}

@@ -36,10 +36,8 @@ def connect(start: bool = False) -> LocalBackend:
     if start:
         owner = os.environ.get(OWNER_ENV, "")
         return LocalBackend(state, owner=int(owner) if owner.isdigit() else 0)
-    backend = LocalBackend.__new__(LocalBackend)
-    backend.state = state
-    backend.owner = 0
-    if not backend._alive():
+    backend = LocalBackend.attach(state)
+    if backend is None:
         raise Failure(f'The connection to the local mesh "{state.mesh}" was refused: it is not '
                       f"running. Start it with: istioctl install --set profile=demo -y")
     return backend
