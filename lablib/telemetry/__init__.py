@@ -1,0 +1,31 @@
+"""Istio's telemetry on the local mesh: standard metrics, Prometheus, a service graph, dashboards.
+
+    from lablib import telemetry
+    metrics = telemetry.connect(mesh)    # the mesh's Prometheus, else the proxies' own metrics
+    metrics.query('sum by (destination_version) (istio_requests_total{reporter="destination"})')
+
+Every proxy's access log becomes Istio's standard metrics (`collector`), served per pod as a
+sidecar serves them on :15090 (`server`) and scraped by a real Prometheus (`prometheus`).
+"""
+
+from __future__ import annotations
+
+from .collector import BUCKETS, METRICS, Collector
+from .labels import HTTP_LABELS, TCP_LABELS
+from .localquery import LocalMetrics
+from .metrics import (
+    MetricsSource,
+    connect,
+    dashboard,
+    describe,
+    endpoints,
+    total,
+    wait_for_total,
+)
+from .prometheus import PrometheusClient, PromQLError
+
+__all__ = [
+    "BUCKETS", "HTTP_LABELS", "METRICS", "TCP_LABELS", "Collector", "LocalMetrics",
+    "MetricsSource", "PromQLError", "PrometheusClient", "connect", "dashboard", "describe",
+    "endpoints", "total", "wait_for_total",
+]

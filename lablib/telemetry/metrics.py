@@ -1,0 +1,99 @@
+"""Where a lab gets its metrics: the mesh's Prometheus, else the proxies themselves.
+
+    metrics = connect(mesh)            # PrometheusClient, or LocalMetrics without the binary
+    metrics.query('sum(istio_requests_total{reporter="destination"})')
+    dashboard(mesh, "prometheus")      # istioctl dashboard prometheus: the UI's address
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import httpx
+import pandas as pd
+
+from ..backend import Backend
+from ..errors import BackendError
+from .localquery import LocalMetrics
+from .prometheus import PrometheusClient
+
+__all__ = ["MetricsSource", "connect", "dashboard", "describe", "endpoints", "total",
+           "wait_for_total"]
+
+
+class MetricsSource(Protocol):
+    """What both PrometheusClient and LocalMetrics answer."""
+
+    def query(self, promql: str, at: Any = None) -> pd.DataFrame: ...
+
+    def query_range(self, promql: str, start: Any, end: Any,
+                    step: float | str = 1.0) -> pd.DataFrame: ...
+
+
+def endpoints(mesh: Backend) -> dict[str, str]:
+    """The mesh's metrics URL, its Prometheus URL ("" without one) and why there is none."""
+    from ..local.client import LocalBackend
+
+    if not isinstance(mesh, LocalBackend):
+        raise BackendError(f"telemetry is built for the local mesh only; the {mesh.name} "
+                           "backend would reach Istio's Prometheus addon through a port-forward")
+    return {k: str(v) for k, v in dict(mesh.call("telemetry")).items()}
+
+
+def connect(mesh: Backend) -> PrometheusClient | LocalMetrics:
+    """Prometheus when the mesh runs one (it starts on first ask), else the proxies' metrics."""
+    found = endpoints(mesh)
+    if found["prometheus"]:
+        return PrometheusClient(found["prometheus"])
+    return LocalMetrics(found["metrics"], note=found.get("note", ""))
+
+
+def describe(metrics: PrometheusClient | LocalMetrics) -> str:
+    """One sentence: which server answers PromQL here, or why none does."""
+    if isinstance(metrics, LocalMetrics):
+        return (f"No Prometheus here ({metrics.note}). Reading Istio's metrics straight from "
+                f"the proxies at {metrics.url}, every second; PromQL is limited to what the "
+                "labs use.")
+    try:
+        info = httpx.get(metrics.url + "/api/v1/status/buildinfo", timeout=5,
+                         trust_env=False).json()["data"]
+        version = f" {info['version']}"
+    except (httpx.HTTPError, ValueError, KeyError):
+        version = ""
+    targets = metrics.targets()
+    return (f"Prometheus{version} at {metrics.url}, scraping {len(targets)} proxies "
+            f"(job kubernetes-pods) every second.")
+
+
+def dashboard(mesh: Backend, name: str = "prometheus") -> str:
+    """`istioctl dashboard NAME`: the address of that UI, printed and returned."""
+    if name != "prometheus":
+        raise BackendError(f"{name} is not part of the local mesh; the lab's service graph "
+                           f"and dashboards stand in for it (on a cluster, `istioctl dashboard "
+                           f"{name}` port-forwards to Istio's addon)")
+    found = endpoints(mesh)
+    if not found["prometheus"]:
+        raise BackendError(f"this mesh runs no Prometheus: {found.get('note', '')}")
+    print(found["prometheus"])
+    return found["prometheus"]
+
+
+def total(metrics: MetricsSource, promql: str) -> float:
+    """The sum of an instant query's values (0 when it matches nothing)."""
+    result = metrics.query(promql)
+    return float(result["value"].sum()) if not result.empty else 0.0
+
+
+def wait_for_total(metrics: MetricsSource, promql: str, at_least: float,
+                   timeout: float = 30.0) -> float:
+    """`total(promql)` once it reaches `at_least`, or whatever it is after `timeout` seconds.
+
+    Metrics arrive a scrape (and for Prometheus a service-discovery round) after the traffic.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = total(metrics, promql)
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
