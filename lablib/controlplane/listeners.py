@@ -25,6 +25,8 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+HEADER_MUTATION_TYPE = ("type.googleapis.com/"
+                        "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -45,6 +47,8 @@ ACCESS_LOG_FORMAT = {
     "route_name": "%ROUTE_NAME%",
     "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+    "upstream_peer_uri_san": "%UPSTREAM_PEER_URI_SAN%",
+    "peer_metadata_id": "%REQ(X-ENVOY-PEER-METADATA-ID)%",
 }
 
 
@@ -61,19 +65,32 @@ def socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def http_filters() -> list[dict[str, Any]]:
+def peer_id_filter(proxy: Proxy) -> dict[str, Any]:
+    """Name this proxy on the requests it sends, as Istio's metadata exchange does with
+    `x-envoy-peer-metadata-id`: the server side's telemetry then knows its client."""
+    return {"name": "envoy.filters.http.header_mutation", "typed_config": {
+        "@type": HEADER_MUTATION_TYPE,
+        "mutations": {"request_mutations": [{"append": {
+            "header": {"key": "x-envoy-peer-metadata-id", "value": proxy.id},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}}
+
+
+def http_filters(proxy: Proxy | None = None) -> list[dict[str, Any]]:
+    """Fault injection, then routing; a client-side proxy first names itself."""
     return [
+        *([peer_id_filter(proxy)] if proxy is not None else []),
         {"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}},
         {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
     ]
 
 
 def hcm(stat_prefix: str, proxy: Proxy, ctx: PushContext, *, rds: str | None = None,
-        route_config: dict[str, Any] | None = None, gateway: bool = False) -> dict[str, Any]:
+        route_config: dict[str, Any] | None = None, gateway: bool = False,
+        client_side: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": HCM_TYPE,
         "stat_prefix": stat_prefix,
-        "http_filters": http_filters(),
+        "http_filters": http_filters(proxy if client_side or gateway else None),
         "access_log": access_log(proxy, ctx),
         "normalize_path": True,
         "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"}],
@@ -158,8 +175,9 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
 
 def forward_proxy_hcm(name: str, proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
     """The HTTP connection manager of a forward-proxy listener; it also takes HTTP/1.0,
-    which `openssl s_client -proxy` speaks for its CONNECT."""
-    manager = hcm(name, proxy, ctx, rds=name)
+    which `openssl s_client -proxy` speaks for its CONNECT. A sidecar's names itself to
+    servers; the kube-proxy stand-in, like kube-proxy, is nobody."""
+    manager = hcm(name, proxy, ctx, rds=name, client_side=proxy.kind == "sidecar")
     manager["typed_config"]["http_protocol_options"] = {"accept_http_10": True}
     return manager
 

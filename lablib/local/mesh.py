@@ -35,6 +35,8 @@ from ..controlplane.context import Proxy, PushContext, Workload, selector_matche
 from ..controlplane.naming import node_id
 from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
+from ..telemetry.service import MeshTelemetry
+from ..telemetry.topology import topology_from_mesh
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
@@ -119,6 +121,8 @@ class LocalMesh:
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
         self.ca: MeshCA | None = None
+        self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
+                                       lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
         self.supervisor.on_restart = self._on_restart
         threading.Thread(target=self._renew_certificates, daemon=True,
@@ -186,6 +190,7 @@ class LocalMesh:
     def shutdown(self) -> None:
         self._stopping.set()
         with self.lock:
+            self.telemetry.close()
             self.supervisor.close()
             self.ads.stop()
             self.pods.clear()
@@ -312,7 +317,7 @@ class LocalMesh:
         proxies = [p.proxy for p in self.pods.values() if p.proxy]
         if self.kube_proxy:
             proxies.append(self.kube_proxy)
-        logs = {p.id: str(self.state.logs / f"{p.id.split('~')[2]}.access.log") for p in proxies}
+        logs = {p.id: str(self.access_log_path(p.id)) for p in proxies}
         identities: dict[str, tuple[str, str]] = {}
         if self.ca is not None:
             for proxy in proxies:
@@ -321,6 +326,10 @@ class LocalMesh:
                         proxy.workload.namespace, proxy.workload.service_account))
         return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
                            logs, identities, self.ca.root_pem if self.ca else "")
+
+    def access_log_path(self, proxy_id: str) -> Path:
+        """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
+        return self.state.logs / f"{proxy_id.split('~')[2]}.access.log"
 
     def rotate_certificates(self) -> None:
         """Issue every workload a new certificate now and push it (as a CA renewal does)."""

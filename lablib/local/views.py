@@ -143,6 +143,11 @@ class MeshViews:
     def proxy_status(self) -> list[dict[str, Any]]:
         return self.mesh.ads.status()
 
+    def telemetry(self) -> dict[str, Any]:
+        """Where this mesh's Istio metrics are served, and its Prometheus (started on first
+        ask)."""
+        return self.mesh.telemetry.endpoints()
+
     def processes(self) -> list[dict[str, Any]]:
         return self.mesh.supervisor.status()
 
