@@ -25,12 +25,12 @@ LINT_PATHS := $(wildcard lablib tests bench)
 # JupyterLab refuses to run as root without this flag; CI and containers run as root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help venv lab test lint format bench clean
+.PHONY: help venv lab test lint format bench soak clean cluster istio cluster-down
 
 help: ## List the targets
 	@echo "Istio Lab Kit targets (variables: VENV=$(VENV) LAB_BACKEND=$(LAB_BACKEND)):"
-	grep -E '^[a-z]+:.*## ' $(firstword $(MAKEFILE_LIST)) \
-	  | awk -F':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
+	grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) \
+	  | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
 
 venv: $(STAMP) $(LAB_OVERRIDES) ## Create the virtualenv, or reinstall if pyproject.toml changed
 
@@ -100,6 +100,18 @@ bench: venv ## Run the benchmarks (python -m bench), which write bench/REPORT.md
 	else
 	  echo "No benchmarks yet (bench/__main__.py is missing): nothing to run."
 	fi
+
+soak: venv ## Ten minutes of weight changes under load (not part of make test): bench/SOAK.md
+	@$(PY) -m bench.soak
+
+cluster: ## Create a kind cluster for LAB_BACKEND=kubernetes (needs docker and kind)
+	@environment/create-cluster.sh
+
+istio: ## Install Istio 1.20 (demo) and the Prometheus, Grafana, Kiali addons on the cluster
+	@environment/install-istio.sh
+
+cluster-down: ## Delete the kind cluster
+	@environment/delete-cluster.sh
 
 clean: ## Stop local meshes, remove the venv and every cache
 	@if [ -x $(PY) ]; then

@@ -26,6 +26,7 @@ def connect(backend: str | None = None) -> Backend:
 
         return LocalBackend()
     if name == "kubernetes":
-        raise BackendError('the kubernetes backend is not built yet; unset LAB_BACKEND to use '
-                           'the local mesh')
-    raise BackendError(f'unknown backend "{name}": use "local" (the default)')
+        from .kube.backend import KubernetesBackend
+
+        return KubernetesBackend()
+    raise BackendError(f'unknown backend "{name}": use "local" (the default) or "kubernetes"')

@@ -52,8 +52,16 @@ def checks() -> list[dict[str, Any]]:
         rows.append(_row(tool, True if path else (False if required else None),
                          f"{path} ({purpose})" if path else f"not found ({purpose})", fix))
     backend = os.environ.get("LAB_BACKEND") or "local"
-    rows.append(_row("backend", backend == "local", f"LAB_BACKEND={backend}",
-                     "unset LAB_BACKEND: only the local backend is built so far"))
+    rows.append(_row("backend", backend in ("local", "kubernetes"), f"LAB_BACKEND={backend}",
+                     'set LAB_BACKEND to "local" (the default) or "kubernetes"'))
+    if backend == "kubernetes":
+        for tool, fix in (("kubectl", "https://kubernetes.io/docs/tasks/tools/"),
+                          ("istioctl", "https://istio.io/latest/docs/setup/getting-started/"
+                                       "#download")):
+            path = shutil.which(tool)
+            rows.append(_row(tool, True if path else None,
+                             path or "not found (the cluster backend uses it when present)",
+                             f"install it: {fix}"))
     try:
         state = StateDir()
         rows.append(_row("state folder", True, str(state.path)))

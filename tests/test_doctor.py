@@ -25,10 +25,13 @@ def test_a_missing_required_tool_fails_with_its_fix(tmp_path, monkeypatch, capsy
     assert "fix: apt-get install curl" in capsys.readouterr().out
 
 
-def test_a_kubernetes_backend_is_flagged_until_it_exists(tmp_path, monkeypatch):
+def test_an_unknown_backend_is_flagged_with_the_choices(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_BACKEND", "kubernets")
+    found = row(checks(), "backend")
+    assert found["ok"] is False and '"kubernetes"' in found["fix"]
     monkeypatch.setenv("LAB_BACKEND", "kubernetes")
-    assert row(checks(), "backend")["ok"] is False
+    assert row(checks(), "backend")["ok"] is True
 
 
 @pytest.mark.envoy
