@@ -138,9 +138,9 @@ def test_tcp_echo_with_wrong_args_explains_its_usage() -> None:
 
 def test_unknown_image_names_the_supported_ones_and_the_cluster_backend() -> None:
     with pytest.raises(UnknownImageError) as caught:
-        command_for("nginx:1.25", port_map={443: 20000}, env={})
+        command_for("redis:7", port_map={443: 20000}, env={})
     message = str(caught.value)
-    assert message.startswith('image "nginx:1.25" has no local equivalent on the local backend')
+    assert message.startswith('image "redis:7" has no local equivalent on the local backend')
     assert "docker.io/kong/httpbin:*" in message
     assert "LAB_BACKEND=kubernetes" in message
     assert isinstance(caught.value, LabError)
