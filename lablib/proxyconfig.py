@@ -9,7 +9,7 @@ import pandas as pd
 
 from .backend import Backend
 
-KINDS = ("listeners", "routes", "clusters", "endpoints")
+KINDS = ("listeners", "routes", "clusters", "endpoints", "secret")
 
 
 def _dump(mesh: Backend, pod: str, namespace: str) -> list[dict[str, Any]]:
@@ -113,14 +113,40 @@ def endpoints(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["endpoint", "status", "outlier_check", "cluster"])
 
 
+def secrets(configs: list[dict[str, Any]]) -> pd.DataFrame:
+    """`istioctl proxy-config secret`: the SDS secrets a proxy holds (`default`, `ROOTCA`,
+    gateway credentials), each certificate's identity, serial and validity; never a key."""
+    import base64
+
+    from . import certs
+
+    rows = []
+    for item in _section(configs, "SecretsConfigDump").get("dynamic_active_secrets", []):
+        secret = item.get("secret") or {}
+        tls = secret.get("tls_certificate") or {}
+        trusted = (secret.get("validation_context") or {}).get("trusted_ca") or {}
+        pem = (tls.get("certificate_chain") or trusted).get("inline_bytes")
+        if not pem:
+            continue
+        info = certs.describe(base64.b64decode(pem))
+        rows.append({"resource_name": item.get("name"),
+                     "type": "Cert Chain" if tls else "CA",
+                     "status": "ACTIVE", "valid_cert": True,
+                     "serial_number": info["serial"], "identity": info["spiffe_id"] or
+                     info["subject"], "not_after": info["not_after"],
+                     "not_before": info["not_before"]})
+    return pd.DataFrame(rows, columns=["resource_name", "type", "status", "valid_cert",
+                                       "serial_number", "identity", "not_after", "not_before"])
+
+
 def proxy_config(mesh: Backend, kind: str, pod: str, namespace: str = "default") -> pd.DataFrame:
     """`istioctl proxy-config KIND POD.NS`: what this proxy really holds, from its admin API."""
     if kind not in KINDS:
         raise ValueError(f'unknown proxy-config kind "{kind}"; use one of {", ".join(KINDS)}')
     if kind == "endpoints":
         return endpoints(mesh, pod, namespace)
-    return {"listeners": listeners, "routes": routes, "clusters": clusters}[kind](
-        _dump(mesh, pod, namespace))
+    return {"listeners": listeners, "routes": routes, "clusters": clusters,
+            "secret": secrets}[kind](_dump(mesh, pod, namespace))
 
 
 def stats(mesh: Backend, pod: str, namespace: str, pattern: str = "") -> pd.DataFrame:

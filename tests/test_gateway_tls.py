@@ -180,3 +180,13 @@ def test_bad_credentials_are_refused_and_the_gateway_keeps_serving(mesh, pki, ca
     message = str(refused.value)
     assert code in message and "spec.servers[0].tls" in message and "fix:" in message
     assert curl(mesh, pki).stdout == "418"
+
+
+def test_deleting_the_credential_breaks_only_its_handshakes_until_it_returns(mesh, pki):
+    """As the walkthrough does between SIMPLE and MUTUAL: delete the secret, create it anew."""
+    secret = tls_secret(pki, "httpbin-credential", with_ca=False)
+    mesh.apply([secret, *gateway("SIMPLE", "httpbin-credential")])
+    mesh.delete(secret)
+    assert curl(mesh, pki).returncode != 0
+    mesh.apply(secret)
+    assert curl(mesh, pki).stdout == "418"

@@ -312,3 +312,19 @@ def test_a_kube_injected_manifest_runs_with_the_meshs_own_sidecar(bookinfo_mesh)
 
 def test_the_default_namespace_has_a_creation_time(bookinfo_mesh):
     assert bookinfo_mesh.get("namespace", "default")[0]["metadata"]["creationTimestamp"]
+
+
+def test_a_pod_label_asks_for_a_sidecar_in_a_namespace_without_injection(bookinfo_mesh):
+    from lablib.config.loader import load
+
+    bookinfo_mesh.create_namespace("opt-in")
+    try:
+        docs = [r.body for r in load("samples/sleep/sleep.yaml")]
+        for body in docs:
+            if body["kind"] == "Deployment":
+                body["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] = "true"
+        bookinfo_mesh.apply(docs, namespace="opt-in")
+        pod = bookinfo_mesh.get("pods", namespace="opt-in")[0]
+        assert "istio-proxy" in [c["name"] for c in pod["spec"]["containers"]]
+    finally:
+        bookinfo_mesh.delete_namespace("opt-in")

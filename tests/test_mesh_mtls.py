@@ -151,3 +151,14 @@ def test_openssl_from_the_proxy_container_sees_the_workload_certificate(mesh):
     assert f"spiffe://cluster.local/ns/{NS}/sa/httpbin" in " ".join(
         str(v) for v in chain.iloc[0].to_dict().values())
     assert len(chain) >= 2 and bool(chain.iloc[0]["verifies_against_next"])
+
+
+def test_proxy_config_secret_shows_the_identity_and_root_without_keys(mesh):
+    from lablib.proxyconfig import proxy_config
+
+    pod = mesh.pod_name({"app": "httpbin"}, NS)
+    table = proxy_config(mesh, "secret", pod, NS)
+    rows = {r["resource_name"]: r for r in table.to_dict("records")}
+    assert rows["default"]["identity"] == f"spiffe://cluster.local/ns/{NS}/sa/httpbin"
+    assert rows["ROOTCA"]["type"] == "CA"
+    assert "key" not in " ".join(table.columns)

@@ -144,6 +144,19 @@ def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
+def credential_present(proxy: Proxy, ctx: PushContext, server: dict[str, Any]) -> bool:
+    """Whether the server's credentialName Secret (and for MUTUAL its CA) exists."""
+    credential = str(server["tls"].get("credentialName", ""))
+    found = ctx.store.get("Secret", proxy.namespace, credential)
+    if found is None:
+        return False
+    if str(server["tls"].get("mode", "")).upper() != "MUTUAL":
+        return True
+    cacert = ctx.store.get("Secret", proxy.namespace, credential + "-cacert")
+    return "ca.crt" in (found.body.get("data") or {}) or (
+        cacert is not None and "ca.crt" in (cacert.body.get("data") or {}))
+
+
 def https_route_name(port: int, gw: Resource, server: dict[str, Any]) -> str:
     """Istio's name: `https.443.<port name>.<gateway>.<namespace>`."""
     return f"https.{port}.{server['port'].get('name', port)}.{gw.name}.{gw.namespace}"
@@ -156,8 +169,8 @@ def filter_chains(proxy: Proxy, ctx: PushContext, port: int,
     if any(server_kind(s) == "http" for _, s in servers):
         chains.append({"filters": [hcm(name, proxy, ctx, rds=f"http.{port}", gateway=True)]})
     for gw, server in servers:
-        if server_kind(server) != "https":
-            continue
+        if server_kind(server) != "https" or not credential_present(proxy, ctx, server):
+            continue  # no certificate: handshakes for these hosts fail, as in Istio
         names = [h for h in server_hosts(server) if h != "*"]
         chain: dict[str, Any] = {
             "filters": [hcm(name, proxy, ctx, rds=https_route_name(port, gw, server),

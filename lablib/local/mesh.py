@@ -380,9 +380,12 @@ class LocalMesh:
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")
         ns_labels = store.namespace_labels(d.namespace)
+        # Istio's injection: a pod label of "true" or "false" decides; otherwise the
+        # namespace label does (and an annotation of "false" still opts out).
+        pod_choice = labels.get("sidecar.istio.io/inject")
         inject = role == "app" and (pre_injected or (
-            ns_labels.get("istio-injection") == "enabled"
-            and labels.get("sidecar.istio.io/inject", "true") != "false"
+            (pod_choice == "true" or (pod_choice != "false"
+                                      and ns_labels.get("istio-injection") == "enabled"))
             and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false"))
         port_names: dict[str, int] = {}
         ports: dict[int, int] = {}
