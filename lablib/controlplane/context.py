@@ -54,6 +54,8 @@ class Workload:
     # A gateway port that several Service ports target (80 and 3000 -> 8080) is reached on
     # each of their node ports: the first is in `ports`, the others here.
     port_aliases: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    declared_ports: tuple[int, ...] = ()  # the containerPorts the pod spec declares
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def endpoint_port(self, target: int | str) -> int | None:
         container_port = self.port_names.get(target) if isinstance(target, str) else target
@@ -118,6 +120,7 @@ class PushContext:
     # root every proxy trusts. Without them the mesh runs without mTLS.
     certificates: dict[str, tuple[str, str]] = field(default_factory=dict)
     root_cert: str = ""
+    features: dict[str, str] = field(default_factory=dict)  # istiod's env (install values)
 
     @cached_property
     def services(self) -> dict[str, Service]:

@@ -16,6 +16,7 @@ from .context import Proxy, PushContext, selector_matches
 from .mtls import TLS_INSPECTOR, XFCC, inbound_chains
 from .naming import inbound_cluster
 from .routes import FAULT_FILTER
+from .sidecar import InboundPort, downstream_file_tls, ingress_ports
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -145,10 +146,17 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
                           [forward_proxy_hcm("outbound_http", proxy, ctx)])]
     protocols = workload_port_protocols(proxy, ctx)
     assert proxy.workload is not None
-    for cport in sorted(proxy.app_ports):
+    ports = ingress_ports(ctx, proxy.workload) or [
+        InboundPort(cport, cport) for cport in sorted(proxy.app_ports)]
+    for inbound_port in ports:
+        cport = inbound_port.number
+        if cport not in proxy.workload.ports or inbound_port.target not in proxy.app_ports:
+            continue  # the runtime has not given this port a loopback port yet
         name = f"inbound|{cport}"
-        cluster = inbound_cluster(cport)
-        tcp = protocols.get(cport, "HTTP") == "TCP"
+        cluster = inbound_cluster(inbound_port.target)
+        # TLS the sidecar terminates carries HTTP (the ingress port's HTTPS) to the app.
+        tcp = not inbound_port.tls and protocols.get(
+            cport, protocols.get(inbound_port.target, "HTTP")) == "TCP"
         route_config = {"name": inbound_cluster(cport), "virtual_hosts": [{
             "name": f"inbound|http|{cport}", "domains": ["*"],
             "routes": [{"name": "default", "match": {"prefix": "/"},
@@ -163,7 +171,11 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
                 manager["typed_config"].update(XFCC)
             return [manager]
 
-        chains, inspect = inbound_chains(proxy, ctx, cport, filters_for)
+        if inbound_port.tls:
+            chains, inspect = [{"transport_socket": downstream_file_tls(inbound_port.tls),
+                                "filters": filters_for(False)}], False
+        else:
+            chains, inspect = inbound_chains(proxy, ctx, cport, filters_for)
         inbound: dict[str, Any] = {"@type": LISTENER_TYPE, "name": name,
                                    "address": socket_address(proxy.workload.ports[cport]),
                                    "filter_chains": chains}

@@ -53,7 +53,9 @@ def peer_authentication_mode(ctx: PushContext, workload: Workload, port: int) ->
     ]
     for level in levels:
         for policy in level[:1]:  # the oldest wins a conflict, as in Istio
-            port_modes = policy.spec.get("portLevelMtls") or {}
+            # Port-level settings reach only ports the pod declares (istio/istio#27994).
+            port_modes = (policy.spec.get("portLevelMtls") or {}) \
+                if port in workload.declared_ports else {}
             mode = (port_modes.get(str(port)) or port_modes.get(port) or {}).get("mode") \
                 or (policy.spec.get("mtls") or {}).get("mode", "UNSET")
             if str(mode).upper() != "UNSET":
@@ -108,7 +110,10 @@ XFCC = {
 
 
 def accepts_mtls(ctx: PushContext, workload: Workload, port: int) -> bool:
-    return workload.injected and peer_authentication_mode(ctx, workload, port) != "DISABLE"
+    from .sidecar import terminates_tls
+
+    return (workload.injected and peer_authentication_mode(ctx, workload, port) != "DISABLE"
+            and not terminates_tls(ctx, workload, port))
 
 
 def endpoint_metadata(tls: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from .gateway import SECRET_TYPE, gateway_listeners, gateway_route_configs, gate
 from .listeners import LISTENER_TYPE, build_listeners
 from .mtls import identity_secrets
 from .routes import ROUTE_TYPE, kube_route_config, outbound_route_config
+from .sidecar import file_secrets
 
 # The order Istio pushes in: clusters and secrets before the listeners and routes using them.
 TYPE_ORDER = (CLUSTER_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
@@ -86,6 +87,8 @@ def build_snapshot(proxy: Proxy, ctx: PushContext) -> Snapshot:
     router = proxy.kind == "router"
     listeners = gateway_listeners(proxy, ctx) if router else build_listeners(proxy, ctx)
     secrets = identity_secrets(proxy, ctx) + (gateway_secrets(proxy, ctx) if router else [])
+    if proxy.kind == "sidecar" and proxy.workload is not None:
+        secrets += file_secrets(ctx, proxy.workload)
     resources = {
         CLUSTER_TYPE: {c["name"]: c for c in build_clusters(proxy, ctx)},
         SECRET_TYPE: {s["name"]: s for s in secrets},

@@ -33,6 +33,7 @@ from ..config.store import ConfigStore
 from ..controlplane.ads import AdsServer, PushError
 from ..controlplane.context import Proxy, PushContext, Workload, selector_matches
 from ..controlplane.naming import node_id
+from ..controlplane.sidecar import ingress_ports
 from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from ..telemetry.service import MeshTelemetry
@@ -121,6 +122,7 @@ class LocalMesh:
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
         self.ca: MeshCA | None = None
+        self.pilot_env: dict[str, str] = {}
         self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
                                        lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
@@ -132,6 +134,10 @@ class LocalMesh:
     def install(self, values: dict[str, str] | None = None) -> list[str]:
         """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
         with self.lock:
+            # `--set values.pilot.env.NAME=VALUE` sets istiod's feature flags.
+            self.pilot_env = {key.rsplit(".", 1)[1]: str(value)
+                              for key, value in (values or {}).items()
+                              if key.startswith("values.pilot.env.")}
             # istiod reads a plugged-in CA (the `cacerts` Secret) when it starts.
             self.ca = MeshCA.for_install(self.store.get("Secret", "istio-system", "cacerts"),
                                          self.state.certs / "istiod")
@@ -274,6 +280,7 @@ class LocalMesh:
         gone = [p for k, p in old_pods.items() if k not in keep]
         self.pods = {**keep, **{(p.namespace, p.name): p for p in new_pods}}
         self._sync_gateway_ports(candidate)
+        self._sync_sidecar_ingress(candidate)
         for pod in new_pods:
             # Every app namespace gets the plain path too: pods without a sidecar use it, and
             # so does traffic that bypasses a sidecar (from its istio-proxy container).
@@ -325,7 +332,8 @@ class LocalMesh:
                     identities[proxy.id] = self.ca.certificate(spiffe_id(
                         proxy.workload.namespace, proxy.workload.service_account))
         return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
-                           logs, identities, self.ca.root_pem if self.ca else "")
+                           logs, identities, self.ca.root_pem if self.ca else "",
+                           self.pilot_env)
 
     def access_log_path(self, proxy_id: str) -> Path:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
@@ -401,7 +409,9 @@ class LocalMesh:
                 bind[cport] = self.ports.allocate() if inject else ports[cport]
         workload = Workload(name, d.namespace, labels,
                             str(spec.get("serviceAccountName") or "default"), inject, ports,
-                            port_names)
+                            port_names, declared_ports=tuple(sorted(ports)),
+                            annotations={str(k): str(v) for k, v in
+                                         (meta.get("annotations") or {}).items()})
         pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind,
                   volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":
@@ -455,6 +465,30 @@ class LocalMesh:
                 workload = replace(pod.workload, ports=ports, port_aliases=aliases)
                 pod.workload = workload
                 pod.proxy = Proxy(pod.proxy.id, "router", pod.namespace, workload)
+
+    def _sync_sidecar_ingress(self, store: ConfigStore) -> None:
+        """A Sidecar's ingress ports (9443, 9080) become pod ports others can reach, beside
+        the containerPorts; ports no Sidecar asks for any more are given back."""
+        for pod in list(self.pods.values()):
+            if pod.proxy is None or pod.proxy.kind != "sidecar":
+                continue
+            probe = PushContext(store, (pod.workload,), (pod.proxy,),
+                                features=self.pilot_env)
+            wanted = {p.number for p in ingress_ports(probe, pod.workload) or []}
+            wanted -= set(pod.workload.declared_ports)
+            ports = {p: local for p, local in pod.workload.ports.items()
+                     if p in pod.workload.declared_ports}
+            for number in sorted(wanted):
+                if number not in pod.private_ports:
+                    pod.private_ports[number] = self.ports.allocate()
+                ports[number] = pod.private_ports[number]
+            for number, private in list(pod.private_ports.items()):
+                if number not in wanted:
+                    self.ports.release(private)
+                    del pod.private_ports[number]
+            if ports != pod.workload.ports:
+                pod.workload = replace(pod.workload, ports=ports)
+                pod.proxy = replace(pod.proxy, workload=pod.workload)
 
     def _gateway_target(self, store: ConfigStore, pod: Pod, number: int) -> int:
         ctx = PushContext(store, (pod.workload,), ())
