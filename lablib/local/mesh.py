@@ -143,7 +143,7 @@ class LocalMesh:
                                          self.state.certs / "istiod")
             if not self.kube_proxy:
                 self._start_kube_proxy()
-            self.apply(load(str(ISTIO_SYSTEM_MANIFEST)))
+            self.apply([self._with_pilot_env(r) for r in load(str(ISTIO_SYSTEM_MANIFEST))])
             self.installed = True
             return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
                     "Egress gateways installed", "Installation complete"]
@@ -338,6 +338,16 @@ class LocalMesh:
     def access_log_path(self, proxy_id: str) -> Path:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
         return self.state.logs / f"{proxy_id.split('~')[2]}.access.log"
+
+    def _with_pilot_env(self, resource: Resource) -> Resource:
+        """istiod's Deployment lists its feature flags in its container env, as istioctl
+        writes them, so a lab can read what Istio was installed with."""
+        if resource.kind != "Deployment" or resource.name != "istiod" or not self.pilot_env:
+            return resource
+        body = json.loads(json.dumps(resource.body))
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(self.pilot_env.items())]
+        return Resource(resource.kind, resource.name, resource.namespace, body, resource.source)
 
     def rotate_certificates(self) -> None:
         """Issue every workload a new certificate now and push it (as a CA renewal does)."""
