@@ -190,3 +190,14 @@ def test_deleting_the_credential_breaks_only_its_handshakes_until_it_returns(mes
     assert curl(mesh, pki).returncode != 0
     mesh.apply(secret)
     assert curl(mesh, pki).stdout == "418"
+
+
+def test_a_certificate_for_another_name_is_refused_by_the_client(mesh, pki):
+    """curl checks the server's SAN: a credential issued for another host fails it."""
+    make_leaf(pki, "root", "other.example.com", "serverAuth")
+    wrong = tls_secret(pki, "wrong-name", with_ca=False)
+    wrong["data"]["tls.crt"] = b64(pki / "other.example.com.crt")
+    wrong["data"]["tls.key"] = b64(pki / "other.example.com.key")
+    mesh.apply([wrong, *gateway("SIMPLE", "wrong-name")])
+    answer = curl(mesh, pki)
+    assert answer.returncode == 60  # curl: SSL peer certificate or SSH remote key was not OK
