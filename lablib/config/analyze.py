@@ -326,8 +326,11 @@ def _gateway_credentials(store: ConfigStore) -> Iterator[Diagnostic]:
                 what = (f'Secret "{name}" not found in namespace {ns}, where the gateway runs'
                         if name else "no credentialName: the local gateway reads its "
                         "certificate from a Secret")
+                fix = (f"create it first: {create}" if name else
+                       f"set {path}.credentialName to a Secret's name, and create that Secret: "
+                       f"{create}")
                 yield Diagnostic("LAB0220", ERROR, gateway.ref, what, f"{path}.credentialName",
-                                 f"create it first: {create}")
+                                 fix)
                 continue
             data = _secret_data(secret)
             problem = _credential_problem(data)
@@ -373,9 +376,11 @@ def _volume_sources(store: ConfigStore) -> Iterator[Diagnostic]:
 
 
 def _gateway_selector_fix(store: ConfigStore) -> str:
-    for deployment in store.workloads():
+    workloads = sorted(store.workloads(), key=lambda d: "gateway" not in
+                       pod_labels(d).get("istio", ""))  # gateways first: istiod is no gateway
+    for deployment in workloads:
         labels = pod_labels(deployment)
-        if "istio" in labels:
+        if "gateway" in labels.get("istio", ""):
             return (f"use the labels of a gateway's pods, e.g. istio: {labels['istio']} "
                     f"(Deployment {deployment.namespace}/{deployment.name})")
     return "use the labels of a gateway's pods (kubectl get pods -n istio-system --show-labels)"

@@ -94,6 +94,12 @@ def _parse_text(text: str, origin: str, problems: list[Diagnostic]) -> Iterator[
             index += 1
             inside = True
             node = loader.get_node()
+            for key, line in _duplicate_keys(node):
+                problems.append(Diagnostic(
+                    YAML_ERROR, "Error", f"{origin}, document {index}",
+                    f'invalid YAML at line {line}: key "{key}" is already set in this map '
+                    "(the later one would silently replace the earlier)", "",
+                    f'keep one "{key}:" and merge what the two held'))
             data = loader.construct_document(node)
             if data is None:
                 continue
@@ -106,6 +112,23 @@ def _parse_text(text: str, origin: str, problems: list[Diagnostic]) -> Iterator[
         problems.append(_yaml_diagnostic(exc, f"{origin}, document {failed}", text))
     finally:
         loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node | None) -> Iterator[tuple[str, int]]:
+    """(key, line) of every key that appears twice in one mapping, as kubectl refuses."""
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        yield key.value, key.start_mark.line + 1
+                    seen.add(key.value)
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def _yaml_diagnostic(exc: yaml.YAMLError, label: str, text: str) -> Diagnostic:

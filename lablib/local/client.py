@@ -71,14 +71,19 @@ class LocalBackend(Backend):
             except OSError as exc:
                 raise BackendError(f"the local mesh is not running ({exc}); "
                                    "run lablib.connect() again to start it") from None
-            s.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-        reply = json.loads(data)
+            try:
+                s.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                reply = json.loads(data)
+            except (OSError, ValueError) as exc:
+                raise BackendError(f"the local mesh stopped answering ({type(exc).__name__}); "
+                                   f"see {self.state.logs / 'meshd.log'}, then run "
+                                   "lablib.connect() again") from None
         if "error" in reply:
             err = reply["error"]
             if err["type"] == "ConfigError":
@@ -97,14 +102,18 @@ class LocalBackend(Backend):
         log = open(self.state.logs / "meshd.log", "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        subprocess.Popen([sys.executable, "-m", "lablib.local.meshd", "--owner", str(self.owner)],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=env, close_fds=True)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "lablib.local.meshd", "--owner", str(self.owner)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env, close_fds=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._alive():
                 return
+            if daemon.poll() not in (None, 0):  # 0: another meshd serves this mesh
+                raise BackendError(f"meshd exited with code {daemon.returncode} while starting; "
+                                   f"see {self.state.logs / 'meshd.log'}")
             time.sleep(0.05)
         raise BackendError(f"meshd did not start in {timeout:.0f}s; see "
                            f"{self.state.logs / 'meshd.log'}")

@@ -115,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     mesh = LocalMesh(state, supervisor)
     server = MeshServer(state, mesh)
     os.chmod(state.socket_path, 0o600)
-    state.pid_path.write_text(str(os.getpid()))
+    try:
+        state.write_private(state.pid_path, str(os.getpid()))
+    except LabError as exc:  # a full disk or a read-only folder: say so in meshd.log
+        log.error("%s", exc)
+        mesh.shutdown()
+        server.server_close()
+        state.socket_path.unlink(missing_ok=True)
+        return 1
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
     if args.owner:
