@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import sys
 import tempfile
@@ -164,10 +165,19 @@ def run(workdir: Path) -> str:
     return "\n".join(lines)
 
 
+# Further sections: memory per sidecar against a bare Envoy, 1/5/10 meshes side by side,
+# and the load generator against hey.
+EXTRA_SECTIONS = ("memory", "multi_mesh", "load_vs_hey")
+
+
 def main() -> int:
     """Run the benchmarks, write bench/REPORT.md and print it."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        report = run(Path(tmp))
+        sections = [run(Path(tmp))]
+        for name in EXTRA_SECTIONS:  # each measured in this same run, beside its baseline
+            module = importlib.import_module(f"bench.{name}")
+            sections.append(module.run(Path(tmp) / name))
+        report = "\n".join(sections)
     REPORT.write_text(report)
     print(report)
     return 0

@@ -174,8 +174,9 @@ class LocalBackend(Backend):
             path = argv[3] if len(argv) > 3 else ""
             out = self.proxy_admin(pod, namespace, path)
             return subprocess.CompletedProcess(argv, 0, out, "")
-        if argv and argv[0] in EMULATED_TOOLS and shutil.which(argv[0]) is None:
-            argv = [*EMULATED_TOOLS[argv[0]], *argv[1:]]
+        tool = os.path.basename(argv[0]) if argv else ""
+        if tool in EMULATED_TOOLS and shutil.which(argv[0]) is None:  # also /usr/bin/fortio
+            argv = [*EMULATED_TOOLS[tool], *argv[1:]]
         bypasses_sidecar = container == "istio-proxy" or info["proxy"] != "sidecar"
         if argv[:2] == ["openssl", "s_client"] and "-proxy" not in argv and bypasses_sidecar \
                 and info.get("direct_proxy"):
