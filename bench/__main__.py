@@ -176,7 +176,9 @@ def main() -> int:
         sections = [run(Path(tmp))]
         for name in EXTRA_SECTIONS:  # each measured in this same run, beside its baseline
             module = importlib.import_module(f"bench.{name}")
-            sections.append(module.run(Path(tmp) / name))
+            folder = Path(tmp) / name
+            folder.mkdir()
+            sections.append(module.run(folder))
         report = "\n".join(sections)
     REPORT.write_text(report)
     print(report)
