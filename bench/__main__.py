@@ -178,7 +178,11 @@ def main() -> int:
             module = importlib.import_module(f"bench.{name}")
             folder = Path(tmp) / name
             folder.mkdir()
-            sections.append(module.run(folder))
+            try:
+                sections.append(module.run(folder))
+            except Exception as exc:  # one failed section must not lose the others' figures
+                sections.append(f"## {name}\n\nNot measured in this run: "
+                                f"{type(exc).__name__}: {exc}\n")
         report = "\n".join(sections)
     REPORT.write_text(report)
     print(report)
