@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -141,11 +142,15 @@ class Collector:
         self._tails: dict[str, LogTail] = {}  # proxy id -> its log
         self._seen: dict[str, ProxyInfo] = {}  # every proxy ever named, by id
         self._stores: dict[str, ProxyMetrics] = {}
+        self._collected = 0.0  # time.monotonic() of the last collect
 
     # --- reading -------------------------------------------------------------------------------
-    def collect(self) -> None:
-        """Read what every proxy logged since the last call."""
+    def collect(self, max_age: float = 0.0) -> None:
+        """Read what every proxy logged since the last call, unless that was under `max_age`
+        seconds ago."""
         with self._lock:
+            if max_age and time.monotonic() - self._collected < max_age:
+                return
             self._refresh_topology()
             current = {p.id for p in self._topology.proxies}
             for proxy_id, tail in list(self._tails.items()):
@@ -155,6 +160,7 @@ class Collector:
                 if proxy_id not in current:  # the pod is gone: its series go with it
                     del self._tails[proxy_id]
                     self._stores.pop(proxy_id, None)
+            self._collected = time.monotonic()
 
     def _refresh_topology(self) -> None:
         try:
@@ -209,9 +215,11 @@ class Collector:
         registry.register(view)  # type: ignore[arg-type]
         return registry
 
-    def render(self, pod: str | None = None, namespace: str | None = None) -> bytes:
-        """Prometheus text format, after reading what the proxies logged since last time."""
-        self.collect()
+    def render(self, pod: str | None = None, namespace: str | None = None,
+               max_age: float = 0.0) -> bytes:
+        """Prometheus text format, after reading what the proxies logged since last time (or
+        since `max_age` seconds before, when that is more recent)."""
+        self.collect(max_age)
         return generate_latest(self.registry(pod, namespace))
 
 

@@ -5,7 +5,7 @@ keeps ten minutes of samples in memory. It answers the small part of PromQL the 
 the same DataFrame shapes as `PrometheusClient`:
 
 - selectors with `=`, `!=`, `=~`, `!~` matchers, and range selectors inside functions;
-- `rate`, `irate`, `increase` and `histogram_quantile`;
+- `rate`, `irate`, `increase`, `last_over_time` and `histogram_quantile`;
 - `sum`, `avg`, `min`, `max`, `count`, each with an optional `by (...)`;
 - `+ - * /` between a vector and a number, or between vectors with the same labels.
 
@@ -38,8 +38,11 @@ Vector = dict[Labels, float]
 Snapshot = tuple[float, dict[Labels, float]]  # (time, series with __name__ -> value)
 
 AGGREGATIONS = {"sum", "avg", "min", "max", "count"}
-FUNCTIONS = {"rate", "irate", "increase", "histogram_quantile"}
+FUNCTIONS = {"rate", "irate", "increase", "last_over_time", "histogram_quantile"}
 LOOKBACK_S = 300.0
+# A query scrapes first unless the last scrape is this recent: a snapshot of four counters,
+# or a panel's several range queries, then cost one scrape, not one each.
+FRESH_S = 0.5
 HISTORY_S = 600.0
 TOKEN = re.compile(r"""\s*(?:
     (?P<duration>\d+(?:ms|s|m|h|d))(?![A-Za-z0-9_])
@@ -56,7 +59,7 @@ UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _unsupported(what: str) -> PromQLError:
     return PromQLError(f"{what}: without Prometheus, lablib reads the proxies' metrics directly "
-                       "and understands only selectors, rate/irate/increase, "
+                       "and understands only selectors, rate/irate/increase/last_over_time, "
                        "histogram_quantile, sum/avg/min/max/count [by (...)] and + - * /; "
                        f"for full PromQL, {INSTALL_HINT}")
 
@@ -217,6 +220,15 @@ def parse(text: str) -> Node:
 
 
 # --- evaluation --------------------------------------------------------------------------------
+def _selected(key: Labels, matchers: tuple[tuple[str, str, str], ...]) -> bool:
+    """Whether a series matches; a metric name is tested first, on the frozenset itself,
+    since building a dict of Istio's 27 labels for every series is what costs."""
+    name, op, want = matchers[0]
+    if name == "__name__" and op == "=" and ("__name__", want) not in key:
+        return False
+    return _matches(dict(key), matchers)
+
+
 def _matches(labels: dict[str, str], matchers: tuple[tuple[str, str, str], ...]) -> bool:
     for name, op, want in matchers:
         have = labels.get(name, "")
@@ -277,7 +289,7 @@ class _Evaluator:
         recent = [s for s in self.history if s[0] >= self.at - LOOKBACK_S]
         if not recent:
             return {}
-        return {k: v for k, v in recent[-1][1].items() if _matches(dict(k), matchers)}
+        return {k: v for k, v in recent[-1][1].items() if _selected(k, matchers)}
 
     def call(self, node: Node) -> Vector:
         if node.value == "histogram_quantile":
@@ -299,13 +311,19 @@ class _Evaluator:
                               f"{node.value}(istio_requests_total[1m])")
         matchers, window = arg.value
         samples = [s for s in self.history if s[0] > self.at - window]
+        if node.value == "last_over_time":
+            last: Vector = {}
+            for _, series in samples:
+                last.update({_drop_name(k): v for k, v in series.items()
+                             if _selected(k, matchers)})
+            return last
         if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
             return {}
         if node.value == "irate":
             samples = samples[-2:]
         first_t, last_t = samples[0][0], samples[-1][0]
         out: Vector = {}
-        keys = {k for _, series in samples for k in series if _matches(dict(k), matchers)}
+        keys = {k for _, series in samples for k in series if _selected(k, matchers)}
         for key in keys:
             # The collector starts every series at 0, so a series absent from an earlier
             # scrape had not been counted yet.
@@ -409,6 +427,12 @@ class LocalMetrics:
             while self.history and self.history[0][0] < now - HISTORY_S:
                 self.history.popleft()
 
+    def _scrape_if_stale(self) -> None:
+        with self._lock:
+            last = self.history[-1][0] if self.history else 0.0
+        if time.time() - last > FRESH_S:
+            self.scrape()
+
     def _loop(self) -> None:
         failing_since = None
         while not self._stop.wait(self.interval):
@@ -423,6 +447,15 @@ class LocalMetrics:
     def close(self) -> None:
         self._stop.set()
 
+    def targets(self) -> pd.DataFrame:
+        """The proxies it reads, in the shape of `PrometheusClient.targets()`."""
+        url = self.url.rsplit("/stats/prometheus", 1)[0] + "/targets"
+        found = httpx.get(url, timeout=10, trust_env=False).json()
+        return pd.DataFrame([{**{k: v for k, v in t["labels"].items()
+                                 if not k.startswith("__")}, "health": "up", "last_error": "",
+                              "scrape_url": f"http://{t['targets'][0]}{t['labels']['__metrics_path__']}"}
+                             for t in found]).fillna("")
+
     def _history(self) -> list[Snapshot]:
         with self._lock:
             return list(self.history)
@@ -430,7 +463,7 @@ class LocalMetrics:
     def query(self, promql: str, at: float | datetime | None = None) -> pd.DataFrame:
         """`promql` now (after a fresh scrape) or at `at`, from the samples kept."""
         if at is None:
-            self.scrape()
+            self._scrape_if_stale()
         when = time.time() if at is None else (at.timestamp() if isinstance(at, datetime)
                                                else float(at))
         return frame(_as_data(evaluate(promql, self._history(), when), when))
@@ -438,7 +471,7 @@ class LocalMetrics:
     def query_range(self, promql: str, start: float | datetime, end: float | datetime,
                     step: float | str = 1.0) -> pd.DataFrame:
         """`promql` at each `step` from `start` to `end`, from the samples kept."""
-        self.scrape()
+        self._scrape_if_stale()
         t0, t1 = (t.timestamp() if isinstance(t, datetime) else float(t) for t in (start, end))
         seconds = float(str(step).rstrip("s"))
         tree, history, series = parse(promql), self._history(), []

@@ -17,9 +17,10 @@ from ..backend import Backend
 from ..errors import BackendError
 from .localquery import LocalMetrics
 from .prometheus import PrometheusClient
+from .server import ALL_PATH, TARGETS_PATH
 
 __all__ = ["MetricsSource", "connect", "dashboard", "describe", "endpoints", "total",
-           "wait_for_total"]
+           "wait_for_targets", "wait_for_total"]
 
 
 class MetricsSource(Protocol):
@@ -41,12 +42,34 @@ def endpoints(mesh: Backend) -> dict[str, str]:
     return {k: str(v) for k, v in dict(mesh.call("telemetry")).items()}
 
 
-def connect(mesh: Backend) -> PrometheusClient | LocalMetrics:
-    """Prometheus when the mesh runs one (it starts on first ask), else the proxies' metrics."""
+def connect(mesh: Backend, timeout: float = 20.0) -> PrometheusClient | LocalMetrics:
+    """Prometheus when the mesh runs one (it starts on first ask), else the proxies' metrics.
+
+    Returns once Prometheus has scraped every proxy (or after `timeout` seconds): a fresh
+    Prometheus finds its targets only after its first service-discovery round (~5 s), and
+    counts read before that would start from nothing.
+    """
     found = endpoints(mesh)
-    if found["prometheus"]:
-        return PrometheusClient(found["prometheus"])
-    return LocalMetrics(found["metrics"], note=found.get("note", ""))
+    if not found["prometheus"]:
+        return LocalMetrics(found["metrics"], note=found.get("note", ""))
+    client = PrometheusClient(found["prometheus"])
+    wait_for_targets(client, found["metrics"].removesuffix(ALL_PATH) + TARGETS_PATH, timeout)
+    return client
+
+
+def wait_for_targets(client: PrometheusClient, targets_url: str, timeout: float = 20.0) -> int:
+    """Wait until Prometheus scrapes, healthy, every target the mesh lists; how many it does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            wanted = len(httpx.get(targets_url, timeout=5, trust_env=False).json())
+        except (httpx.HTTPError, ValueError):
+            wanted = 0
+        up = client.targets()
+        healthy = int((up["health"] == "up").sum()) if not up.empty else 0
+        if (wanted and healthy >= wanted) or time.monotonic() > deadline:
+            return healthy
+        time.sleep(0.5)
 
 
 def describe(metrics: PrometheusClient | LocalMetrics) -> str:

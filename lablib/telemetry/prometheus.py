@@ -118,6 +118,8 @@ class PrometheusClient:
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # One client for every query: a new one builds an SSL context each time (~30 ms).
+        self._http = httpx.Client(timeout=timeout, trust_env=False)
 
     def __repr__(self) -> str:
         return f"PrometheusClient({self.url!r})"
@@ -125,7 +127,7 @@ class PrometheusClient:
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         params = {k: v for k, v in params.items() if v is not None}
         try:
-            r = httpx.get(self.url + path, params=params, timeout=self.timeout, trust_env=False)
+            r = self._http.get(self.url + path, params=params)
         except httpx.HTTPError as exc:
             raise BackendError(f"Prometheus at {self.url} did not answer ({exc})") from None
         try:
@@ -142,7 +144,7 @@ class PrometheusClient:
     def ready(self) -> bool:
         """Whether the server answers and is ready to serve queries."""
         try:
-            return httpx.get(self.url + "/-/ready", timeout=2, trust_env=False).status_code == 200
+            return self._http.get(self.url + "/-/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -163,7 +165,7 @@ class PrometheusClient:
         return pd.DataFrame([{**t.get("labels", {}), "health": t.get("health"),
                               "last_error": t.get("lastError", ""),
                               "scrape_url": t.get("scrapeUrl")}
-                             for t in data.get("activeTargets", [])])
+                             for t in data.get("activeTargets", [])]).fillna("")
 
     def series_labels(self, metric: str) -> set[str]:
         """Every label name the series of `metric` carry (`/api/v1/series`)."""
