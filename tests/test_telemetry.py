@@ -27,8 +27,9 @@ from lablib.telemetry import (
 )
 from lablib.telemetry.accesslog import LogTail
 from lablib.telemetry.localquery import evaluate, parse, parse_text
+from lablib.telemetry.metrics import wait_for_targets
 from lablib.telemetry.prometheus import find_prometheus
-from lablib.telemetry.server import MetricsServer, targets
+from lablib.telemetry.server import TARGETS_PATH, MetricsServer, targets
 from lablib.telemetry.service import MeshTelemetry
 from lablib.telemetry.topology import ProxyInfo, ServiceInfo, Topology, WorkloadInfo
 
@@ -490,7 +491,11 @@ def prometheus(telemetry: MeshTelemetry) -> PrometheusClient:
                     "(.ci/run installs it)")
     found = telemetry.endpoints()
     assert found["prometheus"], found
-    return PrometheusClient(found["prometheus"])
+    client = PrometheusClient(found["prometheus"])
+    # Scraped at least once each, so that every target's health is known.
+    assert wait_for_targets(client, telemetry.server.url + TARGETS_PATH) == len(
+        telemetry.collector.proxies())
+    return client
 
 
 def send_bookinfo_lines(mesh: Mesh, sent: dict[tuple[str, int], int]) -> None:
