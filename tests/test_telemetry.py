@@ -27,7 +27,6 @@ from lablib.telemetry import (
 )
 from lablib.telemetry.accesslog import LogTail
 from lablib.telemetry.localquery import evaluate, parse, parse_text
-from lablib.telemetry.metrics import wait_for_targets
 from lablib.telemetry.prometheus import find_prometheus
 from lablib.telemetry.server import TARGETS_PATH, MetricsServer, targets
 from lablib.telemetry.service import MeshTelemetry
@@ -491,10 +490,10 @@ def prometheus(telemetry: MeshTelemetry) -> PrometheusClient:
                     "(.ci/run installs it)")
     found = telemetry.endpoints()
     assert found["prometheus"], found
-    client = PrometheusClient(found["prometheus"])
+    client = PrometheusClient(found["prometheus"],
+                              mesh_targets=telemetry.server.url + TARGETS_PATH)
     # Scraped at least once each, so that every target's health is known.
-    assert wait_for_targets(client, telemetry.server.url + TARGETS_PATH) == len(
-        telemetry.collector.proxies())
+    assert client.wait_for_targets()
     return client
 
 

@@ -205,22 +205,28 @@ def test_unknown_callers_external_hosts_plain_pods_and_tcp() -> None:
 def test_figure_draws_an_arrow_per_edge_coloured_by_errors() -> None:
     graph = edges_from_increase(gained(BOOKINFO), 10.0, NS)
     fig = figure(graph)
-    arrows = fig.layout.annotations
-    assert len(arrows) == len(graph.edges) == 4
+    n = len(graph.edges)
+    assert n == 4 and len(fig.layout.annotations) == 2 * n + len(graph.nodes)
+    arrows, labels = fig.layout.annotations[:n], fig.layout.annotations[n:2 * n]
+    nodes = fig.layout.annotations[2 * n:]
     colours = {(e.source, e.destination): a.arrowcolor
                for e, a in zip(graph.edges.itertuples(), arrows, strict=True)}
     assert colours[(f"{NS}/reviews-v2", f"{NS}/ratings (service)")] == COLOURS["failure"]
     assert colours[(f"{NS}/productpage-v1", f"{NS}/reviews-v2")] == COLOURS["degraded"]
     assert colours[(f"{NS}/reviews-v2", f"{NS}/ratings-v1")] == COLOURS["ok"]
-    edge_text, nodes = fig.data
-    assert "1 rps · mTLS" in edge_text.text
-    assert "0.4 rps · 100% err" in edge_text.text
+    texts = [a.text for a in labels]
+    assert "1 rps · mTLS" in texts and "0.4 rps · 100% err" in texts
     # Left to right: the gateway, productpage, reviews, then ratings and its Service.
-    x = dict(zip(nodes.text, nodes.x, strict=True))
+    x = {a.text: a.x for a in nodes}
     assert x["istio-ingressgateway"] < x["productpage v1"] < x["reviews v2"] < x["ratings v1"]
     assert x["ratings v1"] == x["ratings (service)"]
-    empty = figure(edges_from_increase(pd.DataFrame(), 30.0, NS))
-    assert "no traffic" in empty.layout.title.text and not empty.layout.annotations
+    edge_hover, node_hover = fig.data
+    assert "FI×4" in " ".join(edge_hover.hovertext)
+    assert len(node_hover.x) == len(graph.nodes)
+    assert "in the last 10 s" in fig.layout.title.text
+    empty = figure(edges_from_increase(pd.DataFrame(), 30.0, NS, since_mark=True))
+    assert empty.layout.title.text.endswith("no traffic since the mark (30 s)")
+    assert not empty.layout.annotations
 
 
 def test_graph_over_a_window_and_since_a_mark(scrapes: Scrapes) -> None:
@@ -244,7 +250,7 @@ def test_live_graph_slides_its_window(scrapes: Scrapes) -> None:
     scrapes.add({key: 104})
     live.refresh()
     assert live.data.edges["requests"].tolist() == [4]
-    assert len(live.widget.layout.annotations) == 1
+    assert len(live.widget.layout.annotations) == 2 + 2  # an arrow, its label, two nodes
     time.sleep(0.6)
     live.refresh()  # the 4 are older than the window now
     scrapes.add({key: 105})

@@ -76,9 +76,13 @@ def increase(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
 
 
 def settle(metrics: MetricsSource, timeout: float = 10.0) -> bool:
-    """Wait until the request total stays put for `QUIET_S` (every finished request scraped);
-    False when traffic kept it moving for `timeout` seconds."""
+    """Wait until Prometheus scrapes every proxy (new pods take up to 5 s to be found), then
+    until the request total stays put for `QUIET_S` (every finished request scraped); False
+    when that took longer than `timeout` seconds."""
     deadline = time.monotonic() + timeout
+    wait_for_targets = getattr(metrics, "wait_for_targets", None)
+    if wait_for_targets is not None and not wait_for_targets(timeout):
+        return False
     last, since = None, time.monotonic()
     while True:
         found = metrics.query(f"sum(last_over_time(istio_requests_total[{LAST_VALUE_WINDOW}]))")

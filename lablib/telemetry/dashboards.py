@@ -94,10 +94,14 @@ def _name(row: pd.Series) -> str:
     return f"{service} {version}"
 
 
-def _frame(title: str, yaxis: dict[str, object], empty: bool) -> go.Figure:
+def _frame(title: str, yaxis: dict[str, object], empty: bool, minutes: float,
+           step: float) -> go.Figure:
+    """An empty panel whose time axis spans the whole window, however little is in it."""
+    end = _now(step)
     fig = go.Figure()
     fig.update_layout(title=title, height=HEIGHT, yaxis=yaxis, margin={"t": 50, "b": 40},
-                      legend={"font": {"size": 10}})
+                      legend={"font": {"size": 10}}, xaxis={"range": [
+                          datetime.fromtimestamp(end - minutes * 60), datetime.fromtimestamp(end)]})
     if empty:
         fig.add_annotation(text="no traffic in this window yet", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5)
@@ -116,7 +120,7 @@ def request_volume(metrics: MetricsSource, namespace: str | None = None,
                             f"{_selector(namespace, service, reporter)}[{window}]))",
                    minutes, step)
     fig = _frame(f"Request volume (ops/s, {reporter} reporter)",
-                 {"title": "requests / s", "rangemode": "tozero"}, found.empty)
+                 {"title": "requests / s", "rangemode": "tozero"}, found.empty, minutes, step)
     if found.empty:
         return fig
     for i, (_, part) in enumerate(found.groupby(list(GROUP), sort=True)):
@@ -140,7 +144,7 @@ def success_rate(metrics: MetricsSource, namespace: str | None = None,
     keys = [*GROUP, "timestamp"]
     fig = _frame(f"Success rate (non-5xx responses, {reporter} reporter)",
                  {"title": "success", "tickformat": ".0%", "range": [0, 1.05]},
-                 everything.empty)
+                 everything.empty, minutes, step)
     if everything.empty:
         return fig
     merged = everything.merge(good if not good.empty else pd.DataFrame(columns=[*keys, "value"]),
@@ -173,7 +177,7 @@ def request_duration(metrics: MetricsSource, namespace: str | None = None,
         found = found[found["value"].notna() & (found["value"] != float("inf"))]
     fig = _frame(f"Request duration (ms, {reporter} reporter): "
                  + ", ".join(f"{d} p{q * 100:g}" for q, d in zip(quantiles, DASHES, strict=False)),
-                 {"title": "milliseconds", "rangemode": "tozero"}, found.empty)
+                 {"title": "milliseconds", "rangemode": "tozero"}, found.empty, minutes, step)
     if found.empty:
         return fig
     names = sorted({_name(r) for _, r in found.iterrows()})
@@ -195,7 +199,7 @@ def tcp_bytes(metrics: MetricsSource, namespace: str | None = None,
     """TCP bytes per second sent and received by destination service and version (Istio's
     "TCP Sent/Received Bytes")."""
     fig = _frame(f"TCP bytes/s ({reporter} reporter): solid sent, dash received",
-                 {"title": "bytes / s", "rangemode": "tozero"}, False)
+                 {"title": "bytes / s", "rangemode": "tozero"}, False, minutes, step)
     seen = False
     names: dict[str, str] = {}
     for metric, dash in (("istio_tcp_sent_bytes_total", "solid"),
@@ -264,8 +268,8 @@ def failures_by_flags(metrics: MetricsSource, namespace: str | None = None, *,
                     hovertemplate="%{x} (%{customdata[0]}): %{y} requests answered "
                                   "%{customdata[1]}<extra>" + svc + "</extra>",
                     marker_color=COLOURS[i % len(COLOURS)])
-    fig.update_layout(title=f"Failures by response_flags {span} (source reporter; bar text: "
-                            "response code)", height=HEIGHT, barmode="stack",
+    fig.update_layout(title=f"Failures by response_flags {span} (bar text: code)",
+                      height=HEIGHT, barmode="stack",
                       xaxis_title="response_flags", yaxis_title="requests",
                       legend_title_text="destination service", margin={"t": 50, "b": 40})
     if found.empty:

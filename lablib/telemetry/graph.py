@@ -56,6 +56,14 @@ class GraphData:
     edges: pd.DataFrame
     seconds: float
     namespace: str | None = None
+    since_mark: bool = False
+
+    @property
+    def span(self) -> str:
+        """The time the graph covers, in words."""
+        if self.since_mark:
+            return f"since the mark ({self.seconds:.0f} s)"
+        return f"in the last {self.seconds:.0f} s"
 
     def edge(self, source: str, destination: str, protocol: str = "http") -> pd.Series | None:
         """The edge between two node ids (`bookinfo-test/reviews-v3`), or None."""
@@ -135,8 +143,8 @@ LABELS = ("__name__", "reporter", "source_workload", "source_workload_namespace"
           "connection_security_policy")
 
 
-def edges_from_increase(gained: pd.DataFrame, seconds: float,
-                        namespace: str | None = None) -> GraphData:
+def edges_from_increase(gained: pd.DataFrame, seconds: float, namespace: str | None = None,
+                        since_mark: bool = False) -> GraphData:
     """Nodes and edges from what each counter series gained over `seconds` (`counts.increase`).
 
     An HTTP edge's errors are requests answered 4xx, 5xx or not at all (Kiali's reading); a TCP
@@ -145,7 +153,7 @@ def edges_from_increase(gained: pd.DataFrame, seconds: float,
     """
     if gained.empty:
         return GraphData(pd.DataFrame(columns=NODE_COLUMNS), pd.DataFrame(columns=EDGE_COLUMNS),
-                         seconds, namespace)
+                         seconds, namespace, since_mark)
     frame = _columns(gained, LABELS)
     http = _reported(frame, "istio_requests_total")
     tcp = _reported(frame, "istio_tcp_connections_opened_total")
@@ -213,7 +221,7 @@ def edges_from_increase(gained: pd.DataFrame, seconds: float,
     used = set(edge_frame["source"]) | set(edge_frame["destination"])
     node_frame = pd.DataFrame([n for i, n in nodes.items() if i in used], columns=NODE_COLUMNS)
     return GraphData(node_frame.sort_values("id").reset_index(drop=True), edge_frame, seconds,
-                     namespace)
+                     namespace, since_mark)
 
 
 def graph_data(metrics: MetricsSource, namespace: str | None = None, *,
@@ -227,7 +235,8 @@ def graph_data(metrics: MetricsSource, namespace: str | None = None, *,
     if since is not None:
         if wait:
             settle(metrics)
-        return edges_from_increase(since.increase(), time.time() - since.time, namespace)
+        return edges_from_increase(since.increase(), time.time() - since.time, namespace,
+                                   since_mark=True)
     now = time.time()
     before = snapshot(metrics, at=now - window)
     return edges_from_increase(increase(before, snapshot(metrics)), window, namespace)
@@ -291,13 +300,24 @@ def _edge_hover(edge: pd.Series) -> str:
     return "<br>".join(lines)
 
 
+def _label(x: float, y: float, text: str, size: int, yshift: int = 0) -> dict[str, Any]:
+    """Text on a white box, so arrows passing under it never cross the words."""
+    return {"x": x, "y": y, "xref": "x", "yref": "y", "text": text, "showarrow": False,
+            "font": {"size": size}, "bgcolor": "rgba(255,255,255,0.85)", "yshift": yshift}
+
+
 def figure(graph: GraphData, title: str | None = None) -> go.Figure:
     """The graph as a plotly figure: arrows coloured by error rate (Kiali's thresholds), labelled
-    with request rate, error share and a lock when every request used mTLS."""
+    with request rate, error share and `mTLS` when every request used it.
+
+    Annotations come in three runs: one arrow per edge, one label per edge (same order as
+    `graph.edges`), one label per node (same order as `graph.nodes`). Hovering an edge's label
+    or a node shows its details.
+    """
     nodes, edges = graph.nodes, graph.edges
     where = _layout(nodes, edges) if len(nodes) else {}
     fig = go.Figure()
-    mid_x, mid_y, texts, hovers, arrows = [], [], [], [], []
+    arrows, edge_labels, mid_x, mid_y, hovers = [], [], [], [], []
     biggest = max([1.0, *edges["rate"]]) if len(edges) else 1.0
     for _, e in edges.iterrows():
         (x0, y0), (x1, y1) = where[e["source"]], where[e["destination"]]
@@ -305,33 +325,36 @@ def figure(graph: GraphData, title: str | None = None) -> go.Figure:
         arrows.append({"x": x1, "y": y1, "ax": x0, "ay": y0, "xref": "x", "yref": "y",
                        "axref": "x", "ayref": "y", "showarrow": True, "arrowhead": 2,
                        "arrowsize": 1, "arrowwidth": width, "arrowcolor": _edge_colour(e),
-                       "standoff": 14, "startstandoff": 14, "text": ""})
-        mid_x.append(x0 + (x1 - x0) * 0.5)
-        mid_y.append(y0 + (y1 - y0) * 0.5 + 0.08)
-        texts.append(_edge_text(e))
+                       "standoff": 15, "startstandoff": 15, "text": ""})
+        mid = (x0 + (x1 - x0) * 0.5, y0 + (y1 - y0) * 0.5)
+        edge_labels.append(_label(*mid, _edge_text(e), 10))
+        mid_x.append(mid[0])
+        mid_y.append(mid[1])
         hovers.append(_edge_hover(e))
-    fig.add_scatter(x=mid_x, y=mid_y, text=texts, hovertext=hovers, mode="text",
-                    hoverinfo="text", textfont={"size": 11}, name="edges", showlegend=False)
+    node_labels = [_label(*where[i], label, 11, yshift=-22)
+                   for i, label in zip(nodes["id"], nodes["label"], strict=True)]
+    # Invisible markers under the edge labels carry the hover text.
+    fig.add_scatter(x=mid_x, y=mid_y, hovertext=hovers, mode="markers", hoverinfo="text",
+                    marker={"size": 18, "opacity": 0}, name="edges", showlegend=False)
     apps = sorted(set(nodes["app"])) if len(nodes) else []
     colour = {a: NODE_COLOURS[i % len(NODE_COLOURS)] for i, a in enumerate(apps)}
     fig.add_scatter(
         x=[where[i][0] for i in nodes["id"]], y=[where[i][1] for i in nodes["id"]],
-        text=list(nodes["label"]), mode="markers+text", textposition="bottom center",
-        hovertext=[f"{r.id}<br>{r.kind}" for r in nodes.itertuples()], hoverinfo="text",
+        mode="markers", hoverinfo="text",
+        hovertext=[f"{r.id}<br>{r.kind}" for r in nodes.itertuples()],
         marker={"size": 26, "symbol": [SYMBOLS[k] for k in nodes["kind"]],
                 "color": [colour[a] if k == "workload" else "#555555"
                           for a, k in zip(nodes["app"], nodes["kind"], strict=True)],
                 "line": {"width": 1, "color": "white"}},
         name="nodes", showlegend=False)
     where_text = f" of {graph.namespace}" if graph.namespace else ""
-    span = f"the last {graph.seconds:.0f} s"
-    heading = title or (f"Service graph{where_text}, {span} (hover an edge for details)"
-                        if len(edges) else f"Service graph{where_text}: no traffic in {span}")
+    heading = title or (f"Service graph{where_text}, {graph.span} (hover for details)"
+                        if len(edges) else f"Service graph{where_text}: no traffic {graph.span}")
     xs = [p[0] for p in where.values()] or [0.0]
     ys = [p[1] for p in where.values()] or [0.0]
     fig.update_layout(
-        title=heading, annotations=arrows, height=max(320, 110 * (max(ys) - min(ys) + 2)),
-        showlegend=False,
+        title=heading, annotations=arrows + edge_labels + node_labels,
+        height=max(320, 110 * (max(ys) - min(ys) + 2)), showlegend=False,
         plot_bgcolor="white", margin={"l": 20, "r": 20, "t": 60, "b": 20},
         xaxis={"visible": False, "range": [min(xs) - 0.5, max(xs) + 0.5]},
         yaxis={"visible": False, "range": [min(ys) - 0.7, max(ys) + 0.5]})

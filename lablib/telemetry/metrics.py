@@ -20,7 +20,7 @@ from .prometheus import PrometheusClient
 from .server import ALL_PATH, TARGETS_PATH
 
 __all__ = ["MetricsSource", "connect", "dashboard", "describe", "endpoints", "total",
-           "wait_for_targets", "wait_for_total"]
+           "wait_for_total"]
 
 
 class MetricsSource(Protocol):
@@ -52,24 +52,10 @@ def connect(mesh: Backend, timeout: float = 20.0) -> PrometheusClient | LocalMet
     found = endpoints(mesh)
     if not found["prometheus"]:
         return LocalMetrics(found["metrics"], note=found.get("note", ""))
-    client = PrometheusClient(found["prometheus"])
-    wait_for_targets(client, found["metrics"].removesuffix(ALL_PATH) + TARGETS_PATH, timeout)
+    client = PrometheusClient(found["prometheus"],
+                              mesh_targets=found["metrics"].removesuffix(ALL_PATH) + TARGETS_PATH)
+    client.wait_for_targets(timeout)
     return client
-
-
-def wait_for_targets(client: PrometheusClient, targets_url: str, timeout: float = 20.0) -> int:
-    """Wait until Prometheus scrapes, healthy, every target the mesh lists; how many it does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            wanted = len(httpx.get(targets_url, timeout=5, trust_env=False).json())
-        except (httpx.HTTPError, ValueError):
-            wanted = 0
-        up = client.targets()
-        healthy = int((up["health"] == "up").sum()) if not up.empty else 0
-        if (wanted and healthy >= wanted) or time.monotonic() > deadline:
-            return healthy
-        time.sleep(0.5)
 
 
 def describe(metrics: PrometheusClient | LocalMetrics) -> str:

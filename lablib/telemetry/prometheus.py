@@ -13,6 +13,7 @@ server and scrapes each every second, as Istio's Prometheus addon scrapes every 
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
@@ -115,9 +116,11 @@ def frame(data: dict[str, Any]) -> pd.DataFrame:
 class PrometheusClient:
     """PromQL against a Prometheus server's HTTP API; answers come back as DataFrames."""
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, mesh_targets: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # The mesh's service-discovery URL: what Prometheus should be scraping.
+        self.mesh_targets = mesh_targets
         # One client for every query: a new one builds an SSL context each time (~30 ms).
         self._http = httpx.Client(timeout=timeout, trust_env=False)
 
@@ -166,6 +169,28 @@ class PrometheusClient:
                               "last_error": t.get("lastError", ""),
                               "scrape_url": t.get("scrapeUrl")}
                              for t in data.get("activeTargets", [])]).fillna("")
+
+    def wait_for_targets(self, timeout: float = 20.0) -> bool:
+        """Wait until every proxy the mesh lists has been scraped, healthy; False on timeout.
+
+        Prometheus learns of new pods at most every 5 s; until then their series are missing.
+        """
+        if not self.mesh_targets:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                listed = httpx.get(self.mesh_targets, timeout=5, trust_env=False).json()
+                wanted = {t["labels"]["pod"] for t in listed}
+            except (httpx.HTTPError, ValueError, KeyError):
+                wanted = set()
+            up = self.targets()
+            scraped = set(up.loc[up["health"] == "up", "pod"]) if not up.empty else set()
+            if wanted and wanted <= scraped:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
     def series_labels(self, metric: str) -> set[str]:
         """Every label name the series of `metric` carry (`/api/v1/series`)."""
