@@ -19,9 +19,10 @@ import plotly.graph_objects as go
 from . import charts, traffic
 from .backend import Backend
 from .errors import LabError
+from .fortio import FortioReport
 
-__all__ = ["WeightsPanel", "configured_weights", "rebalance", "weighted_virtual_service",
-           "weights_slider"]
+__all__ = ["ConcurrencyPanel", "WeightsPanel", "concurrency_slider", "configured_weights",
+           "rebalance", "weighted_virtual_service", "weights_slider"]
 
 Send = Callable[[int], pd.DataFrame]
 VsBuilder = Callable[[dict[str, int]], dict[str, Any]]
@@ -224,10 +225,15 @@ class WeightsPanel:
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message = text
-        body = html.escape(text).replace("\n", "<br>")
-        colour = "#b00020" if error else "inherit"
-        self.status.value = (f'<div style="color: {colour}; white-space: pre-wrap; '
-                             f'font-family: monospace">{body}</div>')
+        self.status.value = _status_html(text, error)
+
+
+def _status_html(text: str, error: bool = False) -> str:
+    """A status line: monospace, red for an error, line breaks kept."""
+    body = html.escape(text).replace("\n", "<br>")
+    colour = "#b00020" if error else "inherit"
+    return (f'<div style="color: {colour}; white-space: pre-wrap; font-family: monospace">'
+            f"{body}</div>")
 
 
 def _replace(widget: go.FigureWidget, figure: go.Figure) -> None:
@@ -257,3 +263,93 @@ def weights_slider(mesh: Backend, *, host: str = "reviews", namespace: str = "bo
 
     return WeightsPanel(mesh, host=host, namespace=namespace, subsets=subsets, burst=burst,
                         send=send or send_http, vs_builder=vs_builder or build, column=column)
+
+
+class ConcurrencyPanel:
+    """A slider for the number of concurrent connections a load run uses, and what it got.
+
+    Every change runs `run(connections)` (a `fortio load` from the client pod, say) and adds
+    a bar: the share of requests refused with `code` at that concurrency, with its binomial
+    standard error. `set_connections` runs the very code a slider change runs.
+    """
+
+    def __init__(self, run: Callable[[int], FortioReport], *, code: int = 503,
+                 maximum: int = 8, initial: int = 1, what: str = "the circuit breaker") -> None:
+        self.run_load, self.code = run, code
+        self.runs: dict[int, FortioReport] = {}
+        self.message = ""
+        self.slider = ipywidgets.IntSlider(value=initial, min=1, max=maximum, step=1,
+                                           description="concurrent connections",
+                                           continuous_update=False,
+                                           style={"description_width": "initial"})
+        self.slider.observe(lambda change: self._run(int(change["new"])), names="value")
+        self.status = ipywidgets.HTML()
+        self.figure = go.FigureWidget(layout={"height": CHART_HEIGHT})
+        self._draw()
+        self._say(f"Move the slider: each change sends a load run with that many connections "
+                  f"at once and adds a bar for the share of {code}s ({what}).")
+        title = ipywidgets.HTML(f"<b>Share of {code} responses by concurrency</b>")
+        self.widget = ipywidgets.VBox([title, self.slider, self.status, self.figure])
+
+    def set_connections(self, connections: int) -> FortioReport:
+        """Move the slider to `connections` and run the load (again, if it is already there)."""
+        if self.slider.value == connections:
+            return self._run(connections)
+        self.slider.value = connections  # the observer runs the load
+        return self.runs[connections]
+
+    def table(self) -> pd.DataFrame:
+        """One row per concurrency tried: requests, counts per code and the refused share."""
+        seen = sorted({code for r in self.runs.values() for code in r.codes} | {self.code})
+        rows = [{"connections": c, **r.summary(), **{str(code): r.codes.get(code, 0)
+                                                     for code in seen},
+                 f"share_{self.code}": r.share(self.code)}
+                for c, r in sorted(self.runs.items())]
+        return pd.DataFrame(rows)
+
+    def chart_data(self) -> dict[int, float]:
+        """The chart's bars: the share of `code` by concurrency."""
+        bars = self.figure.data[0]
+        return {int(x): float(y) for x, y in zip(bars.x, bars.y, strict=True)}
+
+    def _run(self, connections: int) -> FortioReport:
+        self._say(f"Sending with {connections} connection(s)...")
+        try:
+            report = self.run_load(connections)
+        except LabError as exc:
+            self._say(f"The load run failed: {exc}", error=True)
+            raise
+        self.runs[connections] = report
+        self._draw()
+        codes = ", ".join(f"{code}: {count}" for code, count in report.codes.items())
+        self._say(f"{connections} connection(s): {report.requests} requests ({codes}); "
+                  f"{report.share(self.code):.0%} answered {self.code}.")
+        return report
+
+    def _draw(self) -> None:
+        tried = sorted(self.runs)
+        shares = [self.runs[c].share(self.code) for c in tried]
+        errors = [(s * (1 - s) / max(1, self.runs[c].requests)) ** 0.5
+                  for c, s in zip(tried, shares, strict=True)]
+        with self.figure.batch_update():
+            self.figure.data = []
+            self.figure.add_bar(x=tried, y=shares, name=f"share of {self.code}",
+                                error_y={"type": "data", "array": errors},
+                                hovertemplate="%{x} connections: %{y:.0%}")
+            self.figure.layout.update(
+                title=f"Requests answered {self.code}, by concurrent connections",
+                xaxis={"title": "concurrent connections", "dtick": 1,
+                       "range": [0.5, self.slider.max + 0.5]},
+                yaxis={"title": f"share of {self.code}", "tickformat": ".0%",
+                       "range": [0, 1]},
+                height=CHART_HEIGHT)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message = text
+        self.status.value = _status_html(text, error)
+
+
+def concurrency_slider(run: Callable[[int], FortioReport], *, code: int = 503,
+                       maximum: int = 8) -> ConcurrencyPanel:
+    """A `ConcurrencyPanel`: a concurrency slider that runs `run(connections)` on each change."""
+    return ConcurrencyPanel(run, code=code, maximum=maximum)
