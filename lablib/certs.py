@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import getpass
 import ipaddress
 import os
@@ -157,17 +158,31 @@ def _write(path: Path, data: bytes, mode: int) -> Path:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # The file is born with its final mode (never readable by others, not even briefly), and
     # the rename replaces an older file whatever that file's mode was.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise CertificateError(_write_failed(path, exc)) from exc
     return path
+
+
+def _write_failed(path: Path, exc: OSError) -> str:
+    """Why `path` could not be written, and what to do about it."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why, fix = "the disk is full", f"free some space on the disk holding {path.parent}"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why, fix = "the folder is not writable", "pass a folder you can write"
+    else:
+        why, fix = exc.strerror or str(exc), "check the folder, then run the cell again"
+    return f"cannot write {path.name} in {path.parent}: {why} ({exc})\n    fix: {fix}"
 
 
 def _write_key(path: Path, data: bytes) -> Path:
@@ -483,7 +498,11 @@ def _issue(ca: CA, names: Sequence[str], folder: PathLike, stem: str | None, cli
     cert = _leaf_cert(ca, key.public_key(), subject, [_general_name(n) for n in names], usages,
                       start, end)
     _write_key(key_path, _key_pem(key))
-    _write_cert(cert_path, _pem(cert))
+    try:
+        _write_cert(cert_path, _pem(cert))
+    except CertificateError:
+        key_path.unlink(missing_ok=True)  # a key without its certificate is of no use
+        raise
     return cert_path, key_path
 
 

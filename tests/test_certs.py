@@ -617,3 +617,21 @@ def test_mkcert_missing_is_a_clear_error(ca, tmp_path, monkeypatch):
     with pytest.raises(CertificateError, match="mkcert is not on PATH"):
         certs.issue_server(ca, ["a.example.com"], tmp_path, use_mkcert=True)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
+                    reason="needs root to mount a small tmpfs")
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_file(ca, tmp_path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        (full / "filler").write_bytes(b"\0" * 60 * 1024)
+        with pytest.raises(CertificateError) as refused:
+            certs.issue_server(ca, ["httpbin.example.com"], full)
+        message = str(refused.value)
+        assert f"in {full}: the disk is full" in message and "fix: free some space" in message
+        # Nothing half-written: neither a truncated PEM nor a temporary file stays.
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .state import explained
+
 ADS = {"ads": {}, "resource_api_version": "V3"}
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -57,10 +59,16 @@ def bootstrap(node_id: str, cluster: str, admin_port: int, xds_port: int,
 
 
 def write_bootstrap(path: Path, config: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write an Envoy bootstrap atomically; a full disk or a bad folder is a StateDirError."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=1))
-    tmp.replace(path)
+    with explained(path.parent, f"write the Envoy bootstrap {path.name}"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(config, indent=1))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
