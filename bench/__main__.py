@@ -166,8 +166,8 @@ def run(workdir: Path) -> str:
 
 
 # Further sections: memory per sidecar against a bare Envoy, 1/5/10 meshes side by side,
-# and the load generator against hey.
-EXTRA_SECTIONS = ("memory", "multi_mesh", "load_vs_hey")
+# the load generator against hey, and the whole lab suite against one bring-up.
+EXTRA_SECTIONS = ("memory", "multi_mesh", "load_vs_hey", "lab_suite")
 
 
 def main() -> int:
