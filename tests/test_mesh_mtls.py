@@ -141,9 +141,12 @@ def test_workload_certificates_are_short_lived_spiffe_certificates(mesh):
 
 def test_openssl_from_the_proxy_container_sees_the_workload_certificate(mesh):
     """As the plug-in CA task does: `kubectl exec sleep -c istio-proxy -- openssl s_client
-    -showcerts -connect httpbin.NS:8000` shows the chain httpbin's sidecar presents."""
+    -showcerts -connect httpbin.NS:8000` shows the chain httpbin's sidecar presents. The task
+    applies STRICT first: under PERMISSIVE, TLS without Istio's ALPN to a port declared HTTP is
+    refused, as Istio has no filter chain for it there."""
     from lablib import certs
 
+    mesh.apply(peer_authentication("STRICT"))
     pod = mesh.pod_name({"app": "sleep"}, NS)
     shown = mesh.exec(pod, ["openssl", "s_client", "-showcerts", "-connect",
                             f"httpbin.{NS}:8000"], namespace=NS, container="istio-proxy")

@@ -17,6 +17,9 @@ LAB0208 duplicate subset name                 LAB0220 TLS server credential not 
                                                LAB0222 credential unreadable or key mismatch
                                                LAB0223 credential certificate expired
                                                LAB0224 volume's Secret/ConfigMap not found
+                                               LAB0225 DestinationRule tls incomplete/mixed
+                                               LAB0226 DR tls file not mounted in any proxy
+                                               LAB0227 DR credentialName ignored at sidecars
 
 Severity "Error" refuses an apply; "Warning" and "Info" are reported and let through.
 """
@@ -24,6 +27,7 @@ Severity "Error" refuses an apply; "Warning" and "Info" are reported and let thr
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -803,6 +807,144 @@ def _destination_rules(store: ConfigStore) -> Iterator[Diagnostic]:
                                        f"spec.subsets[{j}].trafficPolicy")
 
 
+# --- DestinationRule tls (TLS origination) ---------------------------------------------------
+
+_ORIGINATING = ("SIMPLE", "MUTUAL")
+_FILE_FIELDS = ("caCertificates", "clientCertificate", "privateKey")
+# Files every istio-proxy image has: the OS trust store ("system" is Istio's name for it).
+_PROXY_IMAGE_FILES = frozenset({"system", "/etc/ssl/certs/ca-certificates.crt"})
+_MOUNT_EXAMPLE = (
+    """sidecar.istio.io/userVolume: '{"certs":{"secret":{"secretName":"SECRET"}}}' and """
+    """sidecar.istio.io/userVolumeMount: '{"certs":{"mountPath":"/etc/certs"}}'""")
+
+
+def _client_tls_blocks(rule: Resource) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(field path, tls) of every `tls` a DestinationRule sets: host, port, subset level."""
+    policies = [("spec.trafficPolicy", _dict(rule.spec.get("trafficPolicy")))]
+    for j, subset in enumerate(_list(rule.spec.get("subsets"))):
+        policies.append((f"spec.subsets[{j}].trafficPolicy",
+                         _dict(_dict(subset).get("trafficPolicy"))))
+    for path, policy in policies:
+        if isinstance(policy.get("tls"), dict):
+            yield f"{path}.tls", policy["tls"]
+        for k, port_policy in enumerate(_list(policy.get("portLevelSettings"))):
+            tls = _dict(port_policy).get("tls")
+            if isinstance(tls, dict):
+                yield f"{path}.portLevelSettings[{k}].tls", tls
+
+
+def _has_proxy(store: ConfigStore, deployment: Resource) -> bool:
+    """Whether the Deployment's pods run an Envoy: injected as Istio decides, or a gateway."""
+    labels = pod_labels(deployment)
+    if str(labels.get("istio", "")).endswith("gateway"):
+        return True
+    annotations = _dict(_dict(_dict(deployment.spec.get("template")).get("metadata"))
+                        .get("annotations"))
+    if annotations.get("sidecar.istio.io/inject") == "false":
+        return False
+    choice = labels.get("sidecar.istio.io/inject")
+    return choice == "true" or (choice != "false" and store.namespace_labels(
+        deployment.namespace).get("istio-injection") == "enabled")
+
+
+def _proxy_mounts(store: ConfigStore, deployment: Resource, path: str) -> bool:
+    """Whether the Deployment's istio-proxy sees a file at `path` through the
+    sidecar.istio.io/userVolume and userVolumeMount annotations (from a Secret's key)."""
+    if path in _PROXY_IMAGE_FILES:
+        return True
+    annotations = _dict(_dict(_dict(deployment.spec.get("template")).get("metadata"))
+                        .get("annotations"))
+    try:
+        volumes = _dict(json.loads(annotations.get("sidecar.istio.io/userVolume") or "{}"))
+        mounts = _dict(json.loads(annotations.get("sidecar.istio.io/userVolumeMount") or "{}"))
+    except ValueError:
+        return False
+    for name, mount in mounts.items():
+        folder = str(_dict(mount).get("mountPath", "")).rstrip("/") + "/"
+        if not path.startswith(folder):
+            continue
+        source = _dict(_dict(volumes.get(name)).get("secret"))
+        secret = store.get("Secret", deployment.namespace, str(source.get("secretName", "")))
+        if secret is not None and path[len(folder):] in _secret_data(secret):
+            return True
+    return False
+
+
+def _client_tls_problems(rule: Resource, path: str, tls: dict[str, Any]
+                         ) -> Iterator[Diagnostic]:
+    """LAB0225: what Istio's validation refuses in a DestinationRule's `tls`."""
+    mode = str(tls.get("mode", "")).upper()
+    if mode == "MUTUAL" and not tls.get("credentialName"):
+        missing = [f for f in ("clientCertificate", "privateKey") if not tls.get(f)]
+        if missing:
+            yield Diagnostic(
+                "LAB0225", ERROR, rule.ref,
+                f"mode MUTUAL needs the client's certificate and key, but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set "
+                "(nor credentialName)",
+                f"{path}.{missing[0]}",
+                "set clientCertificate and privateKey to files mounted into the client's proxy "
+                f"(e.g. /etc/certs/tls.crt and /etc/certs/tls.key, mounted with {_MOUNT_EXAMPLE}"
+                "), or set credentialName at a gateway, or use mode SIMPLE for one-way TLS")
+    if tls.get("credentialName"):
+        mixed = [f for f in _FILE_FIELDS if tls.get(f)]
+        if mixed:
+            yield Diagnostic(
+                "LAB0225", ERROR, rule.ref,
+                f"credentialName and {', '.join(mixed)} are both set: only one of client "
+                "certificates and CA certificate or credentialName can be specified",
+                f"{path}.{mixed[0]}",
+                f"remove {', '.join(mixed)} (the Secret {tls['credentialName']} holds them), or "
+                "remove credentialName")
+
+
+def _destination_rule_tls(store: ConfigStore) -> Iterator[Diagnostic]:
+    """LAB0225-0227: TLS origination settings of DestinationRules."""
+    for rule in store.list("DestinationRule"):
+        selector = _dict(_dict(rule.spec.get("workloadSelector")).get("matchLabels"))
+        if selector:
+            clients = [d for d in store.workloads(rule.namespace, selector)
+                       if _has_proxy(store, d)]
+        else:
+            clients = [d for d in store.workloads() if _has_proxy(store, d)]
+        host = str(rule.spec.get("host", ""))
+        for path, tls in _client_tls_blocks(rule):
+            yield from _client_tls_problems(rule, path, tls)
+            mode = str(tls.get("mode", "")).upper()
+            if mode not in _ORIGINATING:
+                continue
+            if tls.get("credentialName"):
+                if not selector:
+                    yield Diagnostic(
+                        "LAB0227", WARNING, rule.ref,
+                        "credentialName is used only by gateways when the DestinationRule has no "
+                        f"workloadSelector: sidecars ignore this tls and send plaintext to {host}",
+                        f"{path}.credentialName",
+                        "add spec.workloadSelector.matchLabels naming the client pods, or give "
+                        "sidecars certificate files (clientCertificate, privateKey, "
+                        "caCertificates) instead")
+                continue
+            fields = [f for f in _FILE_FIELDS if f != "caCertificates" or not
+                      tls.get("insecureSkipVerify")]
+            if mode == "SIMPLE":
+                fields = [f for f in fields if f == "caCertificates"]
+            for field in fields:
+                file = tls.get(field)
+                if not isinstance(file, str) or not file or not clients:
+                    continue
+                if any(_proxy_mounts(store, d, file) for d in clients):
+                    continue
+                names = ", ".join(f"{d.namespace}/{d.name}" for d in clients[:3]) + (
+                    ", ..." if len(clients) > 3 else "")
+                yield Diagnostic(
+                    "LAB0226", WARNING, rule.ref,
+                    f'{field} "{file}" is not a file in the proxy of any workload this rule '
+                    f"applies to ({names}): their TLS handshakes with {host} will fail",
+                    f"{path}.{field}",
+                    f"mount the Secret holding it into the client pods' istio-proxy with the "
+                    f"annotations {_MOUNT_EXAMPLE} (the path is mountPath/key)")
+
+
 def _service_pods(store: ConfigStore, service: Resource) -> list[Resource]:
     if service.kind != "Service":
         return []
@@ -832,6 +974,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _virtual_services,
     _conflicts,
     _destination_rules,
+    _destination_rule_tls,
     _sidecars,
 )
 

@@ -46,10 +46,12 @@ def static_cluster(name: str, ports: list[int], connect_timeout: str = "10s") ->
 
 def merge_policy(base: dict[str, Any] | None, override: dict[str, Any] | None,
                  port: int) -> dict[str, Any]:
-    """The traffic policy in force: subset over host level, port-level settings over both."""
-    merged = dict(base or {})
-    merged.update({k: v for k, v in (override or {}).items() if k != "portLevelSettings"})
+    """The traffic policy in force, merged as Istio's MergeTrafficPolicy does: the host level
+    with its port-level settings, then the subset's, then the subset's port-level settings
+    (so a subset's `tls` beats the host's port-level one)."""
+    merged: dict[str, Any] = {}
     for source in (base or {}, override or {}):
+        merged.update({k: v for k, v in source.items() if k != "portLevelSettings"})
         for pls in source.get("portLevelSettings") or []:
             if int((pls.get("port") or {}).get("number", -1)) == port:
                 merged.update({k: v for k, v in pls.items() if k != "port"})
@@ -111,7 +113,8 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
 def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
                           ctx: PushContext) -> list[dict]:
     """The Service port's cluster and one per DestinationRule subset, with their policy and
-    auto mTLS toward the endpoints that take it."""
+    their transport: the rule's `tls` (SIMPLE, MUTUAL, ISTIO_MUTUAL, DISABLE) where it sets
+    one, else auto mTLS toward the endpoints that take it."""
     dr = ctx.destination_rules.get(svc.fqdn)
     host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
     subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
@@ -124,7 +127,8 @@ def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
         policy = merge_policy(host_policy, subset_policy, port.port)
         apply_traffic_policy(cluster, policy)
         apply_upstream_tls(cluster, proxy, ctx, svc, subset, port.port, port.target_port,
-                           endpoints, (policy.get("tls") or {}).get("mode"))
+                           endpoints, policy.get("tls"),
+                           dr_selects=bool(dr and dr.spec.get("workloadSelector")))
         clusters.append(cluster)
     return clusters
 

@@ -6,7 +6,8 @@ filter chain per kind of server:
 - TLS terminated at the gateway (`tls.mode` SIMPLE or MUTUAL): a chain matched by SNI on the
   server's hosts, with the certificate from the `credentialName` Secret over SDS
   (`kubernetes://NAME`, and `kubernetes://NAME-cacert` for the client CA), RDS
-  `https.<port>.<server>`;
+  `https.<port>.<server>`; ISTIO_MUTUAL terminates with the gateway's own workload
+  certificate (SDS `default`) and demands a client certificate from the mesh CA (`ROOTCA`);
 - TLS passed through (PASSTHROUGH): a chain per `tls` route's `sniHosts`, proxied as TCP;
 - TCP: a TCP proxy from the `tcp` routes.
 Plus the `status` listener on 15021.
@@ -19,12 +20,12 @@ from typing import Any
 from ..config.model import Resource
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
-from .mtls import SECRET_TYPE, TLS_INSPECTOR
+from .mtls import SECRET_TYPE, TLS_INSPECTOR, has_identity, san_matchers, sds
 from .routes import ROUTE_TYPE, destination_cluster, http_routes
 
 TLS_TYPE = ("type.googleapis.com/"
             "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
-TERMINATING_MODES = {"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"}
+TERMINATING_MODES = {"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"}
 PASSTHROUGH_MODES = {"PASSTHROUGH", "AUTO_PASSTHROUGH"}
 TCP_PROTOCOLS = {"TCP", "TLS", "MONGO", "MYSQL", "REDIS"}
 
@@ -137,6 +138,16 @@ def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
     }
     mode = str(tls.get("mode", "SIMPLE")).upper()
     context: dict[str, Any] = {"@type": TLS_TYPE, "common_tls_context": common}
+    if mode == "ISTIO_MUTUAL":
+        # The mesh's identity, not a credential: a client must hold a mesh certificate.
+        common["tls_certificate_sds_secret_configs"] = [sds("default")]
+        names = [str(n) for n in tls.get("subjectAltNames") or []]
+        common["combined_validation_context"] = {
+            "default_validation_context": {"match_typed_subject_alt_names": san_matchers(names)}
+            if names else {},
+            "validation_context_sds_secret_config": sds("ROOTCA")}
+        context["require_client_certificate"] = True
+        return {"name": "envoy.transport_sockets.tls", "typed_config": context}
     if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
         common["validation_context_sds_secret_config"] = {
             "name": secret_name(credential) + "-cacert", "sds_config": ADS}
@@ -145,7 +156,10 @@ def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
 
 
 def credential_present(proxy: Proxy, ctx: PushContext, server: dict[str, Any]) -> bool:
-    """Whether the server's credentialName Secret (and for MUTUAL its CA) exists."""
+    """Whether the server's credentialName Secret (and for MUTUAL its CA) exists; for
+    ISTIO_MUTUAL, whether the gateway holds a mesh identity."""
+    if str(server["tls"].get("mode", "")).upper() == "ISTIO_MUTUAL":
+        return has_identity(proxy, ctx)
     credential = str(server["tls"].get("credentialName", ""))
     found = ctx.store.get("Secret", proxy.namespace, credential)
     if found is None:
@@ -260,8 +274,9 @@ def gateway_secrets(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     seen = set()
     for servers in gateway_servers(proxy, ctx).values():
         for _, server in servers:
-            if server_kind(server) != "https":
-                continue
+            if server_kind(server) != "https" or \
+                    str(server["tls"].get("mode", "")).upper() == "ISTIO_MUTUAL":
+                continue  # ISTIO_MUTUAL uses the identity secrets
             credential = str(server["tls"].get("credentialName", ""))
             if credential in seen:
                 continue
