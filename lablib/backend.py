@@ -113,5 +113,18 @@ class Backend(abc.ABC):
     def proxy_status(self) -> list[dict[str, Any]]:
         """`istioctl proxy-status`."""
 
+    def telemetry_endpoints(self) -> dict[str, str]:
+        """Where Istio's metrics are read: `prometheus` (a PromQL server's URL, or ""),
+        `metrics` (the proxies' own metrics in Prometheus text, or "") and `note` (why
+        either is missing, with the fix)."""
+        return {"prometheus": "", "metrics": "",
+                "note": f"the {getattr(self, 'name', 'current')} backend reports no metrics"}
+
+    def dashboard_url(self, name: str) -> str:
+        """`istioctl dashboard NAME` (prometheus, grafana, kiali): a URL of that UI that
+        works from this machine."""
+        raise BackendError(f"no {name} dashboard on the {getattr(self, 'name', 'current')} "
+                           "backend")
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Forget the connection; the mesh keeps running."""

@@ -1181,6 +1181,58 @@ def test_an_unknown_ingress_port_names_the_ones_there_are(cluster):
         connect(config).ingress_address("tcp")
 
 
+# --- Istio's addons: istioctl dashboard, and Prometheus for the telemetry labs ----------------
+
+
+def prometheus_service() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "prometheus", "namespace": "istio-system"},
+            "spec": {"selector": {"app.kubernetes.io/name": "prometheus"},
+                     "ports": [{"name": "http", "port": 9090, "targetPort": 9090}]}}
+
+
+def test_dashboard_forwards_a_local_port_to_the_addon_pod(cluster, capsys):
+    state, config = cluster
+    state.put("", "services", prometheus_service())
+    state.add_pod("prometheus-7b8b9dd44c-abcde", "istio-system",
+                  {"app.kubernetes.io/name": "prometheus"}, containers=("prometheus-server",))
+    backend = connect(config)
+    try:
+        url = backend.dashboard_url("prometheus")
+        assert url.startswith("http://127.0.0.1:")
+        assert backend.dashboard_url("prometheus") == url  # one forward, reused
+        assert backend.telemetry_endpoints() == {"prometheus": url, "metrics": "", "note": ""}
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /-/ready HTTP/1.0\r\n\r\n")
+            conn.settimeout(5)
+            assert conn.recv(100) == b"echo:GET /-/ready HTTP/1.0\r\n\r\n"
+        forward = state.sent("GET", "/portforward")[-1]
+        assert forward.path == ("/api/v1/namespaces/istio-system/pods/"
+                                "prometheus-7b8b9dd44c-abcde/portforward")
+        assert forward.query["ports"] == ["9090"]
+        assert "forwarding 127.0.0.1:" in capsys.readouterr().out
+    finally:
+        backend.close()
+
+
+def test_without_the_addon_telemetry_says_how_to_install_it(cluster):
+    _, config = cluster
+    backend = connect(config)
+    found = backend.telemetry_endpoints()
+    assert found["prometheus"] == "" and found["metrics"] == ""
+    assert "no Service istio-system/prometheus" in found["note"]
+    assert "make istio" in found["note"] and "samples/addons/prometheus.yaml" in found["note"]
+    from lablib import telemetry
+
+    with pytest.raises(BackendError, match="no metrics to read: Istio's prometheus addon"):
+        telemetry.connect(backend)
+    with pytest.raises(NotFoundError, match="kiali addon is not installed"):
+        backend.dashboard_url("kiali")
+    with pytest.raises(BackendError, match='unknown dashboard "jaeger"'):
+        backend.dashboard_url("jaeger")
+
+
 # --- a classroom: one namespace prefix per learner -------------------------------------------
 
 

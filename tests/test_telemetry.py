@@ -23,11 +23,12 @@ from lablib.telemetry import (
     LocalMetrics,
     PrometheusClient,
     PromQLError,
+    counts,
     wait_for_total,
 )
 from lablib.telemetry.accesslog import LogTail
 from lablib.telemetry.localquery import evaluate, parse, parse_text
-from lablib.telemetry.prometheus import find_prometheus
+from lablib.telemetry.prometheus import find_prometheus, scrape_interval
 from lablib.telemetry.server import TARGETS_PATH, MetricsServer, targets
 from lablib.telemetry.service import MeshTelemetry
 from lablib.telemetry.topology import ProxyInfo, ServiceInfo, Topology, WorkloadInfo
@@ -506,6 +507,54 @@ def send_bookinfo_lines(mesh: Mesh, sent: dict[tuple[str, int], int]) -> None:
                                                duration=2 * n)] * n)
 
 
+# Istio 1.20's samples/addons/prometheus.yaml, the parts that set how often pods are scraped.
+ADDON_CONFIG = """
+global:
+  evaluation_interval: 1m
+  scrape_interval: 15s
+  scrape_timeout: 10s
+scrape_configs:
+- job_name: prometheus
+  static_configs:
+  - targets: [localhost:9090]
+- job_name: kubernetes-pods
+  honor_labels: true
+  kubernetes_sd_configs:
+  - role: pod
+"""
+
+
+@pytest.mark.parametrize(("config", "seconds"), [
+    (ADDON_CONFIG, 15.0),
+    ("global: {scrape_interval: 1s}\nscrape_configs: [{job_name: kubernetes-pods}]", 1.0),
+    ("global: {scrape_interval: 15s}\n"
+     "scrape_configs: [{job_name: kubernetes-pods, scrape_interval: 1m30s}]", 90.0),
+    ("scrape_configs: []", 60.0),  # Prometheus' own default
+    ("global: {scrape_interval: 500ms}", 0.5),
+])
+def test_scrape_interval_is_read_from_prometheus_config(config: str, seconds: float) -> None:
+    assert scrape_interval(config) == seconds
+
+
+class Every:
+    """A metrics source that is scraped every `scrape_seconds`."""
+
+    def __init__(self, scrape_seconds: float) -> None:
+        self.scrape_seconds = scrape_seconds
+
+
+def test_windows_follow_the_scrape_interval() -> None:
+    local, addon = Every(1.0), Every(15.0)
+    # Locally: rates over 10 s, last values over 15 s, quiet after 1.5 s, counts wait 30 s.
+    assert (counts.rate_window(local), counts.last_value_window(local)) == ("10s", "15s")
+    assert (counts.quiet_seconds(local), counts.count_timeout(local)) == (1.5, 30.0)
+    # Istio's addon scrapes every 15 s: Grafana's $__rate_interval is 1m, and a total must
+    # stay put over more than one scrape to have seen everything.
+    assert (counts.rate_window(addon), counts.last_value_window(addon)) == ("60s", "60s")
+    assert (counts.quiet_seconds(addon), counts.count_timeout(addon)) == (22.5, 60.0)
+    assert counts.scrape_seconds(object()) == 1.0  # LocalMetrics reads the proxies directly
+
+
 def test_prometheus_scrapes_every_proxy(mesh: Mesh, prometheus: PrometheusClient) -> None:
     sent = {("v1", 200): 12, ("v2", 200): 7, ("v2", 503): 3}
     send_bookinfo_lines(mesh, sent)
@@ -516,6 +565,7 @@ def test_prometheus_scrapes_every_proxy(mesh: Mesh, prometheus: PrometheusClient
                           '(istio_requests_total{reporter="destination"})')
     assert {(r.destination_version, int(r.response_code)): r.value
             for r in by.itertuples()} == sent
+    assert prometheus.scrape_seconds == 1.0  # read from the server's own configuration
     up = prometheus.targets()
     assert set(up["pod"]) == {p.workload.pod for p in mesh.proxies.values()}
     assert set(up["health"]) == {"up"}

@@ -69,6 +69,9 @@ FIELD_MANAGER = "lablib"
 ISTIO_NAMESPACE = "istio-system"
 DEMO_DEPLOYMENTS = ("istiod", "istio-ingressgateway", "istio-egressgateway")
 INGRESS_SERVICE = "istio-ingressgateway"
+# Istio's addons (Services in istio-system) and the path of each UI's front page.
+ADDON_PATHS = {"prometheus": "", "grafana": "", "kiali": "/kiali"}
+ADDONS_URL = "https://raw.githubusercontent.com/istio/istio/release-1.20/samples/addons"
 # `istioctl x wait` needs istiod to track distribution (off by default, gone after 1.22).
 TRACKING = "values.pilot.env.PILOT_ENABLE_CONFIG_DISTRIBUTION_TRACKING=true"
 REFUSED = "LAB0301"  # the API server (or Istio's validating webhook) refused the manifest
@@ -159,6 +162,7 @@ class KubernetesBackend(Backend):
         self.istioctl = Istioctl(config_file, context)
         self._forwards: list[PortForward] = []
         self._ingress: dict[str, tuple[str, int]] = {}
+        self._addons: dict[str, str] = {}
 
     # --- connection --------------------------------------------------------------------------
     def _where(self) -> str:
@@ -194,6 +198,7 @@ class KubernetesBackend(Backend):
             forward.close()
         self._forwards.clear()
         self._ingress.clear()
+        self._addons.clear()
         self.api.close()
 
     # --- API resources -----------------------------------------------------------------------
@@ -775,7 +780,7 @@ class KubernetesBackend(Backend):
                 for p in container.get("ports") or []:
                     if p.get("name") == target:
                         return int(p["containerPort"])
-        raise BackendError(f'no ingress gateway container has a port named "{target}"')
+        raise BackendError(f'no container behind {selector} has a port named "{target}"')
 
     @_reaching
     def exec(self, pod: str, command: Sequence[str], namespace: str = "default",
@@ -857,6 +862,50 @@ class KubernetesBackend(Backend):
                 continue
             shown.append({**row, "proxy": f"{pod}.{lab_ns}" if pod else lab_ns})
         return shown
+
+    # --- Istio's addons ----------------------------------------------------------------------
+    def telemetry_endpoints(self) -> dict[str, str]:
+        """Istio's Prometheus addon through a port-forward; a note with the fix without it."""
+        try:
+            url = self.dashboard_url("prometheus")
+        except NotFoundError as exc:
+            return {"prometheus": "", "metrics": "", "note": str(exc)}
+        return {"prometheus": url, "metrics": "", "note": ""}
+
+    @_reaching
+    def dashboard_url(self, name: str) -> str:
+        """`istioctl dashboard NAME`: a local port forwarded to the addon's Service port
+        (Prometheus, Grafana or Kiali in istio-system), kept while this kernel runs."""
+        if name not in ADDON_PATHS:
+            raise BackendError(f'unknown dashboard "{name}": use one of '
+                               f"{', '.join(sorted(ADDON_PATHS))}")
+        if name in self._addons:
+            return self._addons[name]
+        svc = self._read(self._resource("v1", "Service"), name, ISTIO_NAMESPACE)
+        if svc is None:
+            raise NotFoundError(
+                f"Istio's {name} addon is not installed (no Service {ISTIO_NAMESPACE}/{name})."
+                f"\n    fix: `make istio` installs the addons, or `kubectl apply -f "
+                f"{ADDONS_URL}/{name}.yaml`")
+        port = (svc["spec"].get("ports") or [{}])[0]
+        selector = ",".join(f"{k}={v}" for k, v in (svc["spec"].get("selector") or {}).items())
+        target = self._target_port(port, selector)
+
+        def open_stream() -> Any:
+            pods = self._proxyless_pods(ISTIO_NAMESPACE, selector)
+            if not pods:
+                raise BackendError(f"no ready {name} pod ({selector}) in {ISTIO_NAMESPACE}")
+            core = k8s.CoreV1Api(k8s.ApiClient(self.configuration))
+            return kube_stream.portforward(core.connect_get_namespaced_pod_portforward,
+                                           pods[0], ISTIO_NAMESPACE, ports=str(target))
+
+        forward = PortForward(open_stream, target, 0)
+        self._forwards.append(forward)
+        url = f"http://127.0.0.1:{forward.port}{ADDON_PATHS[name]}"
+        say(f"{name}: forwarding 127.0.0.1:{forward.port} to port {target} of the {name} "
+            "addon (like `istioctl dashboard`) while this kernel runs")
+        self._addons[name] = url
+        return url
 
 
 def _load_config(context: str | None, config_file: str | None

@@ -203,6 +203,22 @@ class LocalBackend(Backend):
     def proxy_status(self) -> list[dict[str, Any]]:
         return list(self.call("proxy_status"))
 
+    def telemetry_endpoints(self) -> dict[str, str]:
+        """The mesh's metrics server, and its Prometheus (started on first ask) if any."""
+        return {k: str(v) for k, v in dict(self.call("telemetry")).items()}
+
+    def dashboard_url(self, name: str) -> str:
+        """The local Prometheus UI; Grafana and Kiali have notebook stand-ins instead."""
+        if name != "prometheus":
+            raise BackendError(f"{name} is not part of the local mesh; the labs' service graph "
+                               f"(lab 13) and dashboards (lab 14) stand in for it (on a "
+                               f"cluster, `istioctl dashboard {name}` port-forwards to Istio's "
+                               "addon)")
+        found = self.telemetry_endpoints()
+        if not found["prometheus"]:
+            raise BackendError(f"this mesh runs no Prometheus: {found.get('note', '')}")
+        return found["prometheus"]
+
     def snapshot(self, pod: str, namespace: str) -> dict[str, Any]:
         """The translated config the control plane holds for this pod's proxy."""
         return dict(self.call("snapshot", namespace=namespace, name=pod))

@@ -8,8 +8,9 @@
     board = live_dashboard(metrics, "bookinfo-test"); display(board.widget); board.run(20)
 
 Each time series is a PromQL range query over the last `minutes`, one point every `step`
-seconds, with rates over `window` (Istio's dashboards use 1m at a 15 s scrape; the local
-mesh scrapes every second, so 10s is as smooth and reacts faster). Like Istio's service
+seconds, with rates over `window`: by default `rate_window`, four scrape intervals as
+Grafana's `$__rate_interval` (10 s on the local mesh, which scrapes every second; 1m with
+Istio's addon, which scrapes every 15 s). Like Istio's service
 dashboard, series are the server side's reports (`reporter="destination"`) unless asked
 otherwise; requests that reached no server (fault injection, breaker) are only in the client
 side's (`reporter="source"`), which is what `failures_by_flags` reads.
@@ -29,7 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from .counts import Mark, increase, snapshot
+from .counts import Mark, increase, rate_window, snapshot
 from .live import redraw, refresh_for
 
 if TYPE_CHECKING:
@@ -114,8 +115,9 @@ def _by(groups: Sequence[str]) -> str:
 
 def request_volume(metrics: MetricsSource, namespace: str | None = None,
                    service: str | None = None, *, minutes: float = 2.0, step: float = 2.0,
-                   window: str = "10s", reporter: str = "destination") -> go.Figure:
+                   window: str | None = None, reporter: str = "destination") -> go.Figure:
     """Requests per second by destination service and version (Istio's "Request Volume")."""
+    window = window or rate_window(metrics)
     found = _range(metrics, f"sum by ({_by(GROUP)}) (rate(istio_requests_total"
                             f"{_selector(namespace, service, reporter)}[{window}]))",
                    minutes, step)
@@ -131,9 +133,10 @@ def request_volume(metrics: MetricsSource, namespace: str | None = None,
 
 def success_rate(metrics: MetricsSource, namespace: str | None = None,
                  service: str | None = None, *, minutes: float = 2.0, step: float = 2.0,
-                 window: str = "10s", reporter: str = "destination") -> go.Figure:
+                 window: str | None = None, reporter: str = "destination") -> go.Figure:
     """The share of requests not answered 5xx, by destination service and version (Istio's
     "Success Rate (non-5xx responses)")."""
+    window = window or rate_window(metrics)
     query = (f"sum by ({_by(GROUP)}) (rate(istio_requests_total"
              "{selector}" f"[{window}]))")
     end = _now(step)
@@ -160,10 +163,11 @@ def success_rate(metrics: MetricsSource, namespace: str | None = None,
 
 def request_duration(metrics: MetricsSource, namespace: str | None = None,
                      service: str | None = None, *, minutes: float = 2.0, step: float = 2.0,
-                     window: str = "10s", reporter: str = "destination",
+                     window: str | None = None, reporter: str = "destination",
                      quantiles: Sequence[float] = QUANTILES) -> go.Figure:
     """p50, p90 and p99 of request duration (ms) by destination service and version, from
     Istio's histogram (Istio's "Request Duration")."""
+    window = window or rate_window(metrics)
     frames = []
     for q in quantiles:
         found = _range(metrics, f"histogram_quantile({q}, sum by (le, {_by(GROUP)}) "
@@ -195,9 +199,10 @@ def request_duration(metrics: MetricsSource, namespace: str | None = None,
 
 def tcp_bytes(metrics: MetricsSource, namespace: str | None = None,
               service: str | None = None, *, minutes: float = 2.0, step: float = 2.0,
-              window: str = "10s", reporter: str = "destination") -> go.Figure:
+              window: str | None = None, reporter: str = "destination") -> go.Figure:
     """TCP bytes per second sent and received by destination service and version (Istio's
     "TCP Sent/Received Bytes")."""
+    window = window or rate_window(metrics)
     fig = _frame(f"TCP bytes/s ({reporter} reporter): solid sent, dash received",
                  {"title": "bytes / s", "rangemode": "tozero"}, False, minutes, step)
     seen = False
@@ -306,7 +311,7 @@ class LiveDashboard:
 
 def live_dashboard(metrics: MetricsSource, namespace: str | None = None,
                    service: str | None = None, *, panels: Sequence[str] = PANELS,
-                   minutes: float = 2.0, step: float = 2.0, window: str = "10s",
+                   minutes: float = 2.0, step: float = 2.0, window: str | None = None,
                    since: Mark | None = None) -> LiveDashboard:
     """Istio's service dashboard as live panels: any of `PANELS`, in that order."""
     unknown = set(panels) - set(PANELS)

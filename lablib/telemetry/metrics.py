@@ -33,13 +33,9 @@ class MetricsSource(Protocol):
 
 
 def endpoints(mesh: Backend) -> dict[str, str]:
-    """The mesh's metrics URL, its Prometheus URL ("" without one) and why there is none."""
-    from ..local.client import LocalBackend
-
-    if not isinstance(mesh, LocalBackend):
-        raise BackendError(f"telemetry is built for the local mesh only; the {mesh.name} "
-                           "backend would reach Istio's Prometheus addon through a port-forward")
-    return {k: str(v) for k, v in dict(mesh.call("telemetry")).items()}
+    """The proxies' metrics URL and the Prometheus URL ("" for either that does not exist),
+    and a `note` saying why not: the local mesh's own, or Istio's addon on a cluster."""
+    return mesh.telemetry_endpoints()
 
 
 def connect(mesh: Backend, timeout: float = 20.0) -> PrometheusClient | LocalMetrics:
@@ -51,9 +47,13 @@ def connect(mesh: Backend, timeout: float = 20.0) -> PrometheusClient | LocalMet
     """
     found = endpoints(mesh)
     if not found["prometheus"]:
+        if not found["metrics"]:
+            raise BackendError(f"no metrics to read: {found.get('note', '')}")
         return LocalMetrics(found["metrics"], note=found.get("note", ""))
-    client = PrometheusClient(found["prometheus"],
-                              mesh_targets=found["metrics"].removesuffix(ALL_PATH) + TARGETS_PATH)
+    # The local mesh lists the proxies Prometheus should scrape; a cluster's addon finds pods.
+    targets = (found["metrics"].removesuffix(ALL_PATH) + TARGETS_PATH if found["metrics"]
+               else None)
+    client = PrometheusClient(found["prometheus"], mesh_targets=targets)
     client.wait_for_targets(timeout)
     return client
 
@@ -72,20 +72,18 @@ def describe(metrics: PrometheusClient | LocalMetrics) -> str:
         version = ""
     targets = metrics.targets()
     return (f"Prometheus{version} at {metrics.url}, scraping {len(targets)} proxies "
-            f"(job kubernetes-pods) every second.")
+            f"(job kubernetes-pods) every {_every(metrics.scrape_seconds)}.")
+
+
+def _every(seconds: float) -> str:
+    return "second" if seconds == 1 else f"{seconds:g} seconds"
 
 
 def dashboard(mesh: Backend, name: str = "prometheus") -> str:
     """`istioctl dashboard NAME`: the address of that UI, printed and returned."""
-    if name != "prometheus":
-        raise BackendError(f"{name} is not part of the local mesh; the lab's service graph "
-                           f"and dashboards stand in for it (on a cluster, `istioctl dashboard "
-                           f"{name}` port-forwards to Istio's addon)")
-    found = endpoints(mesh)
-    if not found["prometheus"]:
-        raise BackendError(f"this mesh runs no Prometheus: {found.get('note', '')}")
-    print(found["prometheus"])
-    return found["prometheus"]
+    url = mesh.dashboard_url(name)
+    print(url)
+    return url
 
 
 def total(metrics: MetricsSource, promql: str) -> float:

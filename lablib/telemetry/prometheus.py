@@ -12,6 +12,7 @@ server and scrapes each every second, as Istio's Prometheus addon scrapes every 
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import urllib.request
@@ -22,12 +23,13 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import yaml
 
 from ..errors import BackendError, LabError
 
 __all__ = [
     "SCRAPE_INTERVAL", "PrometheusClient", "PromQLError", "find_prometheus", "frame",
-    "prometheus_argv", "prometheus_ready", "write_config",
+    "prometheus_argv", "prometheus_ready", "scrape_interval", "write_config",
 ]
 
 SCRAPE_INTERVAL = "1s"
@@ -80,6 +82,26 @@ def prometheus_ready(port: int) -> Callable[[], bool]:
     return ready
 
 
+def _duration_seconds(text: str) -> float:
+    """A Prometheus duration such as `15s`, `1m`, `1m30s` or `500ms`, in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return float(sum(int(n) * units[u] for n, u in parts))
+
+
+def scrape_interval(config_yaml: str, job: str = "kubernetes-pods") -> float:
+    """Seconds between scrapes of `job` in a Prometheus configuration (its own interval,
+    else the global one, else Prometheus' default of one minute)."""
+    config = yaml.safe_load(config_yaml) or {}
+    interval = str((config.get("global") or {}).get("scrape_interval") or "1m")
+    for scrape in config.get("scrape_configs") or []:
+        if scrape.get("job_name") == job and scrape.get("scrape_interval"):
+            interval = str(scrape["scrape_interval"])
+    return _duration_seconds(interval)
+
+
 def _seconds(at: float | datetime | str | None) -> str | None:
     if at is None:
         return None
@@ -123,6 +145,7 @@ class PrometheusClient:
         self.mesh_targets = mesh_targets
         # One client for every query: a new one builds an SSL context each time (~30 ms).
         self._http = httpx.Client(timeout=timeout, trust_env=False)
+        self._scrape_seconds: float | None = None
 
     def __repr__(self) -> str:
         return f"PrometheusClient({self.url!r})"
@@ -162,13 +185,16 @@ class PrometheusClient:
             "query": promql, "start": _seconds(start), "end": _seconds(end),
             "step": str(step)}))
 
-    def targets(self) -> pd.DataFrame:
-        """The scrape targets and their health, as Prometheus' Status > Targets page."""
+    def targets(self, job: str | None = "kubernetes-pods") -> pd.DataFrame:
+        """The scrape targets of `job` (None: every job) and their health, as Prometheus'
+        Status > Targets page. Istio's proxies are the `kubernetes-pods` job; the addon on a
+        cluster also scrapes the API server, nodes and Services."""
         data = self._get("/api/v1/targets", {"state": "active"})
         return pd.DataFrame([{**t.get("labels", {}), "health": t.get("health"),
                               "last_error": t.get("lastError", ""),
                               "scrape_url": t.get("scrapeUrl")}
-                             for t in data.get("activeTargets", [])]).fillna("")
+                             for t in data.get("activeTargets", [])
+                             if job is None or t.get("labels", {}).get("job") == job]).fillna("")
 
     def wait_for_targets(self, timeout: float = 20.0) -> bool:
         """Wait until every proxy the mesh lists has been scraped, healthy; False on timeout.
@@ -191,6 +217,15 @@ class PrometheusClient:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
+
+    @property
+    def scrape_seconds(self) -> float:
+        """The scrape interval of Istio's `kubernetes-pods` job (else the global one), in
+        seconds, from the server's own configuration: 1 s locally, 15 s for Istio's addon."""
+        if self._scrape_seconds is None:
+            self._scrape_seconds = scrape_interval(
+                str(self._get("/api/v1/status/config", {}).get("yaml", "")))
+        return self._scrape_seconds
 
     def series_labels(self, metric: str) -> set[str]:
         """Every label name the series of `metric` carry (`/api/v1/series`)."""
