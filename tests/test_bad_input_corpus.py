@@ -295,9 +295,8 @@ SHIM_CASES = {
                              "error: unknown flag: --frobnicate", ""),
     "kubectl-flag-without-value": (["kubectl", "get", "pods", "-n"], 1,
                                    "flag needs an argument", ""),
-    "kubectl-only-a-flag": (
-        ["kubectl", "-n"], 1, "flag needs an argument",
-        "the shim prints its help and exits 0 (kubectl: flag needs an argument, exit 1)"),
+    "kubectl-only-a-flag": (["kubectl", "-n"], 1,
+                            "error: flag needs an argument: 'n' in -n", ""),
     "kubectl-apply-refused": (
         ["kubectl", "apply", "-f", str(CORPUS / "weights-sum-to-90.yaml")], 1,
         f"(VirtualService {NS}/reviews at spec.http[0].route)", ""),

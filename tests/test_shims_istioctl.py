@@ -111,6 +111,7 @@ def no_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(("argv", "stderr"), [
     (["frob"], 'Error: unknown command "frob" for "istioctl"\n'
                "Run 'istioctl --help' for usage.\n"),
+    (["-n"], "Error: flag needs an argument: 'n' in -n\n"),
     (["install", "--frob"], "Error: unknown flag: --frob\n"),
     (["proxy-config", "frob", "pod.ns"], 'Error: unknown command "frob" for "istioctl '
                                          'proxy-config"\n'),
@@ -128,12 +129,24 @@ def test_bad_command_lines(no_mesh: Path, capsys: pytest.CaptureFixture[str], ar
     assert capsys.readouterr().err == stderr
 
 
-def test_dashboards_say_they_are_not_local_yet(no_mesh: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("prometheus", "grafana", "kiali"):
-        assert istioctl_main(["dashboard", name, "--address", "172.19.106.26"]) == 1
-        assert capsys.readouterr().err.startswith(
-            f"Error: the {name} dashboard is not available on the local mesh yet")
+def test_kiali_and_grafana_dashboards_point_at_the_labs_stand_ins(
+        no_mesh: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, lab, call in (("kiali", "13_observing_traffic.ipynb", "telemetry.LiveGraph("),
+                            ("grafana", "14_metrics_dashboards.ipynb",
+                             "dashboards.live_dashboard(")):
+        assert istioctl_main(["dashboard", name, "--address", "172.19.106.26"]) == 0
+        out = capsys.readouterr().out
+        assert f"The local mesh has no {name.capitalize()}" in out
+        assert str(KIT_ROOT / "labs" / lab) in out and call in out
+
+
+def test_prometheus_dashboard_needs_the_mesh_and_tracing_has_no_stand_in(
+        no_mesh: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert istioctl_main(["dashboard", "prometheus"]) == 1
+    assert "it is not running" in capsys.readouterr().err
+    assert istioctl_main(["dashboard", "jaeger"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "Error: the jaeger dashboard is not part of the local mesh")
 
 
 def test_install_asks_first_and_a_no_starts_nothing(

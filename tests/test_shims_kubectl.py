@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from lablib.shims import env as shim_env
-from lablib.shims import kubectl_main, printers
+from lablib.shims import kubectl_main, podtools, printers
 from lablib.shims.flags import Flag, UsageError, parse, split_command
 from lablib.shims.kubectl import _selector, json_patch, merge_patch
 
@@ -171,6 +171,34 @@ def test_jsonpath_and_custom_columns_outputs() -> None:
         printers.output("frob", BOOKINFO_ITEMS[:1], single=True)
 
 
+def test_istio_operator_columns_are_the_crds_printer_columns() -> None:
+    operator = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                "metadata": {"name": "installed-state", "namespace": "istio-system",
+                             "creationTimestamp": stamp(17 * 3600)},
+                "spec": {"profile": "demo"}}
+    assert printers.get_table([operator], all_namespaces=True, now=NOW).splitlines() == [
+        "NAMESPACE      NAME              REVISION   STATUS   AGE",
+        "istio-system   installed-state                       17h",
+    ]
+
+
+def test_exec_gets_a_busybox_like_nc_only_when_it_runs_nc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert podtools.exec_path(["curl", "-s", "http://httpbin:8000/get"], "/usr/bin:/bin") == \
+        "/usr/bin:/bin"
+    path = podtools.exec_path(["sh", "-c", "(date; sleep 1) | nc 127.0.0.1 31400"],
+                              "/usr/bin:/bin")
+    folder = podtools.tools_dir()
+    if folder is None:
+        assert path == "/usr/bin:/bin"  # no nc, or one that hangs up by itself
+        return
+    assert path == f"{folder}:/usr/bin:/bin"
+    script = (folder / "nc").read_text()
+    assert script.startswith("#!/bin/sh\n") and script.rstrip().endswith('-N "$@"')
+    assert os.access(folder / "nc", os.X_OK)
+
+
 def test_tabwrite_follows_go_tabwriter_blocks() -> None:
     # kubectl describe: a line without tabs ends a column block; the last cell is not padded.
     text = printers.tabwrite("Name:\tx\nService Account:\ty\nIPs:\n  IP:\t1\nControlled By:\tz",
@@ -298,6 +326,8 @@ def no_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (["get", "podz"], 'error: the server doesn\'t have a resource type "podz"\n'),
     (["get", "pods", "--frob"], "error: unknown flag: --frob\n"
                                 "See 'kubectl get --help' for usage.\n"),
+    (["-n"], "error: flag needs an argument: 'n' in -n\nSee 'kubectl --help' for usage.\n"),
+    (["--frob"], "error: unknown flag: --frob\nSee 'kubectl --help' for usage.\n"),
     (["get", "pods", "-n"], "error: flag needs an argument: 'n' in -n\n"
                             "See 'kubectl get --help' for usage.\n"),
     (["get"], 'error: You must specify the type of resource to get. Use "kubectl '
@@ -335,8 +365,18 @@ def test_urls_are_offline_except_the_istio_addons(no_mesh: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     addon = ("https://raw.githubusercontent.com/istio/istio/release-1.20/samples/addons/"
              "prometheus.yaml")
+    for name, stand_in in (("kiali", "lab 13's live service graph"),
+                           ("grafana", "lab 14's dashboards")):
+        assert kubectl_main(["apply", "-f", addon.replace("prometheus", name)]) == 0
+        assert capsys.readouterr().out == (
+            f"addon/{name} configured (local equivalent: {stand_in}, "
+            f"lablib.telemetry.{'LiveGraph' if name == 'kiali' else 'dashboards'}; see "
+            f"istioctl dashboard {name})\n")
     assert kubectl_main(["apply", "-f", addon]) == 0
-    assert capsys.readouterr().out == "addon/prometheus configured (local: served by lablib)\n"
+    out = capsys.readouterr().out
+    assert out.startswith("addon/prometheus configured (local equivalent: ")
+    if shutil.which("prometheus"):  # no mesh runs here: it starts with the mesh's telemetry
+        assert "the mesh's own Prometheus" in out
     assert kubectl_main(["apply", "-f", "https://example.com/app.yaml"]) == 1
     assert 'unable to read URL "https://example.com/app.yaml"' in capsys.readouterr().err
 

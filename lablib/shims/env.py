@@ -46,14 +46,17 @@ def shim_dir() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o755)
     for tool in TOOLS:
-        path = folder / tool
-        text = _script(tool)
-        if not path.is_file() or path.read_text() != text:
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(text)
-            os.chmod(temporary, 0o755)
-            os.replace(temporary, path)
+        write_script(folder / tool, _script(tool))
     return folder
+
+
+def write_script(path: Path, text: str) -> None:
+    """An executable script at `path`, replaced atomically unless it already says `text`."""
+    if not path.is_file() or path.read_text() != text:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, path)
 
 
 def is_shim(path: Path) -> bool:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,16 @@ from ..config.schema import KINDS as SCHEMA_KINDS
 from ..config.store import ConfigStore
 from ..errors import Diagnostic
 from ..local.client import LocalBackend
-from . import printers
-from .flags import Flag, Parsed, UsageError, parse, split_command
+from . import addons, printers
+from .dispatch import Command, Tool
+from .dispatch import err as _err
+from .dispatch import out as _out
+from .flags import Flag, Parsed, UsageError
 from .kinds import KINDS, resolve
-from .session import Failure, connect, on_cluster, passthrough, run
+from .session import ISTIO_VERSION, Failure, connect
 
 __all__ = ["istioctl_main", "kube_inject"]
 
-ISTIO_VERSION = "1.20.3"
 PROXY_IMAGE = f"docker.io/istio/proxyv2:{ISTIO_VERSION}"
 GLOBAL = [Flag("namespace", "n"), Flag("istioNamespace", "i"), Flag("context"),
           Flag("kubeconfig", "c"), Flag("help", "h", "bool")]
@@ -41,22 +42,6 @@ ANALYSIS_DOCS = ("See https://istio.io/v1.20/docs/reference/config/analysis for 
 ANALYZER_FOUND_ISSUES = 79
 DASHBOARDS = ("prometheus", "grafana", "kiali", "jaeger", "zipkin", "skywalking", "loki",
               "controlz")
-
-
-@dataclass
-class Command:
-    run: Callable[[Parsed], int]
-    flags: list[Flag]
-    usage: str
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _confirm(question: str, yes: bool) -> bool:
@@ -524,9 +509,9 @@ def cmd_dashboard(p: Parsed) -> int:
         _out(f"http://127.0.0.1:{info['admin_port']}\n")
         return 0
     if name in DASHBOARDS:
-        raise Failure(f"Error: the {name} dashboard is not available on the local mesh yet; "
-                      f"read the proxies' metrics with `kubectl exec POD -c istio-proxy -- "
-                      f"pilot-agent request GET stats`, or use LAB_BACKEND=kubernetes")
+        mesh = connect() if name == "prometheus" else None
+        _out(addons.dashboard(name, mesh, p.get("address")))
+        return 0
     raise UsageError(f'unknown command "{name}" for "istioctl dashboard"')
 
 
@@ -684,34 +669,10 @@ ALIASES = {"pc": "proxy-config", "ps": "proxy-status", "experimental": "x", "exp
            "dash": "dashboard", "d": "dashboard", "manifest-install": "install"}
 
 
-def _help() -> str:
-    lines = ["istioctl (lablib shim): the commands the Istio tasks use, run against the local "
-             "mesh.", "", "Commands:"]
-    lines += [f"  {c.usage}" for c in COMMANDS.values()]
-    lines += ["", "On LAB_BACKEND=kubernetes this is the real istioctl. See docs/shims.md."]
-    return "\n".join(lines) + "\n"
+TOOL = Tool("istioctl", GLOBAL, COMMANDS, error_word="Error", verb_hint=False,
+            unknown_hint="Run 'istioctl --help' for usage.", aliases=ALIASES)
 
 
 def istioctl_main(argv: Sequence[str] | None = None) -> int:
     """`istioctl ARGS...` on the local mesh (the real istioctl on the kubernetes backend)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if on_cluster():
-        return passthrough("istioctl", argv)
-    verb, rest = split_command(argv, GLOBAL)
-    if verb is None:
-        _out(_help())
-        return 0
-    command = COMMANDS.get(ALIASES.get(verb, verb))
-    if command is None:
-        _err(f'Error: unknown command "{verb}" for "istioctl"\nRun \'istioctl --help\' for '
-             f"usage.")
-        return 1
-
-    def body() -> int:
-        parsed = parse(rest, [*GLOBAL, *command.flags])
-        if parsed.get("help"):
-            _out(f"Usage (lablib shim):\n  {command.usage}\n")
-            return 0
-        return command.run(parsed)
-
-    return run(body, "", error_word="Error")
+    return TOOL.main(argv)

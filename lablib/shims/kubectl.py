@@ -27,10 +27,14 @@ import yaml
 from ..config.loader import KIT_ROOT, load
 from ..errors import ConfigError, NotFoundError
 from ..local.client import LocalBackend
-from . import printers
-from .flags import Flag, Parsed, UsageError, parse, split_command
+from . import addons as addons_
+from . import podtools, printers
+from .dispatch import Command, Tool
+from .dispatch import err as _err
+from .dispatch import out as _out
+from .flags import Flag, Parsed, UsageError
 from .kinds import ALL, Kind, by_kind, resolve
-from .session import Failure, connect, on_cluster, passthrough, run
+from .session import ISTIO_VERSION, Failure, connect
 
 __all__ = ["kubectl_main"]
 
@@ -38,18 +42,7 @@ Item = dict[str, Any]
 
 GLOBAL = [Flag("namespace", "n"), Flag("context"), Flag("kubeconfig"), Flag("cluster"),
           Flag("request-timeout"), Flag("v", "v"), Flag("help", "h", "bool")]
-ADDONS_URL = re.compile(
-    r"https://raw\.githubusercontent\.com/istio/istio/[^/]+/samples/addons/"
-    r"(prometheus|kiali|grafana|jaeger|loki|extras/zipkin)\.yaml$")
 SHIM_VERSION = "lablib-shim (the kubectl subset of the Istio Lab Kit's local mesh)"
-
-
-@dataclass
-class Command:
-    run: Callable[[Parsed], int]
-    flags: list[Flag]
-    usage: str
-    starts_mesh: bool = False
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -57,15 +50,6 @@ class Command:
 
 def _namespace(p: Parsed) -> str:
     return str(p.get("namespace") or "default")
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _not_found(kind: Kind, name: str) -> str:
@@ -143,10 +127,56 @@ def _targets(args: Sequence[str]) -> list[tuple[Kind, list[str]]]:
     return [(k, list(args[1:])) for k in kinds]
 
 
+def _istio_operators(mesh: LocalBackend, namespace: str | None) -> list[Item]:
+    """The IstioOperator `istioctl install` leaves in istio-system, `installed-state`: the
+    record of what it installed. The local mesh keeps its settings on istiod's Deployment
+    (the `--set values.pilot.env.*` flags as container env), so it is read back from there."""
+    if namespace not in (None, "istio-system"):
+        return []
+    istiod = [d for d in mesh.get("Deployment", namespace="istio-system")
+              if d["metadata"]["name"] == "istiod"]
+    if not istiod:
+        return []
+    containers = istiod[0]["spec"]["template"]["spec"]["containers"]
+    env = {str(e["name"]): str(e.get("value", "")) for e in containers[0].get("env") or []}
+    gateway = "{}Gateways".format
+    spec: Item = {
+        "profile": "demo", "hub": "docker.io/istio", "tag": ISTIO_VERSION,
+        "components": {"base": {"enabled": True}, "pilot": {"enabled": True},
+                       gateway("ingress"): [{"name": "istio-ingressgateway", "enabled": True}],
+                       gateway("egress"): [{"name": "istio-egressgateway", "enabled": True}]},
+    }
+    if env:
+        spec["values"] = {"pilot": {"env": env}}
+    return [{"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+             "metadata": {"name": "installed-state", "namespace": "istio-system",
+                          "creationTimestamp": istiod[0]["metadata"].get("creationTimestamp"),
+                          "annotations": {"install.istio.io/ignoreReconcile": "true"}},
+             "spec": spec}]
+
+
+def _objects(mesh: LocalBackend, kind: Kind, namespace: str | None) -> list[Item]:
+    """Every object of `kind` (in `namespace`, None for all), as the API server lists them."""
+    if kind.kind == "IstioOperator":
+        return _istio_operators(mesh, namespace if kind.namespaced else None)
+    return mesh.get(kind.kind, namespace=namespace if kind.namespaced else None)
+
+
+def _read_only(kind: Kind) -> None:
+    if kind.kind == "IstioOperator":
+        raise Failure("error: the local mesh's IstioOperator only reports what `istioctl "
+                      "install` set: change it with istioctl install --set ..., remove it "
+                      "with istioctl uninstall --purge")
+
+
 def _fetch(mesh: LocalBackend, kind: Kind, name: str, namespace: str | None) -> Item:
     """One object; kubectl's NotFound error if there is none."""
     try:
-        found = mesh.get(kind.kind, name, namespace if kind.namespaced else None)
+        if kind.kind == "IstioOperator":
+            found = [i for i in _objects(mesh, kind, namespace)
+                     if i["metadata"]["name"] == name]
+        else:
+            found = mesh.get(kind.kind, name, namespace if kind.namespaced else None)
     except NotFoundError:
         found = []
     if not found:
@@ -213,11 +243,6 @@ def _source(name: str) -> str:
     raise Failure(f'error: the path "{name}" does not exist')
 
 
-def _addon(url: str) -> str | None:
-    match = ADDONS_URL.match(url)
-    return match[1].rsplit("/", 1)[-1] if match else None
-
-
 def _refused(exc: ConfigError, sources: Sequence[str], verb: str) -> Failure:
     """A refused apply: kubectl's NotFound for a missing namespace, else the analyzer's words."""
     errors = [d for d in exc.diagnostics if d.severity == "Error"]
@@ -257,16 +282,18 @@ def cmd_get(p: Parsed) -> int:
                     if not p.get("ignore-not-found"):
                         errors.append(exc.message)
         else:
-            items += _sorted([i for i in mesh.get(kind.kind, namespace=ns)
+            items += _sorted([i for i in _objects(mesh, kind, ns)
                               if matches(_labels(i))])
     if fmt in (None, "wide"):
         if items:
             _out(printers.get_table(items, fmt == "wide", all_ns, bool(p.get("show-labels")),
                                     not p.get("no-headers")) + "\n")
         elif not errors:
-            where = "" if all_ns or not any(k.namespaced for k, _ in targets) \
-                else f" in {namespace} namespace"
-            _err(f"No resources found{where}.")
+            # kubectl: "No resources found" ends with a period only when it names a namespace.
+            if all_ns or not all(k.namespaced for k, _ in targets):
+                _err("No resources found")
+            else:
+                _err(f"No resources found in {namespace} namespace.")
     elif items or not errors:
         _out(printers.output(str(fmt), items, single=named == 1 and len(items) == 1))
     for message in errors:
@@ -282,7 +309,7 @@ def cmd_describe(p: Parsed) -> int:
     texts, errors = [], []
     for kind, names in targets:
         ns = namespace if kind.namespaced else None
-        listed = [i for i in mesh.get(kind.kind, namespace=ns) if matches(_labels(i))]
+        listed = [i for i in _objects(mesh, kind, ns) if matches(_labels(i))]
         chosen = _sorted(listed)
         if names:
             chosen = []
@@ -323,11 +350,49 @@ def _apply_sources(p: Parsed) -> list[str]:
     files = list(p.get("filename") or [])
     if not files:
         raise UsageError("must specify one of -f and -k")
-    addons = [(f, _addon(f)) for f in files]
+    addons = [(f, addons_.addon_of(f)) for f in files]
     for _, name in addons:
         if name:
-            _out(f"addon/{name} configured (local: served by lablib)\n")
+            _out(addons_.applied(name))
     return [_source(f) for f, name in addons if not name]
+
+
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+
+
+def _unpublished_root_cert(exc: ConfigError) -> set[str]:
+    """The namespaces whose only fault is a missing istio-ca-root-cert ConfigMap (what pods
+    from `istioctl kube-inject` mount); empty if the apply has any other error."""
+    namespaces = set()
+    for d in exc.diagnostics:
+        if d.severity != "Error":
+            continue
+        found = re.match(rf'ConfigMap "{ROOT_CERT_CONFIGMAP}" not found in namespace (\S+):',
+                         d.message)
+        if d.code != "LAB0224" or not found:
+            return set()
+        namespaces.add(found[1])
+    return namespaces
+
+
+def _publish_root_cert(mesh: LocalBackend, namespaces: Iterable[str]) -> bool:
+    """What istiod does for every namespace: a ConfigMap istio-ca-root-cert holding the mesh's
+    root certificate, here the root the ingress gateway trusts. False if Istio is not
+    installed (no gateway to read it from)."""
+    gateways = mesh.get("pods", namespace="istio-system", selector={"istio": "ingressgateway"})
+    if not gateways:
+        return False
+    dump = json.loads(mesh.proxy_admin(gateways[0]["metadata"]["name"], "istio-system",
+                                       "config_dump?resource=dynamic_active_secrets"))
+    roots = [base64.b64decode(c["secret"]["validation_context"]["trusted_ca"]["inline_bytes"])
+             for c in dump.get("configs") or [] if c.get("name") == "ROOTCA"]
+    if not roots:
+        return False
+    mesh.apply([{"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": ns,
+                              "labels": {"istio.io/config": "true"}},
+                 "data": {"root-cert.pem": roots[0].decode()}} for ns in sorted(namespaces)])
+    return True
 
 
 def cmd_apply(p: Parsed) -> int:
@@ -336,7 +401,15 @@ def cmd_apply(p: Parsed) -> int:
         return 0
     mesh = connect(start=True)
     try:
-        lines = mesh.apply(sources, namespace=p.get("namespace"))
+        try:
+            lines = mesh.apply(sources, namespace=p.get("namespace"))
+        except ConfigError as exc:
+            # The local istiod publishes no root certificate ConfigMap; publish it as istiod
+            # would have before the pods that mount it were applied, then apply again.
+            missing = _unpublished_root_cert(exc)
+            if not missing or not _publish_root_cert(mesh, missing):
+                raise
+            lines = mesh.apply(sources, namespace=p.get("namespace"))
     except ConfigError as exc:
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
@@ -512,6 +585,7 @@ def cmd_delete(p: Parsed) -> int:
                 raise Failure("error: deleting a pod is not supported by the local mesh; "
                               "`kubectl rollout restart deploy/NAME` gives a Deployment new "
                               "pods")
+            _read_only(kind)
             ns = namespace if kind.namespaced else None
             existing = {i["metadata"]["name"]: i for i in mesh.get(kind.kind, namespace=ns)}
             if not names:
@@ -546,10 +620,13 @@ def _one_target(p: Parsed, verb: str) -> tuple[Kind, str, list[str]]:
         raise UsageError(f"you must specify the type of resource to {verb}")
     if "/" in p.args[0]:
         word, _, name = p.args[0].partition("/")
-        return resolve(word), name, p.args[1:]
-    if len(p.args) < 2:
+        kind, rest = resolve(word), p.args[1:]
+    elif len(p.args) < 2:
         raise UsageError(f"you must specify the name of the resource to {verb}")
-    return resolve(p.args[0]), p.args[1], p.args[2:]
+    else:
+        kind, name, rest = resolve(p.args[0]), p.args[1], p.args[2:]
+    _read_only(kind)
+    return kind, name, rest
 
 
 def _update(mesh: LocalBackend, kind: Kind, body: Item, before: Item, word: str,
@@ -802,6 +879,8 @@ def cmd_exec(p: Parsed) -> int:
     mesh = connect()
     namespace = _namespace(p)
     pod = _pod_of(mesh, p.args[0], namespace)
+    # The command runs on this machine: give it the sample images' `nc` (see podtools).
+    os.environ["PATH"] = podtools.exec_path(command, os.environ.get("PATH", ""))
     result = mesh.exec(pod, command, namespace=namespace, container=p.get("container"),
                        timeout=24 * 3600)
     sys.stdout.write(result.stdout or "")
@@ -844,8 +923,7 @@ def cmd_wait(p: Parsed) -> int:
         for kind, names in targets:
             if not names and not (p.get("all") or p.get("selector")):
                 raise UsageError("resource(s) were provided, but no name was specified")
-            items = [i for i in mesh.get(kind.kind, namespace=namespace if kind.namespaced
-                                         else None) if matches(_labels(i))]
+            items = [i for i in _objects(mesh, kind, namespace) if matches(_labels(i))]
             if names:
                 by_name = {i["metadata"]["name"]: i for i in items}
                 missing = [n for n in names if n not in by_name]
@@ -1003,13 +1081,13 @@ COMMANDS: dict[str, Command] = {
     "describe": Command(cmd_describe, [SELECTOR],
                         "kubectl describe KIND [NAME_PREFIX] [-n NS] [-l SELECTOR]"),
     "apply": Command(cmd_apply, [FILENAME, Flag("recursive", "R", "bool")],
-                     "kubectl apply -f FILE|DIR|URL|- [-n NS]", starts_mesh=True),
+                     "kubectl apply -f FILE|DIR|URL|- [-n NS]"),
     "create": Command(cmd_create, [FILENAME, OUTPUT, Flag("from-file", kind="list"),
                                    Flag("from-literal", kind="list"), Flag("cert"), Flag("key"),
                                    Flag("type"), Flag("dry-run", optional="client"),
                                    Flag("save-config", kind="bool")],
                       "kubectl create ns NAME | secret generic|tls NAME ... | configmap NAME "
-                      "--from-file=... | -f FILE", starts_mesh=True),
+                      "--from-file=... | -f FILE"),
     "delete": Command(cmd_delete, [FILENAME, SELECTOR, Flag("all", kind="bool"),
                                    Flag("cascade", optional="background"),
                                    Flag("ignore-not-found", kind="bool"),
@@ -1044,33 +1122,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _help() -> str:
-    lines = ["kubectl (lablib shim): the commands the Istio tasks use, run against the local "
-             "mesh.", "", "Commands:"]
-    lines += [f"  {c.usage}" for c in COMMANDS.values()]
-    lines += ["", "On LAB_BACKEND=kubernetes this is the real kubectl. See docs/shims.md."]
-    return "\n".join(lines) + "\n"
+TOOL = Tool("kubectl", GLOBAL, COMMANDS, error_word="error", verb_hint=True)
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
     """`kubectl ARGS...` on the local mesh (the real kubectl on the kubernetes backend)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if on_cluster():
-        return passthrough("kubectl", argv)
-    verb, rest = split_command(argv, GLOBAL)
-    if verb is None:
-        _out(_help())
-        return 0
-    command = COMMANDS.get(verb)
-    if command is None:
-        _err(f'error: unknown command "{verb}" for "kubectl"')
-        return 1
-
-    def body() -> int:
-        parsed = parse(rest, [*GLOBAL, *command.flags])
-        if parsed.get("help"):
-            _out(f"Usage (lablib shim):\n  {command.usage}\n")
-            return 0
-        return command.run(parsed)
-
-    return run(body, f"See 'kubectl {verb} --help' for usage.")
+    return TOOL.main(argv)

@@ -76,6 +76,9 @@ def _extra_columns(kind: str, item: Item) -> dict[str, str]:
         return {"HOSTS": _json_column(spec.get("hosts")),
                 "LOCATION": str(spec.get("location") or ""),
                 "RESOLUTION": str(spec.get("resolution") or "")}
+    if kind == "IstioOperator":  # the CRD's printer columns: Revision, Status, Age
+        return {"REVISION": str(spec.get("revision") or ""),
+                "STATUS": str((item.get("status") or {}).get("status") or "")}
     if kind == "PeerAuthentication":
         return {"MODE": str((spec.get("mtls") or {}).get("mode") or "")}
     return {}

@@ -15,8 +15,10 @@ from ..local.client import LocalBackend
 from ..local.state import StateDir
 from .flags import UsageError
 
-__all__ = ["OWNER_ENV", "Failure", "connect", "passthrough", "real_tool", "run"]
+__all__ = ["ISTIO_VERSION", "OWNER_ENV", "Failure", "connect", "passthrough", "real_tool", "run"]
 
+# The Istio release whose words and defaults the shims follow.
+ISTIO_VERSION = "1.20.3"
 # The pid whose end stops a mesh the shims start: the `lablib shell` or the notebook kernel.
 OWNER_ENV = "LAB_MESH_OWNER"
 
