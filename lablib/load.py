@@ -5,11 +5,13 @@ means three requests in flight at most, as with `fortio load -c 3`. With `qps > 
 requests follow one absolute schedule shared by all workers (request j is due at j / qps
 seconds), so a slow request delays the next ones but never shifts the schedule. Every request
 comes back as a row of `LoadResult.frame`; `summary()` and `report()` read that frame.
+An interrupt (Kernel ▸ Interrupt) stops every worker and its connection before it propagates.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections import Counter
@@ -20,6 +22,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+
+from .progress import Progress
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -189,7 +193,9 @@ class _Run:
         self.rows: list[list[tuple[float, float, int, str, int]]] = [
             [] for _ in range(connections)]
         self.sockets = [0] * connections
+        self.connections_open: list[_Connection | None] = [None] * connections
         self.failures: list[BaseException] = []
+        self.stopped = threading.Event()
         # Every worker waits here so they start together; the last to arrive sets `begin`.
         self.barrier = threading.Barrier(connections, action=self._start_clock)
 
@@ -198,7 +204,7 @@ class _Run:
 
     def _due(self, j: int) -> float | None:
         """When request j (counted over all workers) is due, or None when the run is over."""
-        if self.n is not None and j >= self.n:
+        if self.stopped.is_set() or (self.n is not None and j >= self.n):
             return None
         if self.qps > 0:
             offset = j / self.qps
@@ -215,14 +221,15 @@ class _Run:
         # http.client rather than httpx: a third of the CPU per request, which is what lets
         # one Python process keep up with the labs' rates (see bench/load_vs_hey.py).
         conn = self.target.connection()
+        self.connections_open[i] = conn
         path, rows = self.target.path(), self.rows[i]
         try:
             self.barrier.wait()
             j = i
             while (due := self._due(j)) is not None:
                 wait = due - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
+                if wait > 0 and self.stopped.wait(wait):
+                    break
                 start = time.perf_counter()
                 status, error = 0, ""
                 try:
@@ -238,11 +245,36 @@ class _Run:
                 rows.append((start - self.begin, (end - start) * 1000, status, error, i))
                 j += self.connections
         except Exception as exc:  # a bug, not a request outcome: load() raises it
-            self.failures.append(exc)
-            self.barrier.abort()
+            if not self.stopped.is_set():  # after stop(), errors are the interrupt's doing
+                self.failures.append(exc)
+                self.barrier.abort()
         finally:
             conn.close()
             self.sockets[i] = conn.connects
+
+    def requests_done(self) -> int:
+        return sum(len(rows) for rows in self.rows)
+
+    def stop(self) -> None:
+        """End the run now: no new request, and requests in flight are cut off."""
+        self.stopped.set()
+        self.barrier.abort()
+        for conn in self.connections_open:
+            sock = conn.sock if conn is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a worker blocked reading
+                except OSError:
+                    pass
+
+
+def _show(bar: Progress, run: _Run, finished: bool = False) -> None:
+    """Requests done of n, or seconds gone of the duration (with the requests so far)."""
+    if run.n is not None:
+        bar.update(run.requests_done())
+    elif run.begin:
+        gone = run.duration if finished else min(time.perf_counter() - run.begin, run.duration)
+        bar.update(round(gone, 1), step=f"{run.requests_done()} requests")
 
 
 def _check_url(url: str, what: str = "url") -> None:
@@ -276,10 +308,21 @@ def load(url: str, *, connections: int = 1, qps: float = 0, n: int | None = None
                {"User-Agent": USER_AGENT, **(headers or {})})
     threads = [threading.Thread(target=run.worker, args=(i,), name=f"load-{i}", daemon=True)
                for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with Progress("load", n if n is not None else seconds,
+                  "requests" if n is not None else "s") as bar:
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.1)  # wakes up to redraw the bar (and to be interrupted)
+                    _show(bar, run)
+            _show(bar, run, finished=True)
+        except BaseException:  # an interrupt: no worker may keep sending after it
+            run.stop()
+            for thread in threads:
+                thread.join(timeout=5)
+            raise
     elapsed = time.perf_counter() - run.begin
     if run.failures:
         raise run.failures[0]

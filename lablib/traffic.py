@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
 import pandas as pd
 
 from .backend import Backend
+from .progress import Progress
 
 BOOKINFO_PATH = "/productpage"
 
@@ -52,7 +53,8 @@ def send(mesh: Backend, path: str = BOOKINFO_PATH, n: int = 20, *, concurrency: 
     """Send `n` GET requests; one row each: status, latency_ms, version (for Bookinfo), error.
 
     Through the ingress gateway by default; `from_pod=` sends from inside that pod, `path`
-    then being a full URL such as `http://productpage:9080/productpage`.
+    then being a full URL such as `http://productpage:9080/productpage`. An interrupt stops
+    the sending at once: no request is started after it.
     """
     client, base = _client(mesh, from_pod, namespace, timeout)
 
@@ -67,14 +69,25 @@ def send(mesh: Backend, path: str = BOOKINFO_PATH, n: int = 20, *, concurrency: 
         return {"request": i, "start": start, "status": response.status_code if response else 0,
                 "latency_ms": round(elapsed, 2), "version": classify(response), "error": error}
 
-    with client:
+    with client, Progress("send", n, "requests") as bar:
         if user:
             login(client, base, user)
         if concurrency <= 1:
-            rows = [one(i) for i in range(n)]
+            rows = []
+            for i in range(n):
+                rows.append(one(i))
+                bar.update(i + 1)
         else:
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                rows = list(pool.map(one, range(n)))
+            pool = ThreadPoolExecutor(max_workers=concurrency)
+            try:
+                futures = [pool.submit(one, i) for i in range(n)]
+                for done, _ in enumerate(as_completed(futures), start=1):
+                    bar.update(done)
+                rows = [f.result() for f in futures]
+            finally:
+                # On an interrupt: drop the queued requests; closing the client (leaving the
+                # `with`) then ends those in flight.
+                pool.shutdown(wait=False, cancel_futures=True)
     frame = pd.DataFrame(rows)
     frame["start"] = frame["start"] - frame["start"].min()
     return frame

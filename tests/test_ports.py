@@ -1,15 +1,21 @@
-"""Loopback ports: free, distinct per mesh, and conflicts explained."""
+"""Loopback ports: free, distinct per mesh and across meshes, and conflicts explained."""
 
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import socket
+import stat
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
-from lablib.errors import BackendError
+from lablib.errors import BackendError, ProxyRejectedError
 from lablib.local.ports import (
     PortAllocator,
     PortInUseError,
@@ -18,6 +24,7 @@ from lablib.local.ports import (
     port_accepts,
     port_in_use,
     port_owner,
+    registry_dir,
     wait_for_port,
     with_free_port,
 )
@@ -152,3 +159,113 @@ def test_with_free_port_gives_up_after_attempts() -> None:
 
     with pytest.raises(BackendError, match="3 free ports in a row"):
         with_free_port(start, PortAllocator(), attempts=3)
+
+
+# --- the machine-wide registry: meshes never hand out each other's ports -------------------
+
+HOLDER = """
+import sys
+from pathlib import Path
+from lablib.local.ports import PortAllocator
+allocator = PortAllocator(registry=Path(sys.argv[1]))
+print(" ".join(str(allocator.allocate()) for _ in range(20)), flush=True)
+sys.stdin.read()
+"""
+
+
+def offering(monkeypatch: pytest.MonkeyPatch, offers: list[int]) -> None:
+    """Make the kernel offer `offers` first, then whatever it likes."""
+    pending = list(offers)
+    real = allocate_port
+    monkeypatch.setattr("lablib.local.ports.allocate_port",
+                        lambda host: pending.pop(0) if pending else real(host))
+
+
+def test_two_allocators_never_share_a_port(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = PortAllocator(registry=tmp_path), PortAllocator(registry=tmp_path)
+    offering(monkeypatch, [40001, 40001, 40001, 40002])
+    assert first.allocate() == 40001
+    assert second.allocate() == 40002  # 40001 is free in the kernel but held by `first`
+    first.release(40001)
+    offering(monkeypatch, [40001])
+    assert second.allocate() == 40001  # released: anyone may have it now
+
+
+def test_ports_held_by_another_process_are_skipped_until_it_dies(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        held = [int(p) for p in holder.stdout.readline().split()]
+        assert len(held) == 20
+        allocator = PortAllocator(registry=tmp_path)
+        offering(monkeypatch, held)
+        assert allocator.allocate() not in held
+    finally:
+        holder.kill()
+        holder.wait()
+    offering(monkeypatch, held[:1])
+    assert PortAllocator(registry=tmp_path).allocate() == held[0]  # a dead process holds nothing
+    assert not list(tmp_path.glob(f"*-{holder.pid}-*.ports"))  # and its file is gone
+
+
+def test_the_registry_file_follows_allocations_and_close(tmp_path) -> None:
+    allocator = PortAllocator(registry=tmp_path)
+    assert allocator.registry is not None
+    ports = {allocator.allocate() for _ in range(3)}
+    recorded = allocator.registry.file
+    assert {int(p) for p in recorded.read_text().split()} == ports
+    allocator.release(min(ports))
+    assert {int(p) for p in recorded.read_text().split()} == ports - {min(ports)}
+    allocator.close()
+    assert not recorded.exists() and allocator.allocated() == set()
+    other = PortAllocator(registry=tmp_path)
+    other.allocate()
+    assert other.registry is not None
+    path = other.registry.file
+    del other
+    gc.collect()
+    assert not path.exists()  # an allocator nobody closed still leaves the registry
+
+
+def test_a_fresh_registry_folder_is_shared_like_tmp(tmp_path) -> None:
+    folder = tmp_path / "ports"
+    PortAllocator(registry=folder).allocate()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o1777
+
+
+def test_an_unusable_registry_only_costs_the_cross_mesh_reservation(tmp_path, caplog) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    allocator = PortAllocator(registry=blocker)
+    assert allocator.registry is not None and not allocator.registry.usable
+    assert "unusable" in caplog.text
+    assert len({allocator.allocate() for _ in range(5)}) == 5
+
+
+def test_a_private_allocator_records_nothing(tmp_path) -> None:
+    allocator = PortAllocator(registry=tmp_path, shared=False)
+    allocator.allocate()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_registry_defaults_to_one_folder_per_machine(monkeypatch) -> None:
+    monkeypatch.delenv("LAB_PORTS_DIR", raising=False)
+    assert registry_dir() == Path(tempfile.gettempdir()) / "istio-lab-kit-ports"
+    monkeypatch.setenv("LAB_PORTS_DIR", "/somewhere/else")
+    assert registry_dir() == Path("/somewhere/else")
+
+
+def test_a_lost_port_race_is_retried_unless_the_manifest_chose_the_port() -> None:
+    from lablib.config.model import Resource
+    from lablib.local.mesh import LocalMesh
+
+    service = Resource("Service", "gw", "istio-system", {"spec": {"ports": [
+        {"name": "http", "port": 80, "nodePort": 31000}]}})
+    nack = ProxyRejectedError("Envoy refused: cannot bind '127.0.0.1:{}': Address already in use")
+    assert LocalMesh._lost_port(ProxyRejectedError(str(nack).format(45000)), [service]) == 45000
+    assert LocalMesh._lost_port(ProxyRejectedError(str(nack).format(31000)), [service]) is None
+    assert LocalMesh._lost_port(ProxyRejectedError("unknown field"), [service]) is None
+    assert LocalMesh._lost_port(BackendError("OSError: [Errno 98] Address already in use"),
+                                []) == 0

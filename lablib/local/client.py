@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..backend import Backend, Source, manifest_text
@@ -22,10 +23,16 @@ from ..errors import (
     NotFoundError,
     ProxyRejectedError,
 )
+from ..progress import Progress
 from .state import StateDir
 
 # Tools a sample image ships that this machine lacks, run by their local equivalents.
 EMULATED_TOOLS = {"fortio": [sys.executable, "-m", "lablib.apps.fortio"]}
+
+# Requests that change the mesh: shown with a progress bar, and undone when interrupted.
+CHANGES = {"install": "istio install", "apply": "apply", "delete": "delete"}
+CANCEL_WAIT_S = 120.0  # how long an interrupted change may take to roll back
+TICK_S = 0.25  # how often a waiting client asks for progress
 
 ERRORS: dict[str, type[LabError]] = {
     "NotFoundError": NotFoundError, "ProxyRejectedError": ProxyRejectedError,
@@ -64,26 +71,109 @@ class LocalBackend(Backend):
 
     # --- talking to meshd ---------------------------------------------------------------------
     def call(self, method: str, timeout: float = 300.0, **params: Any) -> Any:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
+        if method in CHANGES:
+            return self._change(method, timeout, params)
+        with self._connect(timeout) as s:
+            self._send(s, method, params)
+            return self._answer(self._receive(s, timeout))
+
+    def _change(self, method: str, timeout: float, params: dict[str, Any]) -> Any:
+        """A request that changes the mesh, with a progress bar; an interrupt (Kernel ▸
+        Interrupt, Ctrl-C) asks meshd to undo it and waits until it has, then re-raises."""
+        op = uuid.uuid4().hex
+        with Progress(CHANGES[method]) as bar, self._connect(timeout) as s:
             try:
-                s.connect(str(self.state.socket_path))
-            except OSError as exc:
-                raise BackendError(f"the local mesh is not running ({exc}); "
-                                   "run lablib.connect() again to start it") from None
-            data = b""
+                self._send(s, method, {**params, "op": op})
+                reply = self._receive(s, timeout, self._progress_reader(op, bar))
+            except KeyboardInterrupt as interrupt:
+                interrupt.add_note(self._undo(s, op))
+                raise
+            return self._answer(reply)
+
+    def _progress_reader(self, op: str, bar: Progress) -> Callable[[], None]:
+        """Called while waiting: updates the bar. Waiting in short ticks also lets an
+        interrupt that is not a real signal (`_thread.interrupt_main`) land at once."""
+
+        def read() -> None:
+            if bar.mode == "off":
+                return
             try:
-                s.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
-                while not data.endswith(b"\n"):
+                progress = self.call("progress", timeout=2, op=op)
+            except BackendError:
+                return
+            if progress:
+                bar.update(progress["done"], progress["total"], progress["step"])
+
+        return read
+
+    def _undo(self, s: socket.socket, op: str) -> str:
+        """Cancel operation `op` and wait for meshd's answer on `s`; says what became of it."""
+        try:
+            self.call("cancel", timeout=5, op=op)
+        except BackendError:
+            return "the mesh did not answer the interrupt; run lablib.connect() to check it"
+        try:
+            s.shutdown(socket.SHUT_WR)  # a request cut short ends here, so meshd answers
+        except OSError:
+            pass
+        try:
+            reply = self._receive(s, CANCEL_WAIT_S)
+        except BackendError:  # the reply had been read when the interrupt came
+            return ("interrupted as the change ended: check the mesh with mesh.get(...), "
+                    "and apply again if needed")
+        if "error" in reply:
+            return "interrupted: the mesh kept its last good configuration"
+        return "interrupted too late: the change had been fully applied"
+
+    def _connect(self, timeout: float) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.state.socket_path))
+        except OSError as exc:
+            s.close()
+            raise BackendError(f"the local mesh is not running ({exc}); "
+                               "run lablib.connect() again to start it") from None
+        return s
+
+    def _send(self, s: socket.socket, method: str, params: dict[str, Any]) -> None:
+        try:
+            s.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
+        except OSError as exc:
+            raise self._stopped(exc) from None
+
+    def _receive(self, s: socket.socket, timeout: float,
+                 waiting: Callable[[], None] | None = None) -> dict[str, Any]:
+        """meshd's reply; `waiting()` is called every TICK_S while there is none yet."""
+        deadline = time.monotonic() + timeout
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no answer in time")
+                s.settimeout(min(left, TICK_S) if waiting else left)
+                try:
                     chunk = s.recv(1 << 16)
-                    if not chunk:
-                        break
-                    data += chunk
-                reply = json.loads(data)
-            except (OSError, ValueError) as exc:
-                raise BackendError(f"the local mesh stopped answering ({type(exc).__name__}); "
-                                   f"see {self.state.logs / 'meshd.log'}, then run "
-                                   "lablib.connect() again") from None
+                except TimeoutError:
+                    if waiting is not None and time.monotonic() < deadline:
+                        waiting()
+                        continue
+                    raise
+                if not chunk:
+                    break
+                data += chunk
+            return dict(json.loads(data))
+        except (OSError, ValueError) as exc:
+            raise self._stopped(exc) from None
+
+    def _stopped(self, exc: Exception) -> BackendError:
+        return BackendError(f"the local mesh stopped answering ({type(exc).__name__}); "
+                            f"see {self.state.logs / 'meshd.log'}, then run "
+                            "lablib.connect() again")
+
+    def _answer(self, reply: dict[str, Any]) -> Any:
+        """The result of a reply, or its error raised as the matching lablib error."""
         if "error" in reply:
             err = reply["error"]
             if err["type"] == "ConfigError":

@@ -12,13 +12,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import random
+import re
 import shutil
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,15 +44,26 @@ from ..telemetry.topology import topology_from_mesh
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
-from .ports import PortAllocator, port_accepts
+from .ports import PortAllocator, is_address_in_use, port_accepts
 from .state import StateDir
-from .supervisor import Supervisor
+from .supervisor import ProcessStartError, Supervisor
+
+log = logging.getLogger(__name__)
 
 ISTIO_SYSTEM_MANIFEST = Path(__file__).with_name("istio_system.yaml")
 GATEWAY_IMAGE = "istio/proxyv2"
 PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
+# A port the mesh chose may be bound by another program before our process binds it; the
+# change is rolled back and tried again with fresh ports this many times in all.
+PORT_ATTEMPTS = 3
+LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d+)")
+CANCELS_KEPT = 64
+
+
+class OperationInterrupted(LabError):
+    """The caller interrupted an install, apply or delete; the mesh kept its last good config."""
 
 
 @dataclass
@@ -126,6 +140,10 @@ class LocalMesh:
         self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
                                        lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
+        self._op: str | None = None  # the install/apply/delete running now, by caller's id
+        self._cancelled: dict[str, None] = {}  # ids the callers interrupted (ordered set)
+        self._cancel_lock = threading.Lock()
+        self.progress: dict[str, Any] = {}
         self.supervisor.on_restart = self._on_restart
         threading.Thread(target=self._renew_certificates, daemon=True,
                          name="certificate-renewal").start()
@@ -142,14 +160,45 @@ class LocalMesh:
             self.ca = MeshCA.for_install(self.store.get("Secret", "istio-system", "cacerts"),
                                          self.state.certs / "istiod")
             if not self.kube_proxy:
+                self._report("starting kube-proxy", 0, 1)
                 self._start_kube_proxy()
+                self._check_cancelled()
             self.apply([self._with_pilot_env(r) for r in load(str(ISTIO_SYSTEM_MANIFEST))])
             self.installed = True
             return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
                     "Egress gateways installed", "Installation complete"]
 
     def apply(self, resources: list[Resource], namespace: str | None = None) -> list[str]:
-        """Apply manifests; returns kubectl's lines (`service/details created`)."""
+        """Apply manifests; returns kubectl's lines (`service/details created`).
+
+        A port the mesh chose that another program binds first fails the change, which is
+        rolled back; it is then tried again with fresh ports (PORT_ATTEMPTS in all)."""
+        with self.lock:
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                try:
+                    return self._apply_once(resources, namespace)
+                except (ProxyRejectedError, ProcessStartError) as exc:
+                    port = self._lost_port(exc, resources)
+                    if port is None or attempt == PORT_ATTEMPTS:
+                        raise
+                    log.warning("port %s was taken by another program before the mesh bound "
+                                "it; applying again with fresh ports", port or "?")
+            raise AssertionError("unreachable")
+
+    @staticmethod
+    def _lost_port(exc: Exception, resources: list[Resource]) -> int | None:
+        """The port a mesh-chosen bind lost to another program (0: not named), or None when
+        the failure is something else or the port is one the manifests ask for."""
+        if not is_address_in_use(exc):
+            return None
+        asked = {int(p["nodePort"]) for r in resources if r.kind == "Service"
+                 for p in r.spec.get("ports") or [] if p.get("nodePort")}
+        named = {int(m) for m in LOOPBACK_PORT.findall(str(exc))}
+        if named & asked:
+            return None
+        return min(named) if named else 0
+
+    def _apply_once(self, resources: list[Resource], namespace: str | None) -> list[str]:
         with self.lock:
             if namespace:
                 resources = [r if r.namespace or r.kind == "Namespace"
@@ -200,6 +249,43 @@ class LocalMesh:
             self.supervisor.close()
             self.ads.stop()
             self.pods.clear()
+            self.ports.close()
+
+    # --- operations a caller may interrupt ---------------------------------------------------
+    @contextmanager
+    def operation(self, op: str | None) -> Iterator[None]:
+        """Run one install/apply/delete for the caller's id `op`, which `cancel(op)` stops."""
+        with self.lock:
+            self._op = op
+            try:
+                self._check_cancelled()  # interrupted while waiting for an earlier one
+                yield
+            finally:
+                self._op = None
+                self.progress = {}
+                with self._cancel_lock:
+                    self._cancelled.pop(op or "", None)
+
+    def cancel(self, op: str) -> None:
+        """Stop operation `op` (now or when it starts): it rolls back to the last good config.
+
+        Never waits for the mesh lock, which the operation holds."""
+        with self._cancel_lock:
+            self._cancelled[op] = None
+            while len(self._cancelled) > CANCELS_KEPT:  # ids of operations long finished
+                del self._cancelled[next(iter(self._cancelled))]
+
+    def _check_cancelled(self) -> None:
+        op = self._op
+        with self._cancel_lock:
+            cancelled = op is not None and op in self._cancelled
+        if cancelled:
+            raise OperationInterrupted(
+                "interrupted: the mesh went back to its last good configuration")
+
+    def _report(self, step: str, done: int, total: int) -> None:
+        """What the running operation is doing, for the caller's progress bar."""
+        self.progress = {"op": self._op, "step": step, "done": done, "total": total}
 
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
@@ -273,6 +359,9 @@ class LocalMesh:
         On any refusal, stop what was started, restore every proxy and keep the old store.
         """
         old_store, old_pods = self.store, dict(self.pods)
+        # Kept pods are updated in place (gateway and Sidecar ports): remember how they were.
+        saved = {key: (p.workload, p.proxy, dict(p.private_ports)) for key, p in old_pods.items()}
+        old_kube = self.kube_proxy
         wanted = self._desired_pods(candidate)
         keep = {k: p for k, p in old_pods.items() if (p.deployment, p.template_hash) in
                 {(d, h) for d, h, _ in wanted.get(p.namespace, [])}}
@@ -287,6 +376,7 @@ class LocalMesh:
             if pod.role == "app" and self.kube_proxy:
                 self._kube_port(pod.namespace)
         try:
+            self._check_cancelled()
             ctx = self._context(candidate)
             snapshots = {p.id: build_snapshot(p, ctx) for p in ctx.proxies}
             new_ids = {p.proxy.id for p in new_pods if p.proxy}
@@ -295,9 +385,12 @@ class LocalMesh:
             # New pods serve before existing proxies send them traffic (make-before-break).
             self._start_pods(new_pods, candidate)
             self.ads.wait_synced(new_ids, timeout=15, require_connected=True)
+            self._check_cancelled()
+            self._report("pushing config", len(new_pods), len(new_pods))
             self.ads.push([s for pid, s in snapshots.items() if pid not in new_ids], timeout=10)
+            self._check_cancelled()  # the last moment the change can still be undone
         except Exception as exc:  # whatever went wrong, nothing half-applied stays
-            self._rollback(old_store, old_pods, new_pods)
+            self._rollback(old_store, old_pods, new_pods, saved, old_kube)
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
@@ -309,9 +402,21 @@ class LocalMesh:
         for pod in gone:
             self._stop_pod(pod)
 
-    def _rollback(self, old_store: ConfigStore, old_pods: dict, new_pods: list[Pod]) -> None:
+    def _rollback(self, old_store: ConfigStore, old_pods: dict, new_pods: list[Pod],
+                  saved: dict[tuple[str, str], tuple[Workload, Proxy | None, dict[int, int]]],
+                  old_kube: Proxy | None) -> None:
         for pod in new_pods:
             self._stop_pod(pod)
+        for key, (workload, proxy, private) in saved.items():
+            pod = old_pods[key]
+            for port in set(pod.private_ports.values()) - set(private.values()):
+                self.ports.release(port)
+            pod.workload, pod.proxy, pod.private_ports = workload, proxy, private
+        if old_kube is not None and self.kube_proxy is not None:
+            for port in set(self.kube_proxy.kube_ports.values()) - set(
+                    old_kube.kube_ports.values()):
+                self.ports.release(port)
+            self.kube_proxy = old_kube
         self.pods = old_pods
         self.store = old_store
         ctx = self._context(old_store)
@@ -506,11 +611,15 @@ class LocalMesh:
         return ctx.gateway_target_port(pod.proxy, number)
 
     def _start_pods(self, pods: list[Pod], store: ConfigStore) -> None:
+        total = len(pods)
+        self._report("pods ready", 0, total)
         if not pods:
             return
         with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
-            for f in [pool.submit(self._start_pod, p, store) for p in pods]:
+            futures = [pool.submit(self._start_pod, p, store) for p in pods]
+            for done, f in enumerate(as_completed(futures), start=1):
                 f.result()
+                self._report("pods ready", done, total)
 
     def _mount(self, pod: Pod, container: dict[str, Any], store: ConfigStore) -> dict[str, str]:
         """Write the Secret and ConfigMap volumes a container mounts into the pod's folder,
@@ -544,6 +653,7 @@ class LocalMesh:
 
     def _start_pod(self, pod: Pod, store: ConfigStore) -> None:
         prefix = f"{pod.namespace}.{pod.name}"
+        self._check_cancelled()
         if pod.proxy is not None:
             boot = bootstrap(pod.proxy.id, f"{pod.workload.labels.get('app', pod.deployment)}."
                              f"{pod.namespace}", pod.admin_port, self.xds_port,
@@ -571,6 +681,7 @@ class LocalMesh:
             argv = command_for(str(c["image"]), port_map=port_map, env=env,
                                args=[str(a) for a in c.get("args") or []])
             name = f"{prefix}.{c['name']}"
+            self._check_cancelled()
             self.supervisor.start(name, argv, env=env,
                                   ready=listening(list(port_map.values())) if port_map else None,
                                   ready_timeout=20)
@@ -603,6 +714,24 @@ class LocalMesh:
         return self.kube_proxy.kube_ports[namespace]
 
     def _start_kube_proxy(self) -> None:
+        """Start the kube-proxy stand-in, with fresh ports if another program took one."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_kube_proxy_once()
+                return
+            except (ProcessStartError, PushError) as exc:
+                self.supervisor.stop("kube-system.kube-proxy")
+                if self.kube_proxy is not None:
+                    self.ads.forget(self.kube_proxy.id)
+                    for port in self.kube_proxy.kube_ports.values():
+                        self.ports.release(port)
+                self.ports.release(self.kube_admin_port)
+                self.kube_proxy, self.kube_admin_port = None, 0
+                if not is_address_in_use(exc) or attempt == PORT_ATTEMPTS:
+                    raise
+                log.warning("kube-proxy lost a port to another program; starting it again")
+
+    def _start_kube_proxy_once(self) -> None:
         self.kube_proxy = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube",
                                 "kube-system", kube_ports={"default": self.ports.allocate()})
         self.kube_admin_port = self.ports.allocate()

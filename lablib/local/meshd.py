@@ -30,6 +30,7 @@ from .supervisor import Supervisor, kill_stale
 from .views import MeshViews
 
 log = logging.getLogger("meshd")
+CHANGES = ("install", "apply", "delete")  # requests a client may interrupt
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -65,6 +66,20 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
     def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         if method == "ping":
             return {"pid": os.getpid(), "installed": self.mesh.installed}
+        if method in CHANGES:
+            # `op` names the call so that the client can interrupt it (see `cancel`).
+            with self.mesh.operation(params.pop("op", None)):
+                return self.serve(method, params)
+        if method == "cancel":
+            self.mesh.cancel(str(params["op"]))
+            return "cancelled"
+        if method == "progress":
+            progress = self.mesh.progress
+            return progress if progress.get("op") == params.get("op") else {}
+        return self.serve(method, params)
+
+    def serve(self, method: str, params: dict[str, Any]) -> Any:
+        """Every request but ping, cancel and progress."""
         if method == "install":
             return self.mesh.install(params.get("values"))
         if method == "apply":

@@ -1,18 +1,32 @@
 """Loopback TCP ports for mesh processes: free ones, distinct ones, and clear conflicts.
 
 A port is free when `allocate_port` returns it, but another program may bind it before our
-process does. Callers therefore retry with a fresh port on "address already in use"
-(`with_free_port` does that) and report a port they cannot get with `PortInUseError`.
+process does. Two defences:
+
+* Every `PortAllocator` records the ports it holds in a registry folder shared by all meshes
+  on the machine (`registry_dir()`: `$LAB_PORTS_DIR`, else `<tmp>/istio-lab-kit-ports`), one
+  file per allocator, under an flock. An allocator never hands out a port another live
+  allocator holds, so meshes started together never pick the same port. A file whose process
+  is dead counts for nothing (and its owner's next allocation removes it).
+* Other programs are not in the registry: callers retry with a fresh port on "address already
+  in use" (`with_free_port` does that) and report a port they cannot get with `PortInUseError`.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import itertools
+import logging
 import os
 import socket
+import stat
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,17 +35,23 @@ from ..errors import BackendError
 __all__ = [
     "PortAllocator",
     "PortInUseError",
+    "PortRegistry",
     "allocate_port",
     "is_address_in_use",
     "port_accepts",
     "port_in_use",
     "port_owner",
+    "registry_dir",
     "wait_for_port",
     "with_free_port",
 ]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 LISTEN = "0A"  # TCP state code in /proc/net/tcp
+REGISTRY_ENV = "LAB_PORTS_DIR"
+LOCK_WAIT_S = 5.0  # a registry lock held longer than this is someone else's bug: go on without
+_serial = itertools.count()
 
 
 class PortInUseError(BackendError):
@@ -136,37 +156,182 @@ def is_address_in_use(exc: BaseException) -> bool:
     return "address already in use" in str(exc).lower()
 
 
-class PortAllocator:
-    """Hands out distinct free loopback ports for one mesh until they are released."""
+def registry_dir() -> Path:
+    """The folder where every allocator on this machine records its ports."""
+    configured = os.environ.get(REGISTRY_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path(tempfile.gettempdir()) / "istio-lab-kit-ports"
 
-    def __init__(self, host: str = "127.0.0.1", attempts: int = 50):
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+class PortRegistry:
+    """The machine-wide record of held ports: one `<uid>-<pid>-<n>.ports` file per allocator.
+
+    The folder is world-writable with the sticky bit (as /tmp), so students on one server
+    share it while nobody can remove or rewrite another's file. Any trouble with the folder
+    turns the registry off for this allocator (logged): allocation then relies on retries.
+    """
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder if folder is not None else registry_dir()
+        self.file = self.folder / f"{os.geteuid()}-{os.getpid()}-{next(_serial)}.ports"
+        self.usable = self._prepare()
+
+    def _prepare(self) -> bool:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            info = self.folder.lstat()
+            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o1777:
+                self.folder.chmod(0o1777)  # mkdir's mode is filtered by the umask
+            if not stat.S_ISDIR(info.st_mode) or not os.access(self.folder, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not a folder this user can write")
+        except OSError as exc:
+            log.warning("port registry %s unusable (%s): ports are not reserved across meshes",
+                        self.folder, exc)
+            return False
+        return True
+
+    @contextmanager
+    def locked(self) -> Iterator[set[int]]:
+        """Hold the registry lock; yields the ports every other live allocator holds."""
+        if not self.usable:
+            yield set()
+            return
+        try:
+            fd = os.open(self.folder / "lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+        except OSError as exc:
+            log.warning("cannot open the port registry lock: %s", exc)
+            yield set()
+            return
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        log.warning("port registry lock busy for %.0f s: going on without it",
+                                    LOCK_WAIT_S)
+                        break
+                    time.sleep(0.01)
+            yield self._held_by_others()
+        finally:
+            os.close(fd)  # also drops the flock
+
+    def _held_by_others(self) -> set[int]:
+        """Ports recorded by live allocators other than this one; removes our dead ones' files."""
+        held: set[int] = set()
+        try:
+            entries = list(self.folder.glob("*.ports"))
+        except OSError:
+            return held
+        for entry in entries:
+            if entry == self.file:
+                continue
+            try:
+                uid, pid = (int(part) for part in entry.name.split("-")[:2])
+            except ValueError:
+                continue
+            if not _pid_alive(pid):
+                if uid == os.geteuid():
+                    entry.unlink(missing_ok=True)
+                continue
+            try:
+                held.update(int(word) for word in entry.read_text().split())
+            except (OSError, ValueError):
+                continue
+        return held
+
+    def record(self, ports: set[int]) -> None:
+        """Replace this allocator's file with `ports` (atomically: readers see old or new)."""
+        if not self.usable:
+            return
+        tmp = self.file.with_name(f".{self.file.name}.tmp")
+        try:
+            tmp.write_text(" ".join(str(p) for p in sorted(ports)))
+            os.replace(tmp, self.file)
+        except OSError as exc:
+            log.warning("cannot record held ports in %s: %s", self.file, exc)
+            tmp.unlink(missing_ok=True)
+
+    def forget(self) -> None:
+        """Remove this allocator's file: its ports are free for every mesh again."""
+        if self.usable:
+            self.file.unlink(missing_ok=True)
+
+
+class PortAllocator:
+    """Hands out distinct free loopback ports for one mesh until they are released.
+
+    Ports are reserved in the machine-wide `PortRegistry` (folder `registry`, default
+    `registry_dir()`) until released or `close()`d; `shared=False` keeps them private.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", attempts: int = 50,
+                 registry: Path | None = None, shared: bool = True):
         self.host = host
         self.attempts = attempts
         self._taken: set[int] = set()
         self._lock = threading.Lock()
+        self.registry = PortRegistry(registry) if shared else None
+        if self.registry is not None:
+            # A mesh that is never closed still frees its ports when collected or at exit.
+            weakref.finalize(self, self.registry.forget)
 
     def allocate(self) -> int:
-        """A free port this allocator has not handed out (or has had back)."""
-        with self._lock:
+        """A free port neither this allocator nor another mesh's holds."""
+        with self._lock, self._reserving() as elsewhere:
             for _ in range(self.attempts):
                 port = allocate_port(self.host)
-                if port not in self._taken:
+                if port not in self._taken and port not in elsewhere:
                     self._taken.add(port)
+                    if self.registry is not None:
+                        self.registry.record(self._taken)
                     return port
         raise BackendError(
             f"no free loopback port found in {self.attempts} tries "
             f"({len(self._taken)} already held by this mesh)"
         )
 
+    @contextmanager
+    def _reserving(self) -> Iterator[set[int]]:
+        """Hold the registry lock (if shared); yields the ports other meshes hold."""
+        if self.registry is None:
+            yield set()
+        else:
+            with self.registry.locked() as elsewhere:
+                yield elsewhere
+
     def release(self, port: int) -> None:
         """Give `port` back; releasing a port not held is harmless."""
         with self._lock:
-            self._taken.discard(port)
+            if port in self._taken:
+                self._taken.discard(port)
+                if self.registry is not None:
+                    self.registry.record(self._taken)
 
     def allocated(self) -> set[int]:
         """The ports handed out and not yet released."""
         with self._lock:
             return set(self._taken)
+
+    def close(self) -> None:
+        """Release every port and leave the registry (the mesh is going down)."""
+        with self._lock:
+            self._taken.clear()
+            if self.registry is not None:
+                self.registry.forget()
 
 
 def with_free_port(
