@@ -202,11 +202,28 @@ class LocalBackend(Backend):
             if self._alive():
                 return
             if daemon.poll() not in (None, 0):  # 0: another meshd serves this mesh
-                raise BackendError(f"meshd exited with code {daemon.returncode} while starting; "
-                                   f"see {self.state.logs / 'meshd.log'}")
+                self._check_state_writable()
+                raise BackendError(f"meshd exited with code {daemon.returncode} while starting"
+                                   f"{self._log_tail()}")
             time.sleep(0.05)
-        raise BackendError(f"meshd did not start in {timeout:.0f}s; see "
-                           f"{self.state.logs / 'meshd.log'}")
+        self._check_state_writable()
+        raise BackendError(f"meshd did not start in {timeout:.0f}s{self._log_tail()}")
+
+    def _check_state_writable(self) -> None:
+        """Raise the StateDirError (disk full, not writable...) that kept meshd from starting,
+        if that is what happened: meshd cannot even log it then."""
+        probe = self.state.write_private(".probe", b"lablib")
+        probe.unlink(missing_ok=True)
+
+    def _log_tail(self, lines: int = 8) -> str:
+        """meshd.log's last lines, to show with an error, and where to read the rest."""
+        path = self.state.logs / "meshd.log"
+        try:
+            tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            tail = []
+        shown = "".join(f"\n    {line}" for line in tail)
+        return f"; meshd.log ends:{shown}\n    (all of it: {path})" if tail else f"; see {path}"
 
     # --- Backend -------------------------------------------------------------------------------
     def install(self, profile: str = "demo", values: dict[str, str] | None = None) -> list[str]:
