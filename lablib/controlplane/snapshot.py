@@ -86,11 +86,6 @@ def build_snapshot(proxy: Proxy, ctx: PushContext) -> Snapshot:
     """Build and check everything `proxy` needs from the push context."""
     router = proxy.kind == "router"
     listeners = gateway_listeners(proxy, ctx) if router else build_listeners(proxy, ctx)
-    for listener in listeners:
-        # Envoy binds with SO_REUSEPORT by default: a port another program (or another mesh)
-        # holds would then be shared silently, splitting its traffic. Without it the bind
-        # fails loudly, and the mesh picks another port.
-        listener.setdefault("enable_reuse_port", False)
     secrets = identity_secrets(proxy, ctx) + (gateway_secrets(proxy, ctx) if router else [])
     if proxy.kind == "sidecar" and proxy.workload is not None:
         secrets += file_secrets(ctx, proxy.workload)
