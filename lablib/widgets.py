@@ -15,6 +15,7 @@ from typing import Any
 import ipywidgets
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from . import charts, traffic
 from .backend import Backend
@@ -119,8 +120,9 @@ class WeightsPanel:
         for subset, slider in self.sliders.items():
             slider.observe(self._on_slider(subset), names="value")
         self.status = ipywidgets.HTML()
-        self.shares_figure = go.FigureWidget(layout={"height": CHART_HEIGHT})
-        self.timeline_figure = go.FigureWidget(layout={"height": CHART_HEIGHT})
+        # The charts as last drawn, and the outputs that show them.
+        self.shares_figure, self.timeline_figure = go.Figure(), go.Figure()
+        self.shares_view, self.timeline_view = ipywidgets.Output(), ipywidgets.Output()
         self._draw(start)
         now = (f"{self._name()} now splits {_describe(current)}." if current else
                f"{self._name()} is not a weight split over {', '.join(self.subsets)} yet.")
@@ -129,7 +131,7 @@ class WeightsPanel:
         title = ipywidgets.HTML(f"<b>Weights of the {html.escape(host)} VirtualService "
                                 "(they always sum to 100%)</b>")
         self.widget = ipywidgets.VBox([title, ipywidgets.HBox(list(self.sliders.values())),
-                                       self.status, self.shares_figure, self.timeline_figure])
+                                       self.status, self.shares_view, self.timeline_view])
 
     # --- what a learner (or a test) does --------------------------------------------------
     def set_weights(self, weights: Mapping[str, int]) -> pd.DataFrame:
@@ -220,8 +222,10 @@ class WeightsPanel:
 
     def _draw(self, weights: Mapping[str, int]) -> None:
         expected = {s: w / 100 for s, w in weights.items()}
-        _replace(self.shares_figure, charts.shares_chart(self.last, expected, self.column, self.z))
-        _replace(self.timeline_figure, charts.share_timeline(self.history, self.column))
+        self.shares_figure = charts.shares_chart(self.last, expected, self.column, self.z)
+        self.timeline_figure = charts.share_timeline(self.history, self.column)
+        _show(self.shares_view, self.shares_figure)
+        _show(self.timeline_view, self.timeline_figure)
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message = text
@@ -236,13 +240,17 @@ def _status_html(text: str, error: bool = False) -> str:
             f"{body}</div>")
 
 
-def _replace(widget: go.FigureWidget, figure: go.Figure) -> None:
-    """Show `figure` in an existing FigureWidget, keeping the widget's own height."""
-    with widget.batch_update():
-        widget.data = []
-        widget.add_traces(list(figure.data))
-        widget.layout.update(figure.layout.to_plotly_json())
-        widget.layout.height = CHART_HEIGHT
+def _show(view: ipywidgets.Output, figure: go.Figure) -> None:
+    """Show `figure` in `view` at the panels' height, in place of what it showed.
+
+    A whole figure each time, not a plotly FigureWidget: that widget sends each change as a
+    delta, and a browser that gets deltas before the widget's view is ready draws an empty
+    chart for good (seen in JupyterLab 4.6 with plotly 7 and anywidget 0.11).
+    """
+    figure.update_layout(height=CHART_HEIGHT)
+    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(figure.to_dict())
+    view.outputs = ({"output_type": "display_data", "metadata": {},
+                     "data": {**bundle, "text/plain": f"<{figure.layout.title.text} chart>"}},)
 
 
 def weights_slider(mesh: Backend, *, host: str = "reviews", namespace: str = "bookinfo-test",
@@ -284,12 +292,12 @@ class ConcurrencyPanel:
                                            style={"description_width": "initial"})
         self.slider.observe(lambda change: self._run(int(change["new"])), names="value")
         self.status = ipywidgets.HTML()
-        self.figure = go.FigureWidget(layout={"height": CHART_HEIGHT})
+        self.figure, self.view = go.Figure(), ipywidgets.Output()
         self._draw()
         self._say(f"Move the slider: each change sends a load run with that many connections "
                   f"at once and adds a bar for the share of {code}s ({what}).")
         title = ipywidgets.HTML(f"<b>Share of {code} responses by concurrency</b>")
-        self.widget = ipywidgets.VBox([title, self.slider, self.status, self.figure])
+        self.widget = ipywidgets.VBox([title, self.slider, self.status, self.view])
 
     def set_connections(self, connections: int) -> FortioReport:
         """Move the slider to `connections` and run the load (again, if it is already there)."""
@@ -331,18 +339,16 @@ class ConcurrencyPanel:
         shares = [self.runs[c].share(self.code) for c in tried]
         errors = [(s * (1 - s) / max(1, self.runs[c].requests)) ** 0.5
                   for c, s in zip(tried, shares, strict=True)]
-        with self.figure.batch_update():
-            self.figure.data = []
-            self.figure.add_bar(x=tried, y=shares, name=f"share of {self.code}",
-                                error_y={"type": "data", "array": errors},
-                                hovertemplate="%{x} connections: %{y:.0%}")
-            self.figure.layout.update(
-                title=f"Requests answered {self.code}, by concurrent connections",
-                xaxis={"title": "concurrent connections", "dtick": 1,
-                       "range": [0.5, self.slider.max + 0.5]},
-                yaxis={"title": f"share of {self.code}", "tickformat": ".0%",
-                       "range": [0, 1]},
-                height=CHART_HEIGHT)
+        self.figure = go.Figure()
+        self.figure.add_bar(x=tried, y=shares, name=f"share of {self.code}",
+                            error_y={"type": "data", "array": errors},
+                            hovertemplate="%{x} connections: %{y:.0%}")
+        self.figure.update_layout(
+            title=f"Requests answered {self.code}, by concurrent connections",
+            xaxis={"title": "concurrent connections", "dtick": 1,
+                   "range": [0.5, self.slider.max + 0.5]},
+            yaxis={"title": f"share of {self.code}", "tickformat": ".0%", "range": [0, 1]})
+        _show(self.view, self.figure)
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message = text

@@ -168,7 +168,7 @@ def test_panel_starts_from_the_weights_the_mesh_holds(mesh):
     assert panel.applied is None and panel.history.empty
     assert "now splits v1 50%, v2 0%, v3 50%" in panel.message
     assert isinstance(panel.widget, ipywidgets.VBox)
-    assert panel.shares_figure in panel.widget.children
+    assert panel.shares_view in panel.widget.children
     assert all(s.continuous_update is False and (s.min, s.max, s.step) == (0, 100, 5)
                for s in panel.sliders.values())
 
