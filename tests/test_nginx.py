@@ -15,35 +15,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from walkthrough_samples import NGINX_CONF
 
 from lablib import certs
 from lablib.apps import nginx
 from lablib.local.images import command_for
 
-# The walkthrough's nginx.conf (TLS 非终止), word for word.
-WALKTHROUGH_CONF = """\
-events {
-}
-
-http {
-  log_format main '$remote_addr - $remote_user [$time_local]  $status '
-  '"$request" $body_bytes_sent "$http_referer" '
-  '"$http_user_agent" "$http_x_forwarded_for"';
-  access_log /var/log/nginx/access.log main;
-  error_log  /var/log/nginx/error.log;
-
-  server {
-    listen 443 ssl;
-
-    root /usr/share/nginx/html;
-    index index.html;
-
-    server_name nginx.example.com;
-    ssl_certificate /etc/nginx-server-certs/tls.crt;
-    ssl_certificate_key /etc/nginx-server-certs/tls.key;
-  }
-}
-"""
 HOST = "nginx.example.com"
 
 
@@ -71,7 +48,7 @@ def volumes(tmp_path, ca) -> dict[str, str]:
     """The walkthrough pod's mounts: the ConfigMap at /etc/nginx, the Secret at its folder."""
     conf = tmp_path / "nginx-config"
     conf.mkdir()
-    (conf / "nginx.conf").write_text(WALKTHROUGH_CONF)
+    (conf / "nginx.conf").write_text(NGINX_CONF)
     return {"/etc/nginx": str(conf),
             "/etc/nginx-server-certs": str(secret_folder(ca, tmp_path, HOST))}
 
@@ -144,7 +121,7 @@ def dns_names(cert: x509.Certificate) -> list[str]:
 
 
 def test_the_walkthrough_config_parses_into_directives():
-    tree = nginx.parse(WALKTHROUGH_CONF)
+    tree = nginx.parse(NGINX_CONF)
     assert [d.name for d in tree] == ["events", "http"]
     http_block = tree[1]
     log_format = next(http_block.children("log_format"))
@@ -178,7 +155,7 @@ def test_mounted_paths_map_by_the_longest_mount_path(tmp_path):
 
 def test_servers_honour_listen_names_root_index_and_certificate_paths(volumes):
     mounts = nginx.Mounts(volumes)
-    [server] = nginx.load_servers(WALKTHROUGH_CONF, mounts)
+    [server] = nginx.load_servers(NGINX_CONF, mounts)
     assert (server.port, server.ssl, server.names) == (443, True, [HOST])
     assert str(server.root) == "/usr/share/nginx/html" and server.local_root is None
     assert server.index == ["index.html"]
@@ -189,7 +166,7 @@ def test_servers_honour_listen_names_root_index_and_certificate_paths(volumes):
 def test_a_certificate_outside_every_volume_is_an_error_naming_directive_and_path(volumes):
     del volumes["/etc/nginx-server-certs"]
     with pytest.raises(nginx.NginxConfigError) as error:
-        nginx.load_servers(WALKTHROUGH_CONF, nginx.Mounts(volumes))
+        nginx.load_servers(NGINX_CONF, nginx.Mounts(volumes))
     message = str(error.value)
     assert 'ssl_certificate "/etc/nginx-server-certs/tls.crt"' in message
     assert "nginx.conf:18" in message and "mounted: /etc/nginx" in message and "fix:" in message

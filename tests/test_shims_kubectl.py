@@ -783,7 +783,8 @@ def test_walkthrough_13_edit_adds_a_gateway_port(term: Terminal, tmp_path: Path)
     edited = subprocess.run([sys.executable, "-m", "lablib.shims", "kubectl", "edit", "svc",
                              "istio-ingressgateway", "-n", "istio-system"], cwd=KIT_ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
-    assert (edited.returncode, edited.stdout) == (0, "service/istio-ingressgateway edited\n"), edited.stderr
+    assert (edited.returncode, edited.stdout) == (0, "service/istio-ingressgateway edited\n"), \
+        edited.stderr
     port = term.ok("kubectl", "-n", "istio-system", "get", "service", "istio-ingressgateway",
                    "-o", 'jsonpath={.spec.ports[?(@.name=="custom-port")].port}')
     assert port == "3000"
