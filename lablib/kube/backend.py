@@ -747,24 +747,34 @@ class KubernetesBackend(Backend):
                     return str(addr["address"]), int(node_port)
         return None
 
-    def _forwarded_address(self, svc: dict[str, Any], port: dict[str, Any]) -> tuple[str, int]:
+    def _forward_to_service(self, svc: dict[str, Any], port: dict[str, Any], what: str,
+                            local_port: int = 0) -> tuple[PortForward, int]:
+        """Forward a local port (`local_port` when free here, else any) to the container
+        port behind `port` of an istio-system Service, through a ready pod it selects; each
+        connection picks a current pod. Returns the forward and the pod port."""
         selector = ",".join(f"{k}={v}" for k, v in (svc["spec"].get("selector") or {}).items())
         target = self._target_port(port, selector)
 
         def open_stream() -> Any:
             pods = self._proxyless_pods(ISTIO_NAMESPACE, selector)
             if not pods:
-                raise BackendError(f"no ready ingress gateway pod ({selector}) to forward to")
+                raise BackendError(f"no ready {what} pod ({selector}) in {ISTIO_NAMESPACE} "
+                                   "to forward to")
             core = k8s.CoreV1Api(k8s.ApiClient(self.configuration))
             return kube_stream.portforward(core.connect_get_namespaced_pod_portforward,
                                            pods[0], ISTIO_NAMESPACE, ports=str(target))
 
-        # The NodePort's number when it is free here, so the address reads like the docs'.
         try:
-            forward = PortForward(open_stream, target, int(port.get("nodePort") or 0))
+            forward = PortForward(open_stream, target, local_port)
         except OSError:
             forward = PortForward(open_stream, target, 0)
         self._forwards.append(forward)
+        return forward, target
+
+    def _forwarded_address(self, svc: dict[str, Any], port: dict[str, Any]) -> tuple[str, int]:
+        # The NodePort's number when it is free here, so the address reads like the docs'.
+        forward, target = self._forward_to_service(svc, port, "ingress gateway",
+                                                   int(port.get("nodePort") or 0))
         say(f"ingress: no load balancer address and no node reachable on NodePort "
             f"{port.get('nodePort')}; forwarding 127.0.0.1:{forward.port} to port {target} of "
             f"an ingress gateway pod (like `kubectl port-forward`) while this kernel runs")
@@ -888,19 +898,7 @@ class KubernetesBackend(Backend):
                 f"\n    fix: `make istio` installs the addons, or `kubectl apply -f "
                 f"{ADDONS_URL}/{name}.yaml`")
         port = (svc["spec"].get("ports") or [{}])[0]
-        selector = ",".join(f"{k}={v}" for k, v in (svc["spec"].get("selector") or {}).items())
-        target = self._target_port(port, selector)
-
-        def open_stream() -> Any:
-            pods = self._proxyless_pods(ISTIO_NAMESPACE, selector)
-            if not pods:
-                raise BackendError(f"no ready {name} pod ({selector}) in {ISTIO_NAMESPACE}")
-            core = k8s.CoreV1Api(k8s.ApiClient(self.configuration))
-            return kube_stream.portforward(core.connect_get_namespaced_pod_portforward,
-                                           pods[0], ISTIO_NAMESPACE, ports=str(target))
-
-        forward = PortForward(open_stream, target, 0)
-        self._forwards.append(forward)
+        forward, target = self._forward_to_service(svc, port, name)
         url = f"http://127.0.0.1:{forward.port}{ADDON_PATHS[name]}"
         say(f"{name}: forwarding 127.0.0.1:{forward.port} to port {target} of the {name} "
             "addon (like `istioctl dashboard`) while this kernel runs")
