@@ -8,14 +8,16 @@ import math
 from collections.abc import Mapping
 from itertools import cycle
 
+import ipywidgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 
 from .traffic import binomial_bound, shares
 
-__all__ = ["latency_histogram", "share_timeline", "shares_chart"]
+__all__ = ["latency_histogram", "share_timeline", "shares_chart", "show_in"]
 
 SHARE_AXIS = {"title": "share of requests", "tickformat": ".0%", "rangemode": "tozero"}
 LEGEND_ON_TOP = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
@@ -106,3 +108,17 @@ def latency_histogram(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
                       legend=LEGEND_ON_TOP,
                       yaxis={"title": "requests", "dtick": max(1, math.ceil(tallest / 6))})
     return fig
+
+
+def show_in(view: ipywidgets.Output, figure: go.Figure) -> None:
+    """Show `figure` in `view`, in place of whatever it showed: what the labs' live panels
+    and sliders redraw with.
+
+    A whole figure each time, not a plotly FigureWidget: that widget sends each change as a
+    delta, and a browser that gets deltas before the widget's view is ready draws an empty
+    chart for good (seen in JupyterLab 4 with plotly 6 and anywidget).
+    """
+    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(figure.to_dict())
+    title = figure.layout.title.text or "plotly"
+    view.outputs = ({"output_type": "display_data", "metadata": {},
+                     "data": {**bundle, "text/plain": f"<{title} chart>"}},)

@@ -15,7 +15,6 @@ from typing import Any
 import ipywidgets
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 
 from . import charts, traffic
 from .backend import Backend
@@ -241,16 +240,9 @@ def _status_html(text: str, error: bool = False) -> str:
 
 
 def _show(view: ipywidgets.Output, figure: go.Figure) -> None:
-    """Show `figure` in `view` at the panels' height, in place of what it showed.
-
-    A whole figure each time, not a plotly FigureWidget: that widget sends each change as a
-    delta, and a browser that gets deltas before the widget's view is ready draws an empty
-    chart for good (seen in JupyterLab 4.6 with plotly 7 and anywidget 0.11).
-    """
+    """Show `figure` in `view` at the panels' height."""
     figure.update_layout(height=CHART_HEIGHT)
-    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(figure.to_dict())
-    view.outputs = ({"output_type": "display_data", "metadata": {},
-                     "data": {**bundle, "text/plain": f"<{figure.layout.title.text} chart>"}},)
+    charts.show_in(view, figure)
 
 
 def weights_slider(mesh: Backend, *, host: str = "reviews", namespace: str = "bookinfo-test",

@@ -276,7 +276,8 @@ def run_all(page: Any) -> None:
 
 
 # A learner sees the panel's chart before moving a slider; so does the test. When it stays
-# blank, plotly's FigureWidget lost its first updates in the browser (a race in its view).
+# blank, the chart lost its first updates in the browser (plotly's FigureWidget did, in a
+# race in its view; the panels now send whole figures).
 CHART_DRAWN = "the panel's chart drawn for what its slider shows (a blank chart is a bug)"
 
 # --- Helpers: widgets and charts ---------------------------------------------------------------

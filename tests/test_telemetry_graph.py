@@ -250,7 +250,7 @@ def test_live_graph_slides_its_window(scrapes: Scrapes) -> None:
     scrapes.add({key: 104})
     live.refresh()
     assert live.data.edges["requests"].tolist() == [4]
-    assert len(live.widget.layout.annotations) == 2 + 2  # an arrow, its label, two nodes
+    assert len(live.figure.layout.annotations) == 2 + 2  # an arrow, its label, two nodes
     time.sleep(0.6)
     live.refresh()  # the 4 are older than the window now
     scrapes.add({key: 105})

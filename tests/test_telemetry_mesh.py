@@ -257,7 +257,7 @@ def test_live_graph_and_dashboards_follow_a_background_load(
     assert 40 <= len(sent) <= 61 and (sent["status"] == 200).all(), sent
     assert draws >= 3
     assert live.data.edge("istio-system/istio-ingressgateway", f"{NS}/productpage-v1") is not None
-    assert len(live.widget.data) == 2 and len(live.widget.layout.annotations) == 2 * len(
+    assert len(live.figure.data) == 2 and len(live.figure.layout.annotations) == 2 * len(
         live.data.edges) + len(live.data.nodes)
     volume = dashboards.request_volume(metrics, NS, "reviews", minutes=1)
     assert {t.name for t in volume.data} <= {"reviews v1", "reviews v2", "reviews v3"}

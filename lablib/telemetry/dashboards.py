@@ -30,8 +30,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from ..charts import show_in
 from .counts import Mark, increase, rate_window, snapshot
-from .live import redraw, refresh_for
+from .live import refresh_for
 
 if TYPE_CHECKING:
     from .metrics import MetricsSource
@@ -288,12 +289,14 @@ PANELS = ("volume", "success", "duration", "tcp", "flags")
 
 
 class LiveDashboard:
-    """A grid of panels (two a row), each a FigureWidget redrawn by `refresh()`."""
+    """A grid of panels (two a row), each redrawn by `refresh()` in its own output;
+    `figures` holds the figures drawn last, by panel."""
 
     def __init__(self, panels: dict[str, Panel]):
         self.panels = panels
-        self.figures = {name: go.FigureWidget() for name in panels}
-        boxes = list(self.figures.values())
+        self.figures = {name: go.Figure() for name in panels}
+        self.views = {name: ipywidgets.Output() for name in panels}
+        boxes = list(self.views.values())
         rows = [ipywidgets.HBox([ipywidgets.Box([w], layout={"width": "50%"})
                                  for w in boxes[i:i + 2]]) for i in range(0, len(boxes), 2)]
         self.widget = ipywidgets.VBox(rows)
@@ -302,7 +305,8 @@ class LiveDashboard:
     def refresh(self) -> None:
         """Redraw every panel now."""
         for name, build in self.panels.items():
-            redraw(self.figures[name], build())
+            self.figures[name] = build()
+            show_in(self.views[name], self.figures[name])
 
     def run(self, seconds: float = 20.0, every: float = 2.0) -> int:
         """Redraw every `every` seconds for `seconds`; returns how many times it drew."""

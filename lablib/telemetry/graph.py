@@ -368,7 +368,7 @@ def service_graph(metrics: MetricsSource, namespace: str | None = None, *,
 
 
 class LiveGraph(LiveFigure):
-    """A service graph in a FigureWidget, redrawn over a sliding `window` of seconds.
+    """A service graph in an output widget, redrawn over a sliding `window` of seconds.
 
     Each `refresh()` reads every counter once; the window's start is the counters' values
     from the refresh closest to `window` seconds ago (the first from the metrics' own past).

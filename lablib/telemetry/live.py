@@ -10,26 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import ipywidgets
 import plotly.graph_objects as go
 
-__all__ = ["MAX_SECONDS", "LiveFigure", "redraw", "refresh_for"]
+from ..charts import show_in
+
+__all__ = ["MAX_SECONDS", "LiveFigure", "refresh_for"]
 
 # No live view runs longer than this, whatever it is asked: a forgotten cell must end.
 MAX_SECONDS = 300.0
-
-
-def redraw(widget: go.FigureWidget, figure: go.Figure) -> None:
-    """Show `figure` in an existing FigureWidget (one message to the browser)."""
-    with widget.batch_update():
-        widget.data = []
-        widget.add_traces(list(figure.data))
-        layout = figure.layout.to_plotly_json()
-        # The widget has the same default template; re-sending it costs a second each time.
-        layout.pop("template", None)
-        # update() merges: lists the new figure lacks (annotations, shapes) must be emptied.
-        widget.layout.annotations = layout.pop("annotations", [])
-        widget.layout.shapes = layout.pop("shapes", [])
-        widget.layout.update(layout)
 
 
 def refresh_for(refresh: Callable[[], object], seconds: float, every: float) -> int:
@@ -51,10 +40,12 @@ def refresh_for(refresh: Callable[[], object], seconds: float, every: float) -> 
 
 
 class LiveFigure:
-    """One FigureWidget redrawn from `build()`; subclasses say what to draw."""
+    """One figure redrawn from `build()` in the output `widget`; subclasses say what to draw.
+    `figure` is the one drawn last."""
 
     def __init__(self) -> None:
-        self.widget = go.FigureWidget()
+        self.widget = ipywidgets.Output()
+        self.figure = go.Figure()
         self.refresh()
 
     def build(self) -> go.Figure:
@@ -62,7 +53,8 @@ class LiveFigure:
 
     def refresh(self) -> None:
         """Redraw now."""
-        redraw(self.widget, self.build())
+        self.figure = self.build()
+        show_in(self.widget, self.figure)
 
     def run(self, seconds: float = 20.0, every: float = 2.0) -> int:
         """Redraw every `every` seconds for `seconds`; returns how many times it drew."""
