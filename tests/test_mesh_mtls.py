@@ -7,6 +7,7 @@ DISABLE open plaintext again; certificates rotate without a failed request.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -165,3 +166,19 @@ def test_proxy_config_secret_shows_the_identity_and_root_without_keys(mesh):
     assert rows["default"]["identity"] == f"spiffe://cluster.local/ns/{NS}/sa/httpbin"
     assert rows["ROOTCA"]["type"] == "CA"
     assert "key" not in " ".join(table.columns)
+
+
+def test_every_namespace_gets_istiods_root_cert_configmap(mesh):
+    """istiod publishes istio-ca-root-cert (the mesh root, which kube-injected pods mount)
+    into every namespace; it is the root each proxy trusts (SDS ROOTCA)."""
+    mesh.create_namespace("root-cert-check")
+    try:
+        found = mesh.get("configmap", "istio-ca-root-cert", "root-cert-check")
+        assert len(found) == 1 and found[0]["metadata"]["labels"]["istio.io/config"] == "true"
+        pod = mesh.pod_name({"app": "sleep"}, NS)
+        dump = json.loads(mesh.proxy_admin(pod, NS, "config_dump?resource=dynamic_active_secrets"))
+        trusted = [base64.b64decode(c["secret"]["validation_context"]["trusted_ca"]["inline_bytes"])
+                   for c in dump["configs"] if c.get("name") == "ROOTCA"]
+        assert trusted and trusted[0].decode() == found[0]["data"]["root-cert.pem"]
+    finally:
+        mesh.delete_namespace("root-cert-check")

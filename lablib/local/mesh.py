@@ -58,6 +58,9 @@ NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
+# What istiod publishes into every namespace but these: the mesh root for kube-injected pods.
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+NO_ROOT_CERT_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d+)")
 CANCELS_KEPT = 64
 
@@ -207,7 +210,7 @@ class LocalMesh:
             resources = [self._admit(r, new_node_ports) for r in resources]
             old_store = self.store
             try:
-                candidate = old_store.with_applied(resources)
+                candidate = self._with_root_certs(old_store.with_applied(resources))
                 self._check(resources, candidate, old_store)
                 self._transition(candidate)
             except Exception:
@@ -221,6 +224,28 @@ class LocalMesh:
                     "unchanged" if before.body == r.body else "configured")
                 lines.append(f"{kube_word(r.kind)}/{r.name} {word}")
             return lines
+
+    def _with_root_certs(self, store: ConfigStore) -> ConfigStore:
+        """`store` with what istiod's namespace controller publishes once Istio is installed:
+        in every namespace a ConfigMap istio-ca-root-cert holding the mesh's root certificate
+        (pods from `istioctl kube-inject` mount it), renewed when the root changes."""
+        if self.ca is None:
+            return store
+        root = self.ca.root_pem
+        published = []
+        for ns in store.list("Namespace"):
+            if ns.name in NO_ROOT_CERT_NAMESPACES:
+                continue
+            held = store.get("ConfigMap", ns.name, ROOT_CERT_CONFIGMAP)
+            if held is not None and (held.body.get("data") or {}).get("root-cert.pem") == root:
+                continue
+            body = {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": ns.name,
+                                 "labels": {"istio.io/config": "true"}},
+                    "data": {"root-cert.pem": root}}
+            published.append(self._admit(Resource("ConfigMap", ROOT_CERT_CONFIGMAP, ns.name,
+                                                   body, "istiod"), []))
+        return store.with_applied(published) if published else store
 
     def delete(self, resources: list[Resource], namespace: str | None = None,
                ignore_missing: bool = False) -> list[str]:

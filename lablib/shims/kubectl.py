@@ -357,59 +357,13 @@ def _apply_sources(p: Parsed) -> list[str]:
     return [_source(f) for f, name in addons if not name]
 
 
-ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
-
-
-def _unpublished_root_cert(exc: ConfigError) -> set[str]:
-    """The namespaces whose only fault is a missing istio-ca-root-cert ConfigMap (what pods
-    from `istioctl kube-inject` mount); empty if the apply has any other error."""
-    namespaces = set()
-    for d in exc.diagnostics:
-        if d.severity != "Error":
-            continue
-        found = re.match(rf'ConfigMap "{ROOT_CERT_CONFIGMAP}" not found in namespace (\S+):',
-                         d.message)
-        if d.code != "LAB0224" or not found:
-            return set()
-        namespaces.add(found[1])
-    return namespaces
-
-
-def _publish_root_cert(mesh: LocalBackend, namespaces: Iterable[str]) -> bool:
-    """What istiod does for every namespace: a ConfigMap istio-ca-root-cert holding the mesh's
-    root certificate, here the root the ingress gateway trusts. False if Istio is not
-    installed (no gateway to read it from)."""
-    gateways = mesh.get("pods", namespace="istio-system", selector={"istio": "ingressgateway"})
-    if not gateways:
-        return False
-    dump = json.loads(mesh.proxy_admin(gateways[0]["metadata"]["name"], "istio-system",
-                                       "config_dump?resource=dynamic_active_secrets"))
-    roots = [base64.b64decode(c["secret"]["validation_context"]["trusted_ca"]["inline_bytes"])
-             for c in dump.get("configs") or [] if c.get("name") == "ROOTCA"]
-    if not roots:
-        return False
-    mesh.apply([{"apiVersion": "v1", "kind": "ConfigMap",
-                 "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": ns,
-                              "labels": {"istio.io/config": "true"}},
-                 "data": {"root-cert.pem": roots[0].decode()}} for ns in sorted(namespaces)])
-    return True
-
-
 def cmd_apply(p: Parsed) -> int:
     sources = _apply_sources(p)
     if not sources:
         return 0
     mesh = connect(start=True)
     try:
-        try:
-            lines = mesh.apply(sources, namespace=p.get("namespace"))
-        except ConfigError as exc:
-            # The local istiod publishes no root certificate ConfigMap; publish it as istiod
-            # would have before the pods that mount it were applied, then apply again.
-            missing = _unpublished_root_cert(exc)
-            if not missing or not _publish_root_cert(mesh, missing):
-                raise
-            lines = mesh.apply(sources, namespace=p.get("namespace"))
+        lines = mesh.apply(sources, namespace=p.get("namespace"))
     except ConfigError as exc:
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
