@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import BackendError
+from .supervisor import pid_alive
 
 __all__ = [
     "PortAllocator",
@@ -164,16 +165,6 @@ def registry_dir() -> Path:
     return Path(tempfile.gettempdir()) / "istio-lab-kit-ports"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
 class PortRegistry:
     """The machine-wide record of held ports: one `<uid>-<pid>-<n>.ports` file per allocator.
 
@@ -243,7 +234,7 @@ class PortRegistry:
                 uid, pid = (int(part) for part in entry.name.split("-")[:2])
             except ValueError:
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 if uid == os.geteuid():
                     entry.unlink(missing_ok=True)
                 continue

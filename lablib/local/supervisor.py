@@ -151,7 +151,7 @@ def _proc_stat_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
@@ -189,7 +189,7 @@ def _wait_for_exit(pid: int, cancel: threading.Event) -> bool:
                 # A pidfd turns readable the moment the process exits, zombie or not.
                 if select.select([fd], [], [], 0.25)[0]:
                     return True
-            elif not _alive(pid):
+            elif not pid_alive(pid):
                 return True
             else:
                 cancel.wait(OWNER_POLL)
@@ -647,7 +647,7 @@ def _owned_by_us(pid: int) -> bool:
 
 def _is_daemon(pid: int, marker: str) -> bool:
     """True when `pid` is a live process of ours whose command line mentions `marker`."""
-    if pid == os.getpid() or not _alive(pid) or not _owned_by_us(pid):
+    if pid == os.getpid() or not pid_alive(pid) or not _owned_by_us(pid):
         return False
     return marker in (_cmdline(pid) or "")
 
