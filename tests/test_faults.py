@@ -303,7 +303,11 @@ def alive(pids: set[int]) -> set[int]:
     zombie: a killed leader shows Z while its other threads still close its files."""
     running = set()
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:  # gone between the listing and now
+            continue
+        for task in tasks:
             try:
                 state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
