@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from ..config import hosts, store
+from ..config.meshconfig import MeshConfig
 from ..config.model import Resource
 from ..config.store import ConfigStore
 from .naming import service_fqdn
@@ -121,6 +122,7 @@ class PushContext:
     certificates: dict[str, tuple[str, str]] = field(default_factory=dict)
     root_cert: str = ""
     features: dict[str, str] = field(default_factory=dict)  # istiod's env (install values)
+    mesh_config: MeshConfig = field(default_factory=MeshConfig)
 
     @cached_property
     def services(self) -> dict[str, Service]:

@@ -30,6 +30,7 @@ from typing import Any
 from ..certs import spiffe_id
 from ..config.analyze import analyze
 from ..config.loader import load
+from ..config.meshconfig import MeshConfig, mesh_config
 from ..config.model import Resource
 from ..config.schema import validate
 from ..config.store import ConfigStore
@@ -140,6 +141,7 @@ class LocalMesh:
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
         self.ca: MeshCA | None = None
         self.pilot_env: dict[str, str] = {}
+        self.mesh_config = MeshConfig()
         self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
                                        lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
@@ -152,9 +154,11 @@ class LocalMesh:
                          name="certificate-renewal").start()
 
     # --- public operations -----------------------------------------------------------------
-    def install(self, values: dict[str, str] | None = None) -> list[str]:
+    def install(self, values: dict[str, str] | None = None, profile: str = "demo") -> list[str]:
         """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
         with self.lock:
+            # Checked first: a refused meshConfig key leaves the mesh as it was.
+            self.mesh_config = mesh_config(profile, values or {})
             # `--set values.pilot.env.NAME=VALUE` sets istiod's feature flags.
             self.pilot_env = {key.rsplit(".", 1)[1]: str(value)
                               for key, value in (values or {}).items()
@@ -463,7 +467,7 @@ class LocalMesh:
                         proxy.workload.namespace, proxy.workload.service_account))
         return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
                            logs, identities, self.ca.root_pem if self.ca else "",
-                           self.pilot_env)
+                           self.pilot_env, self.mesh_config)
 
     def access_log_path(self, proxy_id: str) -> Path:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
@@ -613,7 +617,7 @@ class LocalMesh:
             if pod.proxy is None or pod.proxy.kind != "sidecar":
                 continue
             probe = PushContext(store, (pod.workload,), (pod.proxy,),
-                                features=self.pilot_env)
+                                features=self.pilot_env, mesh_config=self.mesh_config)
             wanted = {p.number for p in ingress_ports(probe, pod.workload) or []}
             wanted -= set(pod.workload.declared_ports)
             ports = {p: local for p, local in pod.workload.ports.items()

@@ -81,7 +81,7 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
     def serve(self, method: str, params: dict[str, Any]) -> Any:
         """Every request but ping, cancel and progress."""
         if method == "install":
-            return self.mesh.install(params.get("values"))
+            return self.mesh.install(params.get("values"), params.get("profile") or "demo")
         if method == "apply":
             docs = load(params["text"], namespace=params.get("namespace"))
             return self.mesh.apply(docs, params.get("namespace"))
