@@ -127,6 +127,36 @@ def test_notebook_follows_the_skeleton(notebook: Path) -> None:
     assert missing == [], "missing sections"
 
 
+def markdown_of(notebook: Path) -> str:
+    return "\n".join(cell_text(cell) for cell in read_notebook(notebook)["cells"]
+                     if cell["cell_type"] == "markdown")
+
+
+def whats_next(notebook: Path) -> str:
+    """The text under the notebook's "## What's next" heading."""
+    _, found, rest = markdown_of(notebook).partition("## What's next")
+    assert found, "no '## What's next' section"
+    return rest.split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
+def test_relative_links_reach_files_that_exist(notebook: Path) -> None:
+    """Every relative link in a lab (to another lab, to docs/) points at a real file."""
+    links = re.findall(r"\]\(([^)#\s]+)", markdown_of(notebook))
+    broken = [link for link in links if "://" not in link
+              and not (notebook.parent / link).exists()]
+    assert broken == [], "links to files that do not exist"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS[:-1], ids=lambda path: path.name)
+def test_whats_next_links_the_following_lab(notebook: Path) -> None:
+    """The labs form one path: each one's What's next links the lab after it, and no lab
+    that exists is still called planned."""
+    following = NOTEBOOKS[NOTEBOOKS.index(notebook) + 1]
+    assert f"]({following.name})" in whats_next(notebook), f"no link to {following.name}"
+    assert "planned" not in markdown_of(notebook).lower(), "a lab that exists is called planned"
+
+
 def test_ci_runs_make_test(kit_root: Path) -> None:
     """CI goes through `make test`, so CI and developers run the same steps."""
     script = (kit_root / ".ci" / "run").read_text()
