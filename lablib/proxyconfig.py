@@ -157,3 +157,53 @@ def stats(mesh: Backend, pod: str, namespace: str, pattern: str = "") -> pd.Data
         if pattern in name:
             rows.append({"stat": name, "value": value})
     return pd.DataFrame(rows, columns=["stat", "value"])
+
+
+def filter_chains(mesh: Backend, pod: str, namespace: str,
+                  direction: str | None = None) -> pd.DataFrame:
+    """Each filter chain of a proxy's listeners: what it matches (SNI names and the rest of
+    `filter_chain_match`), its first network filter, and what it does with TLS (the SDS
+    certificate it presents, the CA it checks clients against, whether a client certificate
+    is required). `direction="inbound"` keeps the inbound listeners only."""
+    dump = json.loads(mesh.proxy_admin(pod, namespace, "config_dump?resource=dynamic_listeners"))
+    rows = []
+    for item in dump["configs"]:
+        listener = item.get("active_state", {}).get("listener", {})
+        if direction and not listener.get("name", "").startswith(direction):
+            continue
+        for chain in listener.get("filter_chains", []):
+            tls = chain.get("transport_socket", {}).get("typed_config", {})
+            common = tls.get("common_tls_context", {})
+            match = chain.get("filter_chain_match", {})
+            rows.append({
+                "listener": listener["name"],
+                "sni": ", ".join(match.get("server_names", [])),
+                "match": json.dumps(match),
+                "filter": chain["filters"][0]["name"].rsplit(".", 1)[-1],
+                "certificate": ", ".join(
+                    s["name"] for s in common.get("tls_certificate_sds_secret_configs", [])),
+                "client_ca": common.get("validation_context_sds_secret_config", {}).get("name", ""),
+                "client_cert_required": bool(tls.get("require_client_certificate", False)),
+            })
+    return pd.DataFrame(rows, columns=["listener", "sni", "match", "filter", "certificate",
+                                       "client_ca", "client_cert_required"])
+
+
+def certificate_chains(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
+    """Every certificate in every SDS secret a proxy holds, one row each (`certs.table`'s
+    columns plus `pod` and `secret`): what `istioctl proxy-config secret -o json | jq | base64
+    -d | openssl x509` shows, for the whole chain."""
+    import base64
+
+    from . import certs
+
+    dump = json.loads(mesh.proxy_admin(pod, namespace,
+                                       "config_dump?resource=dynamic_active_secrets"))
+    frames = []
+    for item in dump["configs"]:
+        secret = item["secret"]
+        held = (secret.get("tls_certificate", {}).get("certificate_chain")
+                or secret["validation_context"]["trusted_ca"])
+        pem = base64.b64decode(held["inline_bytes"])
+        frames.append(certs.table(pem).assign(pod=pod, secret=item["name"]))
+    return pd.concat(frames, ignore_index=True)
