@@ -29,9 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import LabError
+
+if TYPE_CHECKING:  # pandas only for the tables; meshd issues certificates without it
+    import pandas as pd
 
 __all__ = [
     "CA", "CertificateError", "Credential", "IntermediateCA", "PrivatePEM", "RootCA",
@@ -819,6 +821,8 @@ def table(paths_or_pems: CertSource) -> pd.DataFrame:
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(rows)
     if "path_length" in frame:
         # Mixed None and ints would become floats (0.0); keep integers and show <NA>.

@@ -13,27 +13,32 @@ like Istio's Grafana dashboards (`dashboards`), and traffic sent while a cell ru
 
 from __future__ import annotations
 
-from . import dashboards, graph
-from .background import BackgroundLoad, background_load
-from .collector import BUCKETS, METRICS, Collector
-from .counts import Mark, mark
-from .graph import LiveGraph, graph_data, service_graph
-from .labels import HTTP_LABELS, TCP_LABELS
-from .localquery import LocalMetrics
-from .metrics import (
-    MetricsSource,
-    connect,
-    dashboard,
-    describe,
-    endpoints,
-    total,
-    wait_for_total,
-)
-from .prometheus import PrometheusClient, PromQLError
+import importlib
+from typing import Any
 
-__all__ = [
-    "BUCKETS", "HTTP_LABELS", "METRICS", "TCP_LABELS", "BackgroundLoad", "Collector",
-    "LiveGraph", "LocalMetrics", "Mark", "MetricsSource", "PromQLError", "PrometheusClient",
-    "background_load", "connect", "dashboard", "dashboards", "describe", "endpoints", "graph",
-    "graph_data", "mark", "service_graph", "total", "wait_for_total",
-]
+# Each public name and the submodule that defines it. They are imported on first use, so
+# meshd (which imports only the collector, server and Prometheus parts) never loads the
+# notebook side: plotting, widgets and pandas.
+_EXPORTS = {
+    "BackgroundLoad": "background", "background_load": "background",
+    "BUCKETS": "collector", "METRICS": "collector", "Collector": "collector",
+    "Mark": "counts", "mark": "counts",
+    "LiveGraph": "graph", "graph_data": "graph", "service_graph": "graph",
+    "HTTP_LABELS": "labels", "TCP_LABELS": "labels",
+    "LocalMetrics": "localquery",
+    "MetricsSource": "metrics", "connect": "metrics", "dashboard": "metrics",
+    "describe": "metrics", "endpoints": "metrics", "total": "metrics",
+    "wait_for_total": "metrics",
+    "PrometheusClient": "prometheus", "PromQLError": "prometheus",
+}
+_SUBMODULES = ("dashboards", "graph")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,13 +19,15 @@ import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pandas as pd
 import yaml
 
 from ..errors import BackendError, LabError
+
+if TYPE_CHECKING:  # pandas only for query results: meshd starts Prometheus without it
+    import pandas as pd
 
 __all__ = [
     "SCRAPE_INTERVAL", "PrometheusClient", "PromQLError", "find_prometheus", "frame",
@@ -113,6 +115,8 @@ def _seconds(at: float | datetime | str | None) -> str | None:
 def frame(data: dict[str, Any]) -> pd.DataFrame:
     """A Prometheus `data` object as a DataFrame: one column per label, then `timestamp`
     (UTC) and `value`; a matrix gives one row per sample."""
+    import pandas as pd
+
     kind, result = data.get("resultType"), data.get("result")
     rows: list[dict[str, Any]] = []
     if kind in ("scalar", "string"):
@@ -189,6 +193,8 @@ class PrometheusClient:
         """The scrape targets of `job` (None: every job) and their health, as Prometheus'
         Status > Targets page. Istio's proxies are the `kubernetes-pods` job; the addon on a
         cluster also scrapes the API server, nodes and Services."""
+        import pandas as pd
+
         data = self._get("/api/v1/targets", {"state": "active"})
         return pd.DataFrame([{**t.get("labels", {}), "health": t.get("health"),
                               "last_error": t.get("lastError", ""),
