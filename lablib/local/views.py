@@ -36,6 +36,13 @@ def redacted_secret(secret: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def conditions(**states: bool) -> list[dict[str, str]]:
+    """`status.conditions` as the API server reports them (what `kubectl wait
+    --for=condition=NAME` reads)."""
+    return [{"type": name, "status": "True" if state else "False"}
+            for name, state in states.items()]
+
+
 def kind_of(word: str) -> str:
     """`svc`, `services`, `Service` and `virtualservice` all name their Kind."""
     return KIND_ALIASES.get(word.lower(), KIND_ALIASES.get(word.lower().split(".")[0], word))
@@ -77,8 +84,11 @@ class MeshViews:
             ready = sum(1 for p in pods
                         if all(processes.get(name, {}).get("state") == "Running"
                                for name in p.processes))
+            wanted = int((body.get("spec") or {}).get("replicas", 1))
             out["status"] = {"replicas": len(pods), "readyReplicas": ready,
-                             "availableReplicas": ready, "updatedReplicas": len(pods)}
+                             "availableReplicas": ready, "updatedReplicas": len(pods),
+                             "conditions": conditions(Available=ready >= wanted,
+                                                      Progressing=True)}
         if kind == "Service":
             out["status"] = {"loadBalancer": {}}
         if kind == "Namespace":
@@ -100,6 +110,7 @@ class MeshViews:
                              "state": {"running": {}} if running else
                              {"waiting": {"reason": row.get("state", "ContainerCreating")}}})
         phase = "Running" if all(s["ready"] for s in statuses) else "Pending"
+        ready = phase == "Running"
         return {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": pod.namespace,
@@ -108,7 +119,9 @@ class MeshViews:
             "spec": {"containers": containers, "serviceAccountName": pod.workload.service_account,
                      "nodeName": "localhost"},
             "status": {"phase": phase, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-                       "containerStatuses": statuses, "startTime": rfc3339(pod.started_at)},
+                       "containerStatuses": statuses, "startTime": rfc3339(pod.started_at),
+                       "conditions": conditions(Initialized=True, Ready=ready,
+                                                ContainersReady=ready, PodScheduled=True)},
         }
 
     def pod_info(self, namespace: str, name: str) -> dict[str, Any]:

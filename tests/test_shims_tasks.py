@@ -1,0 +1,135 @@
+"""What Istio's task pages type beyond the walkthrough (issue #14), item by item, without a
+mesh: `kubectl wait --for=…`, `apply -l`, apiVersion conversion on read, Services' addresses,
+the certificate makefile. The task pages replayed on a real mesh are in
+tests/test_shims_task_replay.py."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from lablib.shims import kubectl as kubectl_shim
+from lablib.shims import kubectl_main
+
+Item = dict[str, Any]
+
+
+class FakeMesh:
+    """The part of LocalBackend the read-only verbs use: objects by kind, changeable while a
+    command waits."""
+
+    def __init__(self, *items: Item):
+        self.items = [copy.deepcopy(i) for i in items]
+        self.lock = threading.Lock()
+
+    def get(self, kind: str, name: str | None = None, namespace: str | None = None,
+            selector: dict[str, str] | None = None) -> list[Item]:
+        with self.lock:
+            return [copy.deepcopy(i) for i in self.items if i["kind"] == kind
+                    and name in (None, i["metadata"]["name"])
+                    and namespace in (None, i["metadata"].get("namespace"))]
+
+    def apply(self, source: Any, namespace: str | None = None) -> list[str]:
+        self.applied = list(source)
+        return [f"{b['kind'].lower()}/{b['metadata']['name']} created" for b in source]
+
+    def later(self, seconds: float, change: Any) -> None:
+        def run() -> None:
+            time.sleep(seconds)
+            with self.lock:
+                change(self.items)
+        threading.Thread(target=run, daemon=True).start()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMesh:
+    mesh = FakeMesh()
+    monkeypatch.setattr(kubectl_shim, "connect", lambda start=False: mesh)
+    return mesh
+
+
+def deployment(name: str, available: bool, ns: str = "default") -> Item:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"replicas": 1},
+            "status": {"phase": "x", "conditions": [
+                {"type": "Available", "status": "True" if available else "False"}]}}
+
+
+def virtual_service(name: str, ns: str = "default") -> Item:
+    return {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]}}
+
+
+# --- item 2: kubectl wait --------------------------------------------------------------------
+
+
+def test_wait_for_create_waits_until_the_object_exists(
+        fake: FakeMesh, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.later(0.5, lambda items: items.append(virtual_service("reviews")))
+    began = time.monotonic()
+    assert kubectl_main(["wait", "--for=create", "vs/reviews", "--timeout=10s"]) == 0
+    assert time.monotonic() - began >= 0.4
+    assert capsys.readouterr().out == (
+        "virtualservice.networking.istio.io/reviews condition met\n")
+
+
+def test_wait_for_delete_waits_until_the_object_is_gone(
+        fake: FakeMesh, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.items.append(deployment("ratings", True))
+    fake.later(0.5, lambda items: items.clear())
+    assert kubectl_main(["wait", "--for=delete", "deploy/ratings", "--timeout=10s"]) == 0
+    assert capsys.readouterr().out == "deployment.apps/ratings condition met\n"
+    # Already gone: nothing to wait for.
+    assert kubectl_main(["wait", "--for=delete", "deploy/ratings", "--timeout=1s"]) == 0
+
+
+@pytest.mark.parametrize("condition", ["jsonpath={.status.conditions[0].status}=True",
+                                       "jsonpath={.metadata.labels.app}",
+                                       "condition=available", "condition=Available=true"])
+def test_wait_for_jsonpath_and_conditions_on_any_kind(
+        fake: FakeMesh, capsys: pytest.CaptureFixture[str], condition: str) -> None:
+    fake.items.append(deployment("ratings", False))
+
+    def become_available(items: list[Item]) -> None:
+        items[:] = [deployment("ratings", True)]
+
+    fake.later(0.3, become_available)
+    assert kubectl_main(["wait", f"--for={condition}", "deployment", "ratings",
+                         "--timeout=10s"]) == 0
+    assert capsys.readouterr().out == "deployment.apps/ratings condition met\n"
+
+
+def test_wait_times_out_in_kubectls_words(fake: FakeMesh,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fake.items.append(deployment("ratings", False))
+    assert kubectl_main(["wait", "--for=condition=Available", "deploy/ratings",
+                         "--timeout=300ms"]) == 1
+    assert capsys.readouterr().err == (
+        "error: timed out waiting for the condition on deployments/ratings\n")
+    assert kubectl_main(["wait", "--for=jsonpath={.status.phase}=Running", "deploy/ratings",
+                         "--timeout=200ms"]) == 1
+    assert kubectl_main(["wait", "--for=condition=Ready", "vs/nope", "--timeout=1s"]) == 1
+    assert 'virtualservices.networking.istio.io "nope" not found' in capsys.readouterr().err
+    assert kubectl_main(["wait", "--for=frob", "deploy/ratings"]) == 1
+    assert 'unrecognized condition: "frob"' in capsys.readouterr().err
+
+
+# --- item 5: apply -f FILE -l SELECTOR -----------------------------------------------------------
+
+
+def test_apply_with_a_selector_applies_only_the_matching_manifests(
+        fake: FakeMesh, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kubectl_main(["apply", "-f", "samples/bookinfo/platform/kube/bookinfo.yaml",
+                         "-l", "app=reviews,version in (v2,v3)"]) == 0
+    assert [b["metadata"]["name"] for b in fake.applied] == ["reviews-v2", "reviews-v3"]
+    assert capsys.readouterr().out == ("deployment/reviews-v2 created\n"
+                                       "deployment/reviews-v3 created\n")
+    assert kubectl_main(["apply", "-f", "samples/bookinfo/platform/kube/bookinfo.yaml",
+                         "-l", "app=nothing"]) == 1
+    assert capsys.readouterr().err == "error: no objects passed to apply\n"
