@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
+from lablib.local.views import MeshViews
 from lablib.shims import kubectl as kubectl_shim
-from lablib.shims import kubectl_main
+from lablib.shims import kubectl_main, printers
 
 Item = dict[str, Any]
 
@@ -133,3 +135,47 @@ def test_apply_with_a_selector_applies_only_the_matching_manifests(
     assert kubectl_main(["apply", "-f", "samples/bookinfo/platform/kube/bookinfo.yaml",
                          "-l", "app=nothing"]) == 1
     assert capsys.readouterr().err == "error: no objects passed to apply\n"
+
+
+# --- item 1: apiVersion converted on read, YAML as kubectl prints it ----------------------------
+
+
+def test_the_mesh_returns_istio_objects_at_the_preferred_version() -> None:
+    """Applied as v1alpha3, read back as v1beta1: Istio 1.20's API server converts on read."""
+    views = MeshViews(None)  # type: ignore[arg-type]  # only Deployments need the mesh
+    for kind, applied, read in [
+            ("VirtualService", "networking.istio.io/v1alpha3", "networking.istio.io/v1beta1"),
+            ("DestinationRule", "networking.istio.io/v1", "networking.istio.io/v1beta1"),
+            ("Gateway", "networking.istio.io/v1beta1", "networking.istio.io/v1beta1"),
+            ("PeerAuthentication", "security.istio.io/v1", "security.istio.io/v1beta1"),
+            ("Service", "v1", "v1")]:
+        body = {"apiVersion": applied, "kind": kind, "metadata": {"name": "x"}, "spec": {}}
+        assert views._with_status(kind, body, "default", {})["apiVersion"] == read
+        assert body["apiVersion"] == applied  # the stored object is left alone
+
+
+def test_get_reads_an_explicit_version_and_prints_yaml_as_kubectl(
+        fake: FakeMesh, capsys: pytest.CaptureFixture[str]) -> None:
+    vs = virtual_service("reviews")
+    vs["metadata"]["creationTimestamp"] = "2024-03-05T11:37:41Z"
+    fake.items.append(vs)
+    assert kubectl_main(["get", "vs.v1alpha3.networking.istio.io", "reviews", "-o",
+                         "yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\n")
+    assert '  creationTimestamp: "2024-03-05T11:37:41Z"\n' in out
+    assert '  resourceVersion: "1"\n' in out
+    assert kubectl_main(["get", "virtualservices.networking.istio.io", "reviews", "-o",
+                         "jsonpath={.apiVersion}"]) == 0
+    assert capsys.readouterr().out == "networking.istio.io/v1beta1"
+    assert kubectl_main(["get", "vs.v9.networking.istio.io"]) == 1
+    assert 'doesn\'t have a resource type "vs.v9.networking.istio.io"' in capsys.readouterr().err
+
+
+def test_kube_yaml_quotes_and_blocks_as_go_yaml_does() -> None:
+    data = {"b": "", "a": "true", "c": "9080", "d": "v1", "e": "x: y", "f": "one\ntwo\n",
+            "g": 3}
+    text = printers.kube_yaml(data)
+    assert text == ('a: "true"\nb: ""\nc: "9080"\nd: v1\ne: \'x: y\'\nf: |\n  one\n  two\n'
+                    "g: 3\n")
+    assert yaml.safe_load(text) == data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..config.schema import PREFERRED_VERSION
 from ..controlplane.context import selector_matches
 from ..controlplane.gateway import SECRET_TYPE
 from ..errors import NotFoundError
@@ -75,6 +76,7 @@ class MeshViews:
     def _with_status(self, kind: str, body: dict[str, Any], namespace: str,
                      processes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out = dict(body)
+        out["apiVersion"] = PREFERRED_VERSION.get(kind, body.get("apiVersion"))
         out["metadata"] = dict(body.get("metadata") or {})
         if namespace:
             out["metadata"]["namespace"] = namespace

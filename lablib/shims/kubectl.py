@@ -155,11 +155,18 @@ def _istio_operators(mesh: LocalBackend, namespace: str | None) -> list[Item]:
              "spec": spec}]
 
 
+def _at_version(item: Item, kind: Kind) -> Item:
+    """The object at the version asked for (`vs.v1alpha3.networking.istio.io`), else at the
+    preferred one: versions of one Istio kind share a schema, so only apiVersion changes."""
+    return {**item, "apiVersion": kind.api_version}
+
+
 def _objects(mesh: LocalBackend, kind: Kind, namespace: str | None) -> list[Item]:
     """Every object of `kind` (in `namespace`, None for all), as the API server lists them."""
     if kind.kind == "IstioOperator":
         return _istio_operators(mesh, namespace if kind.namespaced else None)
-    return mesh.get(kind.kind, namespace=namespace if kind.namespaced else None)
+    return [_at_version(i, kind)
+            for i in mesh.get(kind.kind, namespace=namespace if kind.namespaced else None)]
 
 
 def _read_only(kind: Kind) -> None:
@@ -181,7 +188,7 @@ def _fetch(mesh: LocalBackend, kind: Kind, name: str, namespace: str | None) -> 
         found = []
     if not found:
         raise Failure(_not_found(kind, name))
-    return found[0]
+    return _at_version(found[0], kind)
 
 
 def _editable(item: Item) -> Item:
@@ -810,7 +817,7 @@ def cmd_edit(p: Parsed) -> int:
     editor = os.environ.get("KUBE_EDITOR") or os.environ.get("EDITOR") or "vi"
     with tempfile.NamedTemporaryFile("w", prefix="kubectl-edit-", suffix=".yaml",
                                      delete=False) as handle:
-        handle.write(EDIT_HEADER + yaml.safe_dump(before, sort_keys=True))
+        handle.write(EDIT_HEADER + printers.kube_yaml(before))
     path = handle.name
     status = subprocess.call(f"{editor} {shlex.quote(path)}", shell=True)
     if status != 0:
