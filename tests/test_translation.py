@@ -9,7 +9,7 @@ from lablib.config.store import ConfigStore
 from lablib.controlplane.clusters import UNLIMITED
 from lablib.controlplane.context import Proxy, PushContext, Workload
 from lablib.controlplane.naming import node_id
-from lablib.controlplane.simulate import Call, ErrNoListener, ErrNoRoute, simulate
+from lablib.controlplane.simulate import Call, ErrNoCluster, ErrNoListener, ErrNoRoute, simulate
 from lablib.controlplane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot, check
 
 NS = "bookinfo-test"
@@ -284,13 +284,20 @@ spec:
                                "outbound|9000|v2|tcp-echo.bookinfo-test.svc.cluster.local": 20}
 
 
-def test_consistency_check_refuses_a_route_to_a_missing_cluster():
+def test_a_route_to_a_missing_cluster_is_kept_and_answers_no_cluster():
+    """As in Istio, a route whose Service was deleted stays (Envoy answers 503 NC), so a
+    delete is never refused; a listener naming missing routes is still refused."""
     snap = snapshot_for(SIDECAR)
     broken = Snapshot(snap.proxy_id, {k: dict(v) for k, v in snap.resources.items()})
     for cluster in list(broken.clusters):
         if cluster.startswith("outbound|9080||reviews"):
             del broken.clusters[cluster]
-    with pytest.raises(InconsistentSnapshot, match="missing cluster outbound|9080||reviews"):
+    check(broken)
+    with pytest.raises(ErrNoCluster, match="missing cluster outbound"):
+        simulate(broken, Call(15001, "reviews:9080"))
+    for name in list(broken.routes):
+        del broken.routes[name]
+    with pytest.raises(InconsistentSnapshot, match="uses missing routes"):
         check(broken)
 
 

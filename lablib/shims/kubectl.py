@@ -27,6 +27,7 @@ import yaml
 from ..config.loader import KIT_ROOT, load
 from ..errors import ConfigError, NotFoundError
 from ..local.client import LocalBackend
+from ..local.state import StateDir
 from . import addons as addons_
 from . import jsonpath, podtools, printers
 from .dispatch import Command, Tool
@@ -386,8 +387,16 @@ def cmd_apply(p: Parsed) -> int:
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
         raise Failure("error: no objects passed to apply")
-    _out("".join(line + "\n" for line in lines))
+    _print_applied(lines)
     return 0
+
+
+def _print_applied(lines: list[str]) -> None:
+    """What apply did on stdout; the API server's warnings on stderr, as kubectl prints them."""
+    _out("".join(line + "\n" for line in lines if not line.startswith("Warning: ")))
+    for line in lines:
+        if line.startswith("Warning: "):
+            _err(line)
 
 
 def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
@@ -524,7 +533,7 @@ def _create_from_files(p: Parsed) -> int:
             lines = mesh.apply(fresh, namespace=namespace)
         except ConfigError as exc:
             raise _refused(exc, p.get("filename"), "creating") from None
-        _out("".join(line + "\n" for line in lines))
+        _print_applied(lines)
     for message in errors:
         _err(message)
     return 1 if errors else 0
@@ -533,6 +542,12 @@ def _create_from_files(p: Parsed) -> int:
 def cmd_delete(p: Parsed) -> int:
     targets = [] if p.get("filename") else _targets(p.args)
     matches = _selector(p.get("selector"))
+    if LocalBackend.attach(StateDir()) is None:
+        # `istioctl uninstall --purge` stops the whole local mesh, namespaces included; the
+        # tasks' cleanup deletes them afterwards, which on a cluster succeeds.
+        _err(f'nothing to delete: the local mesh "{StateDir().mesh}" is not running (istioctl '
+             f"uninstall --purge stops it with every namespace and object in it)")
+        return 0
     mesh = connect()
     namespace = _namespace(p)
     refs: list[Item] = []
