@@ -6,18 +6,24 @@ tests/test_shims_task_replay.py."""
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from lablib import certs
 from lablib.local.views import MeshViews
 from lablib.shims import kubectl as kubectl_shim
 from lablib.shims import kubectl_main, printers
 
 Item = dict[str, Any]
+KIT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeMesh:
@@ -179,3 +185,39 @@ def test_kube_yaml_quotes_and_blocks_as_go_yaml_does() -> None:
     assert text == ('a: "true"\nb: ""\nc: "9080"\nd: v1\ne: \'x: y\'\nf: |\n  one\n  two\n'
                     "g: 3\n")
     assert yaml.safe_load(text) == data
+
+
+# --- item 4: Istio's certificate makefiles ---------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_makefile_selfsigned_makes_istios_cacerts_layout(tmp_path: Path) -> None:
+    """The plug-in CA task's two make commands, run from a certs/ folder as the page runs them
+    (`make -f ../tools/certs/Makefile.selfsigned.mk ...`), give Istio's files."""
+    work = tmp_path / "certs"
+    work.mkdir()
+    makefile = KIT_ROOT / "tools" / "certs" / "Makefile.selfsigned.mk"
+    for target in ("root-ca", "cluster1-cacerts"):
+        done = subprocess.run(["make", "-f", str(makefile), target], cwd=work,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["cluster1", "root-cert.pem",
+                                                      "root-key.pem"]
+    cluster = work / "cluster1"
+    assert sorted(p.name for p in cluster.iterdir()) == sorted(certs.CACERTS_FILES)
+    assert (cluster / "root-cert.pem").read_bytes() == (work / "root-cert.pem").read_bytes()
+    assert (work / "root-key.pem").stat().st_mode & 0o077 == 0
+    assert (cluster / "ca-key.pem").stat().st_mode & 0o077 == 0
+    ca = certs.load_cacerts(cluster)  # what istiod checks: key matches, chain leads to root
+    assert certs.verify_chain(ca.cert_pem, None, work / "root-cert.pem")
+    chain = certs.certificates(cluster / "cert-chain.pem")
+    assert [c.subject for c in chain] == [ca.cert.subject, ca.root.subject]
+    # A second run has nothing to do; without a root the intermediate says what to run.
+    again = subprocess.run(["make", "-f", str(makefile), "cluster1-cacerts"], cwd=work,
+                           capture_output=True, text=True, timeout=60)
+    assert "generating" not in again.stdout
+    (work / "root-key.pem").unlink()
+    (work / "root-cert.pem").unlink()
+    done = subprocess.run([sys.executable, "-m", "lablib.certs_make", "cacerts", str(work),
+                           "cluster2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "root-ca first" in done.stderr
