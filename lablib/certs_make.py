@@ -2,7 +2,7 @@
 certificate code: the same files, in the same places, without openssl.
 
     python -m lablib.certs_make root-ca DIR          # DIR/root-cert.pem, DIR/root-key.pem
-    python -m lablib.certs_make cacerts DIR NAME     # DIR/NAME/{ca-cert,ca-key,cert-chain,root-cert}.pem
+    python -m lablib.certs_make cacerts DIR NAME     # DIR/NAME/ca-cert.pem, ca-key.pem, ...
 """
 
 from __future__ import annotations
