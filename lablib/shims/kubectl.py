@@ -358,11 +358,19 @@ def _apply_sources(p: Parsed) -> list[str]:
     files = list(p.get("filename") or [])
     if not files:
         raise UsageError("must specify one of -f and -k")
-    addons = [(f, addons_.addon_of(f)) for f in files]
-    for _, name in addons:
-        if name:
-            _out(addons_.applied(name))
-    return [_source(f) for f, name in addons if not name]
+    sources = []
+    for name in files:
+        addon = addons_.addon_of(name)
+        local = addons_.local_file(addon) if addon else None
+        if addon and local is None:
+            _out(addons_.skipped(addon))
+        elif local is not None:  # Istio's addon URL: the kit's own samples/addons file
+            sources.append(str(local))
+            if addon == "prometheus" and addons_.prometheus_note():
+                _err(addons_.prometheus_note())
+        else:
+            sources.append(_source(name))
+    return sources
 
 
 def _selected(sources: list[str], p: Parsed) -> list[Any]:
