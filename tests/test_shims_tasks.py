@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from lablib import certs
+from lablib.local import podnet
 from lablib.local.views import MeshViews
 from lablib.shims import kubectl as kubectl_shim
 from lablib.shims import kubectl_main, printers
@@ -221,3 +222,40 @@ def test_makefile_selfsigned_makes_istios_cacerts_layout(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-m", "lablib.certs_make", "cacerts", str(work),
                            "cluster2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "root-ca first" in done.stderr
+
+
+# --- items 7 and 8: what a curl reaches when no sidecar captures it ------------------------------
+
+
+def test_curl_without_a_sidecar_connects_where_cluster_dns_and_kube_proxy_lead() -> None:
+    endpoints = {("httpbin.foo", 8000): 41001, ("httpbin", 8000): 41002}
+
+    def endpoint(host: str, port: int) -> int | None:
+        return endpoints.get((host, port))
+
+    argv = podnet.direct_curl(["curl", "http://httpbin.foo:8000/ip", "-s", "-o", "/dev/null"],
+                              endpoint, {})
+    assert argv == ["curl", "--noproxy", "*", "--connect-to",
+                    "httpbin.foo:8000:127.0.0.1:41001", "http://httpbin.foo:8000/ip", "-s",
+                    "-o", "/dev/null"]
+    # In the istio-proxy container 127.0.0.1 is the pod itself: its app on that port.
+    argv = podnet.direct_curl(["curl", "-sS", "-k", "--resolve", "my-nginx:443:127.0.0.1",
+                               "https://my-nginx", "http://localhost:80/x",
+                               "https://example.com"], endpoint, {"443": 42443, "80": 42080})
+    assert argv == ["curl", "--noproxy", "*", "--connect-to", "my-nginx:443:127.0.0.1:42443",
+                    "--connect-to", "localhost:80:127.0.0.1:42080", "-sS", "-k",
+                    "https://my-nginx", "http://localhost:80/x", "https://example.com"]
+
+
+@pytest.mark.parametrize(("host", "found"), [
+    ("reviews", ("reviews", "bookinfo")), ("reviews.other", ("reviews", "other")),
+    ("reviews.other.svc", ("reviews", "other")),
+    ("reviews.other.svc.cluster.local", ("reviews", "other")), ("www.example.com", None)])
+def test_service_names_resolve_as_cluster_dns_does(host: str,
+                                                   found: tuple[str, str] | None) -> None:
+    assert podnet.service_of(host, "bookinfo") == found
+
+
+def test_the_proxy_container_has_none_of_the_apps_proxy_settings() -> None:
+    env = {"http_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "x", "NO_PROXY": "y", "PATH": "/b"}
+    assert podnet.without_proxies(env) == {"PATH": "/b"}

@@ -134,6 +134,8 @@ class MeshViews:
                 "proxy": pod.proxy.kind if pod.proxy else None,
                 "proxy_id": pod.proxy.id if pod.proxy else None,
                 "ports": {str(k): v for k, v in pod.workload.ports.items()},
+                # What 127.0.0.1:containerPort is inside the pod: the app itself.
+                "app_ports": {str(k): v for k, v in pod.bind_ports.items()},
                 "labels": pod.workload.labels,
                 "direct_proxy": self._direct_proxy(pod.namespace),
                 "containers": [str(c["name"]) for c in pod.containers]

@@ -342,16 +342,8 @@ def cmd_describe(p: Parsed) -> int:
 
 def _endpoints(mesh: LocalBackend, service: Item) -> dict[str, list[str]]:
     """targetPort -> the `127.0.0.1:port` of every pod behind a Service."""
-    selector = (service.get("spec") or {}).get("selector") or {}
-    if not selector:
-        return {}
-    ns = service["metadata"]["namespace"]
-    out: dict[str, list[str]] = {}
-    for pod in mesh.get("pods", namespace=ns, selector=selector):
-        info = mesh.pod_info(pod["metadata"]["name"], ns)
-        for container_port, port in (info.get("ports") or {}).items():
-            out.setdefault(str(container_port), []).append(f"127.0.0.1:{port}")
-    return out
+    return {target: [f"127.0.0.1:{port}" for port in ports]
+            for target, ports in mesh.service_endpoints(service).items()}
 
 
 def _apply_sources(p: Parsed) -> list[str]:
