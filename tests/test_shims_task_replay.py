@@ -348,3 +348,127 @@ def test_07_ingress_gateways(sh: TimedShell) -> None:
     sh.ok("kubectl delete gateway httpbin-gateway")
     sh.ok("kubectl delete virtualservice httpbin")
     sh.ok("kubectl delete --ignore-not-found=true -f samples/httpbin/httpbin.yaml")
+
+
+def ingress_ports(sh: TimedShell) -> str:
+    """The exports the ingress pages give for a cluster without a load balancer."""
+    service = "kubectl -n istio-system get service istio-ingressgateway -o jsonpath="
+    return (f"export INGRESS_HOST=$(kubectl get po -l istio=ingressgateway -n istio-system "
+            f"-o jsonpath='{{.items[0].status.hostIP}}'); "
+            f"export SECURE_INGRESS_PORT=$({service}'{{.spec.ports[?(@.name==\"https\")]"
+            f".nodePort}}'); "
+            f"export TCP_INGRESS_PORT=$({service}'{{.spec.ports[?(@.name==\"tcp\")]"
+            f".nodePort}}'); ")
+
+
+MTLS_LOOP = """for from in "foo" "bar" "legacy"; do for to in "foo" "bar"; do kubectl exec \
+"$(kubectl get pod -l app=sleep -n ${from} -o jsonpath={.items..metadata.name})" -c sleep \
+-n ${from} -- curl http://httpbin.${to}:8000/ip -s -o /dev/null -w \
+"sleep.${from} to httpbin.${to}: %{http_code}\\n"; done; done"""
+
+
+def strict(namespace: str) -> str:
+    return (f"kubectl apply -n {namespace} -f - <<EOF\napiVersion: security.istio.io/v1beta1\n"
+            "kind: PeerAuthentication\nmetadata:\n  name: \"default\"\nspec:\n  mtls:\n"
+            "    mode: STRICT\nEOF")
+
+
+def test_08_mutual_tls_migration(sh: TimedShell) -> None:
+    for ns in ("foo", "bar"):
+        sh.ok(f"kubectl create ns {ns}")
+        sh.ok(f"kubectl apply -f <(istioctl kube-inject -f samples/httpbin/httpbin.yaml) -n {ns}")
+        sh.ok(f"kubectl apply -f <(istioctl kube-inject -f samples/sleep/sleep.yaml) -n {ns}")
+    sh.ok("kubectl create ns legacy")
+    sh.ok("kubectl apply -f samples/sleep/sleep.yaml -n legacy")
+    for ns in ("foo", "bar", "legacy"):
+        sh.ok(f"kubectl wait --for=condition=ready pod --all -n {ns} --timeout=60s")
+    before = sh.ok(MTLS_LOOP).splitlines()
+    assert before == [f"sleep.{a} to httpbin.{b}: 200" for a in ("foo", "bar", "legacy")
+                      for b in ("foo", "bar")]
+    assert sh.run("kubectl get peerauthentication --all-namespaces").err == \
+        "No resources found\n"
+    sh.ok(strict("foo"))
+    foo_strict = sh.run(MTLS_LOOP)
+    # The plaintext client is reset by foo's sidecar: curl prints 000 and exits 56.
+    assert "sleep.legacy to httpbin.foo: 000" in foo_strict.out.splitlines()
+    assert "sleep.legacy to httpbin.bar: 200" in foo_strict.out.splitlines()
+    assert "command terminated with exit code 56" in foo_strict.err
+    sh.ok(strict("istio-system"))
+    mesh_strict = sh.run(MTLS_LOOP).out.splitlines()
+    assert mesh_strict[-2:] == ["sleep.legacy to httpbin.foo: 000",
+                                "sleep.legacy to httpbin.bar: 000"]
+    assert all(line.endswith(": 200") for line in mesh_strict[:4])
+    sh.ok("kubectl delete peerauthentication -n foo default")
+    sh.ok("kubectl delete peerauthentication -n istio-system default")
+    sh.ok("kubectl delete ns foo bar legacy")
+
+
+SECURE_GATEWAY = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: {mode}
+      credentialName: httpbin-credential
+    hosts:
+    - httpbin.example.com
+"""
+SECURE_ROUTES = HTTPBIN_ROUTES.replace("httpbin-gateway", "mygateway").replace(
+    '"httpbin.example.com"', "httpbin.example.com")
+EXAMPLE_CERTS = """\
+mkdir -p example_certs1
+openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' \
+  -keyout example_certs1/example.com.key -out example_certs1/example.com.crt
+openssl req -out example_certs1/httpbin.example.com.csr -newkey rsa:2048 -nodes \
+  -keyout example_certs1/httpbin.example.com.key \
+  -subj "/CN=httpbin.example.com/O=httpbin organization"
+openssl x509 -req -sha256 -days 365 -CA example_certs1/example.com.crt \
+  -CAkey example_certs1/example.com.key -set_serial 0 -in example_certs1/httpbin.example.com.csr \
+  -out example_certs1/httpbin.example.com.crt
+openssl req -out example_certs1/client.example.com.csr -newkey rsa:2048 -nodes \
+  -keyout example_certs1/client.example.com.key \
+  -subj "/CN=client.example.com/O=client organization"
+openssl x509 -req -sha256 -days 365 -CA example_certs1/example.com.crt \
+  -CAkey example_certs1/example.com.key -set_serial 1 -in example_certs1/client.example.com.csr \
+  -out example_certs1/client.example.com.crt
+"""
+TEAPOT = ('curl -s -HHost:httpbin.example.com --resolve '
+          '"httpbin.example.com:$SECURE_INGRESS_PORT:$INGRESS_HOST" --cacert '
+          'example_certs1/example.com.crt {client}'
+          '"https://httpbin.example.com:$SECURE_INGRESS_PORT/status/418"')
+
+
+def test_09_secure_gateways(sh: TimedShell) -> None:
+    sh.ok("kubectl apply -f samples/httpbin/httpbin.yaml")
+    sh.ok(EXAMPLE_CERTS)
+    sh.ok("kubectl create -n istio-system secret tls httpbin-credential "
+          "--key=example_certs1/httpbin.example.com.key "
+          "--cert=example_certs1/httpbin.example.com.crt")
+    sh.ok("kubectl apply -f - <<EOF\n" + SECURE_GATEWAY.format(mode="SIMPLE") + "EOF")
+    sh.ok("kubectl apply -f - <<EOF\n" + SECURE_ROUTES + "EOF")
+    assert "-=[ teapot ]=-" in sh.ok(ingress_ports(sh) + TEAPOT.format(client=""))
+    # Mutual TLS: the credential gains the CA that signs clients.
+    sh.ok("kubectl -n istio-system delete secret httpbin-credential")
+    sh.ok("kubectl create -n istio-system secret generic httpbin-credential "
+          "--from-file=tls.key=example_certs1/httpbin.example.com.key "
+          "--from-file=tls.crt=example_certs1/httpbin.example.com.crt "
+          "--from-file=ca.crt=example_certs1/example.com.crt")
+    sh.ok("kubectl apply -f - <<EOF\n" + SECURE_GATEWAY.format(mode="MUTUAL") + "EOF")
+    refused = sh.run(ingress_ports(sh) + TEAPOT.format(client=""))
+    assert refused.code != 0 and "teapot" not in refused.out  # no client certificate
+    client = ("--cert example_certs1/client.example.com.crt "
+              "--key example_certs1/client.example.com.key ")
+    assert "-=[ teapot ]=-" in sh.ok(ingress_ports(sh) + TEAPOT.format(client=client))
+    sh.ok("kubectl delete gateway mygateway")
+    sh.ok("kubectl delete virtualservice httpbin")
+    sh.ok("kubectl delete --ignore-not-found=true -n istio-system secret httpbin-credential")
+    sh.ok("kubectl delete --ignore-not-found=true -f samples/httpbin/httpbin.yaml")
