@@ -104,9 +104,6 @@ BAD_INPUTS = {
     "undefined subset": (reviews_vs("""\
         - destination: {host: reviews, subset: v9}
         """), "v9"),
-    "host that is no Service": (reviews_vs("""\
-        - destination: {host: reveiws, subset: v1}
-        """), "reveiws"),
     "missing namespace": ("""\
 apiVersion: v1
 kind: Service

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from lablib.shims import env as shim_env
+from lablib.shims import kubectl as kubectl_shim
 from lablib.shims import kubectl_main, podtools, printers
 from lablib.shims.flags import Flag, UsageError, parse, split_command
 from lablib.shims.kubectl import _selector, json_patch, merge_patch
@@ -362,21 +363,26 @@ def test_a_mesh_that_is_not_running_is_said_so(no_mesh: Path,
 
 
 def test_urls_are_offline_except_the_istio_addons(no_mesh: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Istio's addon URLs apply the kit's samples/addons files; other URLs are refused."""
+    applied: list[Any] = []
+
+    class Recorder:
+        def apply(self, sources: Any, namespace: str | None = None) -> list[str]:
+            applied.extend(sources)
+            return ["deployment.apps/x created"]
+
+    monkeypatch.setattr(kubectl_shim, "connect", lambda start=False: Recorder())
     addon = ("https://raw.githubusercontent.com/istio/istio/release-1.20/samples/addons/"
-             "prometheus.yaml")
-    for name, stand_in in (("kiali", "lab 13's live service graph"),
-                           ("grafana", "lab 14's dashboards")):
-        assert kubectl_main(["apply", "-f", addon.replace("prometheus", name)]) == 0
-        assert capsys.readouterr().out == (
-            f"addon/{name} configured (local equivalent: {stand_in}, "
-            f"lablib.telemetry.{'LiveGraph' if name == 'kiali' else 'dashboards'}; see "
-            f"istioctl dashboard {name})\n")
-    assert kubectl_main(["apply", "-f", addon]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("addon/prometheus configured (local equivalent: ")
-    if shutil.which("prometheus"):  # no mesh runs here: it starts with the mesh's telemetry
-        assert "the mesh's own Prometheus" in out
+             "NAME.yaml")
+    for name in ("prometheus", "grafana", "kiali"):
+        assert kubectl_main(["apply", "-f", addon.replace("NAME", name)]) == 0
+        assert applied.pop() == str(KIT_ROOT / "samples" / "addons" / f"{name}.yaml")
+    capsys.readouterr()
+    assert kubectl_main(["apply", "-f", addon.replace("NAME", "jaeger")]) == 0
+    assert capsys.readouterr().out == ("addon/jaeger skipped (no local equivalent: the local "
+                                       "mesh has no tracing or log backend)\n")
     assert kubectl_main(["apply", "-f", "https://example.com/app.yaml"]) == 1
     assert 'unable to read URL "https://example.com/app.yaml"' in capsys.readouterr().err
 

@@ -6,9 +6,10 @@ import pytest
 
 from lablib.config.loader import load
 from lablib.config.store import ConfigStore
+from lablib.controlplane.clusters import UNLIMITED
 from lablib.controlplane.context import Proxy, PushContext, Workload
 from lablib.controlplane.naming import node_id
-from lablib.controlplane.simulate import Call, ErrNoListener, ErrNoRoute, simulate
+from lablib.controlplane.simulate import Call, ErrNoCluster, ErrNoListener, ErrNoRoute, simulate
 from lablib.controlplane.snapshot import InconsistentSnapshot, Snapshot, build_snapshot, check
 
 NS = "bookinfo-test"
@@ -283,13 +284,20 @@ spec:
                                "outbound|9000|v2|tcp-echo.bookinfo-test.svc.cluster.local": 20}
 
 
-def test_consistency_check_refuses_a_route_to_a_missing_cluster():
+def test_a_route_to_a_missing_cluster_is_kept_and_answers_no_cluster():
+    """As in Istio, a route whose Service was deleted stays (Envoy answers 503 NC), so a
+    delete is never refused; a listener naming missing routes is still refused."""
     snap = snapshot_for(SIDECAR)
     broken = Snapshot(snap.proxy_id, {k: dict(v) for k, v in snap.resources.items()})
     for cluster in list(broken.clusters):
         if cluster.startswith("outbound|9080||reviews"):
             del broken.clusters[cluster]
-    with pytest.raises(InconsistentSnapshot, match="missing cluster outbound|9080||reviews"):
+    check(broken)
+    with pytest.raises(ErrNoCluster, match="missing cluster outbound"):
+        simulate(broken, Call(15001, "reviews:9080"))
+    for name in list(broken.routes):
+        del broken.routes[name]
+    with pytest.raises(InconsistentSnapshot, match="uses missing routes"):
         check(broken)
 
 
@@ -362,7 +370,8 @@ def test_destination_rule_policy_at_host_port_and_subset_level():
     v1 = snap.clusters[f"outbound|9080|v1|reviews.{NS}.svc.cluster.local"]
     v2 = snap.clusters[f"outbound|9080|v2|reviews.{NS}.svc.cluster.local"]
     assert host["circuit_breakers"]["thresholds"][0] == {
-        "max_connections": 1, "max_pending_requests": 1, "max_requests": 7}
+        "max_connections": 1, "max_pending_requests": 1, "max_requests": 7,
+        "max_retries": UNLIMITED, "track_remaining": True}
     options = host["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert options["common_http_protocol_options"]["max_requests_per_connection"] == 1
@@ -373,9 +382,21 @@ def test_destination_rule_policy_at_host_port_and_subset_level():
     assert v1["circuit_breakers"]["thresholds"][0]["max_connections"] == 9  # subset level
     # Istio merges subset policy field by field: a subset's connectionPool replaces the
     # host's whole connectionPool, so the host's pending-request limit does not carry over.
-    assert "max_pending_requests" not in v1["circuit_breakers"]["thresholds"][0]
+    assert v1["circuit_breakers"]["thresholds"][0]["max_pending_requests"] == UNLIMITED
     assert v1["outlier_detection"]["consecutive_5xx"] == 1  # untouched fields do carry over
     assert v2["circuit_breakers"]["thresholds"][0]["max_connections"] == 1  # inherits host
+
+
+def test_every_outbound_cluster_tracks_remaining_as_istio_sets_it():
+    """Istio gives every cluster unlimited default thresholds with `track_remaining`, which
+    the circuit-breaking task's `pilot-agent request GET stats | grep pending` relies on."""
+    snap = snapshot_for(SIDECAR, SUBSETS)
+    outbound = [c for name, c in snap.clusters.items() if name.startswith("outbound|")]
+    assert outbound
+    for cluster in outbound:
+        assert cluster["circuit_breakers"]["thresholds"] == [{
+            "max_connections": UNLIMITED, "max_pending_requests": UNLIMITED,
+            "max_requests": UNLIMITED, "max_retries": UNLIMITED, "track_remaining": True}]
 
 
 def test_auto_mtls_to_sidecars_checks_their_spiffe_identity():

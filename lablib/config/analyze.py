@@ -21,7 +21,9 @@ LAB0208 duplicate subset name                 LAB0220 TLS server credential not 
                                                LAB0226 DR tls file not mounted in any proxy
                                                LAB0227 DR credentialName ignored at sidecars
 
-Severity "Error" refuses an apply; "Warning" and "Info" are reported and let through.
+Severity "Error" refuses an apply, except IST0101 for a route destination that is no Service
+(Istio accepts it and the route answers 503; the apply prints it as a warning); "Warning"
+and "Info" are reported and let through.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from .model import Resource
 from .schema import parse_duration
 from .store import ConfigStore, pod_labels, selector_matches
 
-__all__ = ["analyze", "canonical_host", "errors", "fqdn", "resolve_host", "service_fqdn"]
+__all__ = ["analyze", "canonical_host", "dangling_destination", "errors", "fqdn",
+           "resolve_host", "service_fqdn"]
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 MESH = "mesh"
@@ -53,9 +56,17 @@ MESH = "mesh"
 SYSTEM_NAMESPACES = frozenset({"istio-system", "kube-system", "kube-public", "kube-node-lease"})
 
 
+def dangling_destination(diagnostic: Diagnostic) -> bool:
+    """IST0101 for a route destination whose host does not exist (yet, or any more): Istio
+    accepts the VirtualService and its route answers 503 until the Service exists, so a
+    learner can apply in any order and delete a Service a route still names."""
+    return (diagnostic.code == "IST0101" and diagnostic.field.endswith(".destination.host")
+            and diagnostic.message.startswith("Referenced host not found"))
+
+
 def errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
-    """Only the findings that refuse an apply."""
-    return [d for d in diagnostics if d.severity == ERROR]
+    """Only the findings that refuse an apply (istioctl analyze still reports them all)."""
+    return [d for d in diagnostics if d.severity == ERROR and not dangling_destination(d)]
 
 
 # --- Small readers that tolerate any shape (analysis runs on unvalidated input too) ------

@@ -24,6 +24,7 @@ from .model import Resource
 __all__ = [
     "KINDS",
     "ISTIO_KINDS",
+    "PREFERRED_VERSION",
     "check_kind",
     "field_path",
     "item_path",
@@ -53,6 +54,12 @@ KINDS: dict[str, tuple[str, ...]] = {
     "PeerAuthentication": SECURITY,
 }
 ISTIO_KINDS = frozenset(k for k, versions in KINDS.items() if ".istio.io/" in versions[0])
+# The version the API server returns an object at, whatever version it was applied with (it
+# converts on read): Istio 1.20's preferred versions, the release the kit emulates (v1 became
+# preferred in 1.22).
+PREFERRED_VERSION: dict[str, str] = {
+    kind: next((v for v in versions if v.endswith("/v1beta1")), versions[0])
+    for kind, versions in KINDS.items()}
 
 SCHEMA_CODE_KUBE = "LAB0101"
 SCHEMA_CODE_ISTIO = "IST0106"  # Istio's SchemaValidationError

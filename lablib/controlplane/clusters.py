@@ -24,6 +24,12 @@ LB_POLICIES = {
     "LEAST_REQUEST": "LEAST_REQUEST",
     "RANDOM": "RANDOM",
 }
+# Istio's getDefaultCircuitBreakerThresholds: no limit unless a DestinationRule sets one, and
+# `track_remaining`, so `pilot-agent request GET stats` shows the `remaining_*` gauges.
+UNLIMITED = 4294967295
+DEFAULT_THRESHOLDS = {"max_connections": UNLIMITED, "max_pending_requests": UNLIMITED,
+                      "max_requests": UNLIMITED, "max_retries": UNLIMITED,
+                      "track_remaining": True}
 
 
 def static_cluster(name: str, ports: list[int], connect_timeout: str = "10s") -> dict[str, Any]:
@@ -65,7 +71,7 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         cluster["lb_policy"] = LB_POLICIES[simple]
     pool = policy.get("connectionPool") or {}
     tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
-    thresholds: dict[str, Any] = {}
+    thresholds: dict[str, Any] = dict(DEFAULT_THRESHOLDS)
     if "maxConnections" in tcp:
         thresholds["max_connections"] = int(tcp["maxConnections"])
     if "connectTimeout" in tcp:
@@ -76,8 +82,7 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         thresholds["max_requests"] = int(http["http2MaxRequests"])
     if "maxRetries" in http:
         thresholds["max_retries"] = int(http["maxRetries"])
-    if thresholds:
-        cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+    cluster["circuit_breakers"] = {"thresholds": [thresholds]}
     common: dict[str, Any] = {}
     if "maxRequestsPerConnection" in http:
         common["max_requests_per_connection"] = int(http["maxRequestsPerConnection"])

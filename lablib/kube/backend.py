@@ -37,7 +37,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from ..backend import Backend, Source
-from ..config.analyze import analyze
+from ..config.analyze import analyze, errors
 from ..config.loader import load
 from ..config.model import Resource
 from ..config.schema import KINDS as SCHEMA_KINDS
@@ -312,7 +312,7 @@ class KubernetesBackend(Backend):
             return
         known = {str(d) for d in analyze(current)}
         candidate = current.with_applied(incoming)
-        new = [d for d in analyze(candidate) if d.severity == "Error" and str(d) not in known]
+        new = errors([d for d in analyze(candidate) if str(d) not in known])
         if new:
             raise ConfigError(new)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from ..errors import (
     ProxyRejectedError,
 )
 from ..progress import Progress
+from . import podnet
 from .state import StateDir
 
 # Tools a sample image ships that this machine lacks, run by their local equivalents.
@@ -285,16 +287,52 @@ class LocalBackend(Backend):
         if tool in EMULATED_TOOLS and shutil.which(argv[0]) is None:  # also /usr/bin/fortio
             argv = [*EMULATED_TOOLS[tool], *argv[1:]]
         bypasses_sidecar = container == "istio-proxy" or info["proxy"] != "sidecar"
+        if bypasses_sidecar and podnet.is_curl(argv):
+            argv = podnet.direct_curl(argv, lambda host, port: self._endpoint(
+                host, port, namespace), info.get("app_ports") or {})
         if argv[:2] == ["openssl", "s_client"] and "-proxy" not in argv and bypasses_sidecar \
                 and info.get("direct_proxy"):
             # openssl reads no proxy variables; cluster DNS would give it the service's
             # endpoints directly, which is what the kube-proxy stand-in's CONNECT does.
             argv = [*argv[:2], "-proxy", info["direct_proxy"], *argv[2:]]
         env = dict(os.environ)
-        env.update(info["env"])
+        if container == "istio-proxy":
+            env = podnet.without_proxies(env)  # the app's http_proxy is not the proxy's
+        else:
+            env.update(info["env"])
         # Like `kubectl exec` without -i: the command gets no standard input.
         return subprocess.run(argv, env=env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+
+    def service_endpoints(self, service: dict[str, Any]) -> dict[str, list[int]]:
+        """targetPort -> the loopback port of every pod behind a Service (each pod's own port,
+        where its sidecar's inbound listener or the app itself answers)."""
+        selector = (service.get("spec") or {}).get("selector") or {}
+        if not selector:
+            return {}
+        ns = service["metadata"]["namespace"]
+        out: dict[str, list[int]] = {}
+        for pod in self.get("pods", namespace=ns, selector=selector):
+            info = self.pod_info(pod["metadata"]["name"], ns)
+            for container_port, port in (info.get("ports") or {}).items():
+                out.setdefault(str(container_port), []).append(int(port))
+        return out
+
+    def _endpoint(self, host: str, port: int, namespace: str) -> int | None:
+        """One endpoint's loopback port for `host:port` as cluster DNS and kube-proxy lead a
+        pod in `namespace` there; None when `host` is no Service with that port."""
+        found = podnet.service_of(host, namespace)
+        if found is None:
+            return None
+        try:
+            service = self.get("service", found[0], found[1])[0]
+        except (NotFoundError, IndexError):
+            return None
+        for p in (service.get("spec") or {}).get("ports") or []:
+            if int(p["port"]) == port:
+                ports = self.service_endpoints(service).get(str(p.get("targetPort", port)))
+                return random.choice(ports) if ports else None
+        return None
 
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)

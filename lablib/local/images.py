@@ -74,6 +74,13 @@ _IMAGES = {
     # fortio's image runs `fortio server`, an echo server on 8080 (plus every other declared
     # port, see command_for).
     _FORTIO: _Image(8080, ("-m", "lablib.apps.fortio", "server", "--port", "{port}")),
+    # Istio's addons (samples/addons/): the pod reaches the mesh's own Prometheus, or says
+    # where the notebooks standing in for Grafana and Kiali are.
+    "prom/prometheus": _Image(9090, ("-m", "lablib.apps.addon", "prometheus", "--port",
+                                     "{port}")),
+    "grafana/grafana": _Image(3000, ("-m", "lablib.apps.addon", "grafana", "--port", "{port}")),
+    "quay.io/kiali/kiali": _Image(20001, ("-m", "lablib.apps.addon", "kiali", "--port",
+                                          "{port}")),
 }
 
 _REGISTRY = "docker.io/"

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..certs import spiffe_id
-from ..config.analyze import analyze
+from ..config.analyze import analyze, dangling_destination
+from ..config.analyze import errors as blocking
 from ..config.loader import load
 from ..config.meshconfig import MeshConfig, mesh_config
 from ..config.model import Resource
@@ -215,7 +216,7 @@ class LocalMesh:
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
-                self._check(resources, candidate, old_store)
+                warnings = self._check(resources, candidate, old_store)
                 self._transition(candidate)
             except Exception:
                 for port in new_node_ports:
@@ -227,7 +228,9 @@ class LocalMesh:
                 word = "created" if before is None else (
                     "unchanged" if before.body == r.body else "configured")
                 lines.append(f"{kube_word(r.kind)}/{r.name} {word}")
-            return lines
+            # As kubectl shows an admission warning; the route answers 503 meanwhile.
+            return lines + [f"Warning: {str(d).splitlines()[0]} (its route answers 503 until "
+                            f"the Service exists)" for d in warnings]
 
     def _with_root_certs(self, store: ConfigStore) -> ConfigStore:
         """`store` with what istiod's namespace controller publishes once Istio is installed:
@@ -318,19 +321,22 @@ class LocalMesh:
 
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
-               current: ConfigStore) -> None:
-        """Schema, images, then analysis; only findings this change introduces block it."""
+               current: ConfigStore) -> list[Diagnostic]:
+        """Schema, images, then analysis; only findings this change introduces block it.
+        Returns the new findings that let it through but deserve a warning (a route to a
+        Service that does not exist)."""
         errors: list[Diagnostic] = []
         for r in incoming:
             errors += [d for d in validate(r) if d.severity == "Error"]
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
-        if not errors:
-            known = {str(d) for d in self._findings(current)}
-            errors = [d for d in self._findings(candidate)
-                      if d.severity == "Error" and str(d) not in known]
         if errors:
             raise ConfigError(errors)
+        known = {str(d) for d in self._findings(current)}
+        introduced = [d for d in self._findings(candidate) if str(d) not in known]
+        if blocking(introduced):
+            raise ConfigError(blocking(introduced))
+        return [d for d in introduced if dangling_destination(d)]
 
     def _findings(self, store: ConfigStore) -> list[Diagnostic]:
         """analyze(store), remembered for the last store analysed: the candidate of one apply

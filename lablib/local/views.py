@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..config.schema import PREFERRED_VERSION
 from ..controlplane.context import selector_matches
 from ..controlplane.gateway import SECRET_TYPE
 from ..errors import NotFoundError
@@ -34,6 +35,13 @@ def redacted_secret(secret: dict[str, Any]) -> dict[str, Any]:
     if "tls_certificate" in out:
         out["tls_certificate"]["private_key"] = {"inline_bytes": "[redacted]"}
     return out
+
+
+def conditions(**states: bool) -> list[dict[str, str]]:
+    """`status.conditions` as the API server reports them (what `kubectl wait
+    --for=condition=NAME` reads)."""
+    return [{"type": name, "status": "True" if state else "False"}
+            for name, state in states.items()]
 
 
 def kind_of(word: str) -> str:
@@ -68,6 +76,7 @@ class MeshViews:
     def _with_status(self, kind: str, body: dict[str, Any], namespace: str,
                      processes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out = dict(body)
+        out["apiVersion"] = PREFERRED_VERSION.get(kind, body.get("apiVersion"))
         out["metadata"] = dict(body.get("metadata") or {})
         if namespace:
             out["metadata"]["namespace"] = namespace
@@ -77,8 +86,11 @@ class MeshViews:
             ready = sum(1 for p in pods
                         if all(processes.get(name, {}).get("state") == "Running"
                                for name in p.processes))
+            wanted = int((body.get("spec") or {}).get("replicas", 1))
             out["status"] = {"replicas": len(pods), "readyReplicas": ready,
-                             "availableReplicas": ready, "updatedReplicas": len(pods)}
+                             "availableReplicas": ready, "updatedReplicas": len(pods),
+                             "conditions": conditions(Available=ready >= wanted,
+                                                      Progressing=True)}
         if kind == "Service":
             out["status"] = {"loadBalancer": {}}
         if kind == "Namespace":
@@ -100,6 +112,7 @@ class MeshViews:
                              "state": {"running": {}} if running else
                              {"waiting": {"reason": row.get("state", "ContainerCreating")}}})
         phase = "Running" if all(s["ready"] for s in statuses) else "Pending"
+        ready = phase == "Running"
         return {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": pod.namespace,
@@ -108,7 +121,9 @@ class MeshViews:
             "spec": {"containers": containers, "serviceAccountName": pod.workload.service_account,
                      "nodeName": "localhost"},
             "status": {"phase": phase, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-                       "containerStatuses": statuses, "startTime": rfc3339(pod.started_at)},
+                       "containerStatuses": statuses, "startTime": rfc3339(pod.started_at),
+                       "conditions": conditions(Initialized=True, Ready=ready,
+                                                ContainersReady=ready, PodScheduled=True)},
         }
 
     def pod_info(self, namespace: str, name: str) -> dict[str, Any]:
@@ -119,6 +134,8 @@ class MeshViews:
                 "proxy": pod.proxy.kind if pod.proxy else None,
                 "proxy_id": pod.proxy.id if pod.proxy else None,
                 "ports": {str(k): v for k, v in pod.workload.ports.items()},
+                # What 127.0.0.1:containerPort is inside the pod: the app itself.
+                "app_ports": {str(k): v for k, v in pod.bind_ports.items()},
                 "labels": pod.workload.labels,
                 "direct_proxy": self._direct_proxy(pod.namespace),
                 "containers": [str(c["name"]) for c in pod.containers]

@@ -509,9 +509,10 @@ def cmd_dashboard(p: Parsed) -> int:
         _out(f"http://127.0.0.1:{info['admin_port']}\n")
         return 0
     if name in DASHBOARDS:
-        mesh = connect() if name == "prometheus" else None
-        _out(addons.dashboard(name, mesh, p.get("address")))
-        return 0
+        port = p.get("port")
+        return addons.dashboard(name, connect, p.get("address"),
+                                int(port) if port is not None else None,
+                                str(p.get("namespace") or "istio-system"))
     raise UsageError(f'unknown command "{name}" for "istioctl dashboard"')
 
 

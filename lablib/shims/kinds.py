@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from ..config.schema import KINDS as ACCEPTED_VERSIONS
+from ..config.schema import PREFERRED_VERSION
 from .flags import UsageError
 
 __all__ = ["ALL", "KINDS", "Kind", "by_kind", "resolve"]
@@ -48,7 +50,7 @@ class Kind:
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": {"name": name}}
 
 
-NETWORKING = "networking.istio.io/v1beta1"
+NETWORKING = PREFERRED_VERSION["VirtualService"]
 KINDS = (
     Kind("Namespace", "namespaces", "v1", ("ns",), namespaced=False),
     Kind("Pod", "pods", "v1", ("po",)),
@@ -62,7 +64,8 @@ KINDS = (
     Kind("DestinationRule", "destinationrules", NETWORKING, ("dr",)),
     Kind("Sidecar", "sidecars", NETWORKING),
     Kind("ServiceEntry", "serviceentries", NETWORKING, ("se",)),
-    Kind("PeerAuthentication", "peerauthentications", "security.istio.io/v1beta1", ("pa",)),
+    Kind("PeerAuthentication", "peerauthentications", PREFERRED_VERSION["PeerAuthentication"],
+         ("pa",)),
     Kind("IstioOperator", "istiooperators", "install.istio.io/v1alpha1", ("iop", "io")),
 )
 _BY_WORD = {word: k for k in KINDS for word in k.names()}
@@ -74,9 +77,23 @@ def by_kind(kind: str) -> Kind:
     return next(k for k in KINDS if k.kind == kind)
 
 
+def _versioned(word: str) -> Kind | None:
+    """`vs.v1alpha3.networking.istio.io`: the kind read at that version (the API server
+    converts on read), when the kit accepts the version for it."""
+    name, _, rest = word.partition(".")
+    version, _, group = rest.partition(".")
+    found = _BY_WORD.get(name)
+    if found is None or not group or group != found.group:
+        return None
+    api_version = f"{group}/{version}"
+    if api_version not in ACCEPTED_VERSIONS.get(found.kind, ()):
+        return None
+    return replace(found, api_version=api_version)
+
+
 def resolve(word: str) -> Kind:
     """The Kind for `svc`, `Service`, `services`, `virtualservice.networking.istio.io`..."""
-    found = _BY_WORD.get(word.lower())
+    found = _BY_WORD.get(word.lower()) or _versioned(word.lower())
     if found is None:
         raise UsageError(f'the server doesn\'t have a resource type "{word}"', hint=False)
     return found

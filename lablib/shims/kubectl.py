@@ -27,8 +27,9 @@ import yaml
 from ..config.loader import KIT_ROOT, load
 from ..errors import ConfigError, NotFoundError
 from ..local.client import LocalBackend
+from ..local.state import StateDir
 from . import addons as addons_
-from . import podtools, printers
+from . import jsonpath, podtools, printers
 from .dispatch import Command, Tool
 from .dispatch import err as _err
 from .dispatch import out as _out
@@ -155,11 +156,18 @@ def _istio_operators(mesh: LocalBackend, namespace: str | None) -> list[Item]:
              "spec": spec}]
 
 
+def _at_version(item: Item, kind: Kind) -> Item:
+    """The object at the version asked for (`vs.v1alpha3.networking.istio.io`), else at the
+    preferred one: versions of one Istio kind share a schema, so only apiVersion changes."""
+    return {**item, "apiVersion": kind.api_version}
+
+
 def _objects(mesh: LocalBackend, kind: Kind, namespace: str | None) -> list[Item]:
     """Every object of `kind` (in `namespace`, None for all), as the API server lists them."""
     if kind.kind == "IstioOperator":
         return _istio_operators(mesh, namespace if kind.namespaced else None)
-    return mesh.get(kind.kind, namespace=namespace if kind.namespaced else None)
+    return [_at_version(i, kind)
+            for i in mesh.get(kind.kind, namespace=namespace if kind.namespaced else None)]
 
 
 def _read_only(kind: Kind) -> None:
@@ -181,7 +189,7 @@ def _fetch(mesh: LocalBackend, kind: Kind, name: str, namespace: str | None) -> 
         found = []
     if not found:
         raise Failure(_not_found(kind, name))
-    return found[0]
+    return _at_version(found[0], kind)
 
 
 def _editable(item: Item) -> Item:
@@ -334,42 +342,61 @@ def cmd_describe(p: Parsed) -> int:
 
 def _endpoints(mesh: LocalBackend, service: Item) -> dict[str, list[str]]:
     """targetPort -> the `127.0.0.1:port` of every pod behind a Service."""
-    selector = (service.get("spec") or {}).get("selector") or {}
-    if not selector:
-        return {}
-    ns = service["metadata"]["namespace"]
-    out: dict[str, list[str]] = {}
-    for pod in mesh.get("pods", namespace=ns, selector=selector):
-        info = mesh.pod_info(pod["metadata"]["name"], ns)
-        for container_port, port in (info.get("ports") or {}).items():
-            out.setdefault(str(container_port), []).append(f"127.0.0.1:{port}")
-    return out
+    return {target: [f"127.0.0.1:{port}" for port in ports]
+            for target, ports in mesh.service_endpoints(service).items()}
 
 
 def _apply_sources(p: Parsed) -> list[str]:
     files = list(p.get("filename") or [])
     if not files:
         raise UsageError("must specify one of -f and -k")
-    addons = [(f, addons_.addon_of(f)) for f in files]
-    for _, name in addons:
-        if name:
-            _out(addons_.applied(name))
-    return [_source(f) for f, name in addons if not name]
+    sources = []
+    for name in files:
+        addon = addons_.addon_of(name)
+        local = addons_.local_file(addon) if addon else None
+        if addon and local is None:
+            _out(addons_.skipped(addon))
+        elif local is not None:  # Istio's addon URL: the kit's own samples/addons file
+            sources.append(str(local))
+            if addon == "prometheus" and addons_.prometheus_note():
+                _err(addons_.prometheus_note())
+        else:
+            sources.append(_source(name))
+    return sources
+
+
+def _selected(sources: list[str], p: Parsed) -> list[Any]:
+    """`-l SELECTOR`: only the manifests whose labels match, as `kubectl apply -f F -l S`."""
+    if not p.get("selector"):
+        return list(sources)
+    matches = _selector(p.get("selector"))
+    return [r.body for r in load(sources, namespace=p.get("namespace")) if matches(r.labels)]
 
 
 def cmd_apply(p: Parsed) -> int:
     sources = _apply_sources(p)
     if not sources:
         return 0
+    chosen = _selected(sources, p)
+    if not chosen:
+        raise Failure("error: no objects passed to apply")
     mesh = connect(start=True)
     try:
-        lines = mesh.apply(sources, namespace=p.get("namespace"))
+        lines = mesh.apply(chosen, namespace=p.get("namespace"))
     except ConfigError as exc:
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
         raise Failure("error: no objects passed to apply")
-    _out("".join(line + "\n" for line in lines))
+    _print_applied(lines)
     return 0
+
+
+def _print_applied(lines: list[str]) -> None:
+    """What apply did on stdout; the API server's warnings on stderr, as kubectl prints them."""
+    _out("".join(line + "\n" for line in lines if not line.startswith("Warning: ")))
+    for line in lines:
+        if line.startswith("Warning: "):
+            _err(line)
 
 
 def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
@@ -506,7 +533,7 @@ def _create_from_files(p: Parsed) -> int:
             lines = mesh.apply(fresh, namespace=namespace)
         except ConfigError as exc:
             raise _refused(exc, p.get("filename"), "creating") from None
-        _out("".join(line + "\n" for line in lines))
+        _print_applied(lines)
     for message in errors:
         _err(message)
     return 1 if errors else 0
@@ -515,6 +542,12 @@ def _create_from_files(p: Parsed) -> int:
 def cmd_delete(p: Parsed) -> int:
     targets = [] if p.get("filename") else _targets(p.args)
     matches = _selector(p.get("selector"))
+    if LocalBackend.attach(StateDir()) is None:
+        # `istioctl uninstall --purge` stops the whole local mesh, namespaces included; the
+        # tasks' cleanup deletes them afterwards, which on a cluster succeeds.
+        _err(f'nothing to delete: the local mesh "{StateDir().mesh}" is not running (istioctl '
+             f"uninstall --purge stops it with every namespace and object in it)")
+        return 0
     mesh = connect()
     namespace = _namespace(p)
     refs: list[Item] = []
@@ -525,6 +558,8 @@ def cmd_delete(p: Parsed) -> int:
                              "argument when passing arguments in resource/name form")
         for name in p.get("filename"):
             for r in load(_source(name), namespace=p.get("namespace")):
+                if not matches(r.labels):
+                    continue
                 kind = by_kind(r.kind)
                 present = any(i["metadata"]["name"] == r.name for i in mesh.get(
                     r.kind, namespace=r.namespace if kind.namespaced else None))
@@ -797,7 +832,7 @@ def cmd_edit(p: Parsed) -> int:
     editor = os.environ.get("KUBE_EDITOR") or os.environ.get("EDITOR") or "vi"
     with tempfile.NamedTemporaryFile("w", prefix="kubectl-edit-", suffix=".yaml",
                                      delete=False) as handle:
-        handle.write(EDIT_HEADER + yaml.safe_dump(before, sort_keys=True))
+        handle.write(EDIT_HEADER + printers.kube_yaml(before))
     path = handle.name
     status = subprocess.call(f"{editor} {shlex.quote(path)}", shell=True)
     if status != 0:
@@ -846,25 +881,67 @@ def cmd_exec(p: Parsed) -> int:
 
 
 def _condition_met(item: Item, condition: str) -> bool:
-    status = item.get("status") or {}
-    if item.get("kind") == "Pod" and condition == "ready":
-        return status.get("phase") == "Running" and all(
-            c.get("ready") for c in status.get("containerStatuses") or [])
-    if item.get("kind") == "Deployment" and condition == "available":
-        wanted = (item.get("spec") or {}).get("replicas", 1)
-        return int(status.get("availableReplicas") or 0) >= int(wanted)
-    raise Failure(f"error: condition={condition} of {str(item.get('kind')).lower()}s is not "
-                  f"supported by the local mesh (use ready for pods, available for deployments)")
+    """`condition=NAME[=VALUE]` on any kind: its `status.conditions` entry of that type has
+    that status (default True), compared without case as kubectl compares them."""
+    name, _, value = condition.partition("=")
+    for entry in (item.get("status") or {}).get("conditions") or []:
+        if str(entry.get("type", "")).lower() == name.lower():
+            return str(entry.get("status", "")).lower() == (value or "true").lower()
+    return False
+
+
+@dataclass(frozen=True)
+class WaitFor:
+    """What `kubectl wait --for=…` waits for: `create`, `delete`, `condition=NAME[=VALUE]` or
+    `jsonpath={PATH}[=VALUE]` (without a value: the path holds something)."""
+
+    mode: str
+    condition: str = ""
+    path: str = ""
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WaitFor:
+        mode, _, rest = text.partition("=")
+        mode = mode.lower()
+        if mode in ("create", "delete") and not rest:
+            return cls(mode)
+        if mode == "condition" and rest:
+            return cls(mode, condition=rest)
+        if mode == "jsonpath" and rest:
+            path, value = rest, None
+            if rest.startswith("{"):
+                close = rest.find("}")
+                path, tail = rest[:close + 1], rest[close + 1:]
+                if tail:
+                    if not tail.startswith("="):
+                        raise UsageError(f"unrecognized JSONPath expression: {rest}")
+                    value = tail[1:]
+            elif "=" in rest:
+                path, value = rest.split("=", 1)
+            return cls(mode, path=path, value=value)
+        raise UsageError(f"unrecognized condition: \"{text}\"")
+
+    def met(self, item: Item | None) -> bool:
+        if self.mode == "delete":
+            return item is None
+        if item is None:
+            return False
+        if self.mode == "create":
+            return True
+        if self.mode == "condition":
+            return _condition_met(item, self.condition)
+        found = [jsonpath.text_of(v) for v in jsonpath.values(self.path, item)]
+        if self.value is None:
+            return any(found)
+        return self.value in found
 
 
 def cmd_wait(p: Parsed) -> int:
     wanted = str(p.get("for") or "")
     if not wanted:
         raise UsageError("--for must be specified")
-    if not wanted.lower().startswith("condition="):
-        raise Failure(f"error: --for={wanted} is not supported by the local mesh; use "
-                      f"--for=condition=ready (pods) or condition=available (deployments)")
-    condition = wanted.split("=", 1)[1].split("=")[0].lower()
+    waiting = WaitFor.parse(wanted)
     timeout = _duration(p.get("timeout"), 30.0)
     matches = _selector(p.get("selector"))
     targets = _targets(p.args)
@@ -877,25 +954,23 @@ def cmd_wait(p: Parsed) -> int:
         for kind, names in targets:
             if not names and not (p.get("all") or p.get("selector")):
                 raise UsageError("resource(s) were provided, but no name was specified")
-            items = [i for i in _objects(mesh, kind, namespace) if matches(_labels(i))]
-            if names:
-                by_name = {i["metadata"]["name"]: i for i in items}
-                missing = [n for n in names if n not in by_name]
-                if missing:
-                    raise Failure(_not_found(kind, missing[0]))
-                items = [by_name[n] for n in names]
-            if not items:
+            ns = namespace if kind.namespaced else None
+            items = {i["metadata"]["name"]: i for i in _objects(mesh, kind, ns)
+                     if matches(_labels(i))}
+            if not names and not items and waiting.mode != "delete":
                 raise Failure("error: no matching resources found")
-            for item in _sorted(items):
-                (met if _condition_met(item, condition) else pending).append(
-                    printers.name_of(item, kind))
+            for name in names or sorted(items):
+                item = items.get(name)
+                if item is None and waiting.mode not in ("create", "delete"):
+                    raise Failure(_not_found(kind, name))
+                (met if waiting.met(item) else pending).append(f"{kind.word}/{name}")
         if not pending:
             _out("".join(f"{name} condition met\n" for name in met))
             return 0
         if time.monotonic() >= deadline:
-            kind_word = pending[0].split("/")[0].split(".")[0] + "s"
-            raise Failure(f"error: timed out waiting for the condition on {kind_word}/"
-                          f"{pending[0].split('/', 1)[1]}")
+            word, _, name = pending[0].partition("/")
+            raise Failure(f"error: timed out waiting for the condition on "
+                          f"{resolve(word).plural}/{name}")
         time.sleep(0.2)
 
 
@@ -965,7 +1040,7 @@ def cmd_rollout(p: Parsed) -> int:
     item = _fetch(mesh, kind, name, namespace)
     if action == "status":
         deadline = time.monotonic() + _duration(p.get("timeout"), 600.0)
-        while not _condition_met(item, "available"):
+        while not _condition_met(item, "Available"):
             if time.monotonic() >= deadline:
                 raise Failure("error: timed out waiting for the condition")
             time.sleep(0.2)
@@ -1034,8 +1109,8 @@ COMMANDS: dict[str, Command] = {
                    "[-o wide|yaml|json|name|jsonpath=...|custom-columns=...]"),
     "describe": Command(cmd_describe, [SELECTOR],
                         "kubectl describe KIND [NAME_PREFIX] [-n NS] [-l SELECTOR]"),
-    "apply": Command(cmd_apply, [FILENAME, Flag("recursive", "R", "bool")],
-                     "kubectl apply -f FILE|DIR|URL|- [-n NS]"),
+    "apply": Command(cmd_apply, [FILENAME, SELECTOR, Flag("recursive", "R", "bool")],
+                     "kubectl apply -f FILE|DIR|URL|- [-n NS] [-l SELECTOR]"),
     "create": Command(cmd_create, [FILENAME, OUTPUT, Flag("from-file", kind="list"),
                                    Flag("from-literal", kind="list"), Flag("cert"), Flag("key"),
                                    Flag("type"), Flag("dry-run", optional="client"),
@@ -1060,8 +1135,8 @@ COMMANDS: dict[str, Command] = {
                     "kubectl exec (POD | deploy/NAME) [-c CONTAINER] [-n NS] -- COMMAND..."),
     "wait": Command(cmd_wait, [SELECTOR, Flag("for"), Flag("all", kind="bool"),
                                Flag("timeout")],
-                    "kubectl wait --for=condition=ready (pod --all | pod -l SEL | pod/NAME) "
-                    "[--timeout=30s]"),
+                    "kubectl wait --for=create|delete|condition=NAME[=VALUE]|jsonpath={PATH}"
+                    "[=VALUE] (KIND --all | KIND -l SEL | KIND/NAME...) [--timeout=30s]"),
     "logs": Command(cmd_logs, [Flag("container", "c"), Flag("tail"), Flag("follow", "f", "bool"),
                                Flag("previous", "p", "bool")],
                     "kubectl logs (POD | deploy/NAME) [-c CONTAINER] [--tail N]"),

@@ -16,8 +16,8 @@ from . import jsonpath
 from .flags import UsageError
 from .kinds import Kind
 
-__all__ = ["custom_columns", "describe", "get_table", "as_list", "name_of", "output",
-           "tabwrite"]
+__all__ = ["custom_columns", "describe", "get_table", "as_list", "kube_yaml", "name_of",
+           "output", "tabwrite"]
 
 Item = dict[str, Any]
 NONE = "<none>"
@@ -53,6 +53,34 @@ def tabwrite(text: str, minwidth: int = 0, padding: int = 1) -> str:
 
 def rows_text(rows: list[list[str]], minwidth: int, padding: int) -> str:
     return tabwrite("\n".join("\t".join(row) for row in rows), minwidth, padding)
+
+
+# --- YAML as kubectl prints it (go-yaml) -----------------------------------------------------
+
+
+class _KubeDumper(yaml.SafeDumper):
+    """go-yaml's choices, which kubectl's -o yaml shows: a string that would read back as
+    something else (a timestamp, a number, `true`, empty) in double quotes, a multi-line
+    string as a literal block, keys sorted."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None
+    if "\n" in value:
+        style = "|"
+    elif value == "" or dumper.resolve(yaml.ScalarNode, value, (True, False)) != \
+            "tag:yaml.org,2002:str":
+        style = '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_KubeDumper.add_representer(str, _represent_str)
+
+
+def kube_yaml(data: Any) -> str:
+    """`data` as `kubectl get -o yaml` prints it."""
+    return yaml.dump(data, Dumper=_KubeDumper, sort_keys=True, default_flow_style=False,
+                     allow_unicode=True, width=float("inf"))
 
 
 # --- kubectl get ----------------------------------------------------------------------------------
@@ -155,8 +183,7 @@ def output(fmt: str, items: list[Item], single: bool) -> str:
     if fmt == "json":
         return json.dumps(data, indent=4, sort_keys=True, ensure_ascii=False) + "\n"
     if fmt == "yaml":
-        return yaml.safe_dump(data, sort_keys=True, default_flow_style=False,
-                              allow_unicode=True)
+        return kube_yaml(data)
     if fmt == "name":
         return "".join(name_of(i) + "\n" for i in items)
     kind, _, template = fmt.partition("=")
