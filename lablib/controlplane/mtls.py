@@ -397,7 +397,10 @@ def proxy_file(ctx: PushContext, proxy: Proxy, path: str) -> dict[str, str] | No
     from .sidecar import mounted_file
 
     if path in ("system", SYSTEM_ROOTS):
-        return {"filename": SYSTEM_ROOTS} if os.path.exists(SYSTEM_ROOTS) else None
+        # The local outside world's public CA is part of the image's trust store, as a
+        # public root is.
+        roots = ctx.outside_world.roots if ctx.outside_world else SYSTEM_ROOTS
+        return {"filename": roots} if os.path.exists(roots) else None
     content = mounted_file(ctx, proxy.workload, path) if proxy.workload else None
     return {"inline_bytes": content} if content else None
 

@@ -280,6 +280,9 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                 "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
                 "routes": routes,
             })
+    from .egress import catch_all_virtual_host, external_virtual_hosts
+
+    vhosts += external_virtual_hosts(proxy, ctx) + [catch_all_virtual_host(proxy, ctx)]
     return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
             "validate_clusters": False}
 
@@ -300,5 +303,11 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
                 "domains": host_aliases(svc.name, svc.namespace, port.port, namespace),
                 "routes": routes,
             })
+    # Any other name is the internet's, reached directly: no mesh policy applies.
+    from .egress import PASSTHROUGH
+
+    vhosts.append({"name": "internet", "domains": ["*"], "routes": [
+        connect_route(PASSTHROUGH),
+        {"match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}}]})
     return {"@type": ROUTE_TYPE, "name": f"kube_{namespace}", "virtual_hosts": vhosts,
             "validate_clusters": False}
