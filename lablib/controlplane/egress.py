@@ -82,12 +82,16 @@ def external_hosts(ctx: PushContext, namespace: str) -> list[ExternalHost]:
 def visible_hosts(proxy: Proxy, ctx: PushContext) -> list[ExternalHost]:
     """The ServiceEntry hosts this proxy's config holds: exported to its namespace and, for a
     sidecar, within its Sidecar's `egress[].hosts`."""
-    found = external_hosts(ctx, proxy.namespace)
+    return [h for h in external_hosts(ctx, proxy.namespace)
+            if in_egress_scope(proxy, ctx, h.host, h.entry.namespace)]
+
+
+def in_egress_scope(proxy: Proxy, ctx: PushContext, host: str, namespace: str) -> bool:
+    """Whether the proxy's Sidecar (if it limits egress) lets it reach `host` of
+    `namespace` (a Service's FQDN or a ServiceEntry host)."""
     scope = egress_scope(proxy, ctx)
-    if scope is None:
-        return found
-    return [h for h in found if any(in_scope(pattern, h.host, h.entry.namespace,
-                                             proxy.namespace) for pattern in scope)]
+    return scope is None or any(in_scope(pattern, host, namespace, proxy.namespace)
+                                for pattern in scope)
 
 
 def workload_sidecar(proxy: Proxy, ctx: PushContext) -> Resource | None:
@@ -138,15 +142,20 @@ def outbound_mode(proxy: Proxy, ctx: PushContext) -> str:
 # --- CDS -----------------------------------------------------------------------------------
 
 
-def endpoint_ports(ctx: PushContext, external: ExternalHost, port: ServicePort) -> list[int]:
-    """Loopback ports behind a ServiceEntry port: its 127.0.0.1 endpoints as given, else (a
-    name the outside world answers for) the outside world stand-in."""
+def endpoint_ports(ctx: PushContext, external: ExternalHost, port: ServicePort,
+                   subset_labels: dict[str, str]) -> list[int]:
+    """Loopback ports behind a ServiceEntry port (and a subset's labels): its 127.0.0.1
+    endpoints as given, names through the outside world stand-in, which also stands for the
+    host itself when the entry lists no endpoints."""
     entry_endpoints = external.entry.spec.get("endpoints") or []
     outside = ctx.outside_world
     if not entry_endpoints:
         return [outside.port] if outside else []
     found = []
     for endpoint in entry_endpoints:
+        labels = endpoint.get("labels") or {}
+        if any(labels.get(k) != v for k, v in subset_labels.items()):
+            continue
         address = str(endpoint.get("address", ""))
         target = int((endpoint.get("ports") or {}).get(port.name) or port.target_port)
         if address in LOOPBACK:
@@ -162,13 +171,12 @@ def external_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     for external in visible_hosts(proxy, ctx):
         dr = ctx.destination_rules.get(external.host)
         host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
-        subsets = [("", None)] + [(str(s["name"]), s.get("trafficPolicy"))
-                                  for s in ctx.subsets(external.host)]
+        subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
+                                       s.get("trafficPolicy")) for s in ctx.subsets(external.host)]
         for port in external.ports:
-            ports = endpoint_ports(ctx, external, port)
-            for subset, subset_policy in subsets:
+            for subset, labels, subset_policy in subsets:
                 cluster = static_cluster(outbound_cluster(port.port, subset, external.host),
-                                         ports)
+                                         endpoint_ports(ctx, external, port, labels))
                 policy = merge_policy(host_policy, subset_policy, port.port)
                 apply_traffic_policy(cluster, policy)
                 if (policy.get("tls") or {}).get("mode"):

@@ -265,8 +265,12 @@ def mesh_virtual_services(ctx: PushContext, svc: Service) -> list[Resource]:
 
 def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
     """The sidecar's forward-proxy routes: a virtual host per Service port, Istio rules applied."""
+    from .egress import catch_all_virtual_host, external_virtual_hosts, in_egress_scope
+
     vhosts = []
     for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
+        if not in_egress_scope(proxy, ctx, svc.fqdn, svc.namespace):
+            continue  # the Sidecar's egress hosts leave it out
         vses = mesh_virtual_services(ctx, svc)
         for port in svc.ports:
             default_cluster = outbound_cluster(port.port, "", svc.fqdn)
@@ -280,8 +284,6 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                 "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
                 "routes": routes,
             })
-    from .egress import catch_all_virtual_host, external_virtual_hosts
-
     vhosts += external_virtual_hosts(proxy, ctx) + [catch_all_virtual_host(proxy, ctx)]
     return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
             "validate_clusters": False}

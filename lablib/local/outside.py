@@ -34,37 +34,14 @@ from socketserver import ThreadingTCPServer
 from typing import Any
 
 from ..certs import RootCA, issue_server
+from ..config.outside import REDIRECTS_TO_HTTPS, SITES, served_hosts, site_of
 from ..controlplane.context import OutsideWorld
 from .ports import PortAllocator, port_accepts
 from .supervisor import Supervisor
 
-# Each site: the names its certificate carries, and the title of its page.
-SITES: dict[str, tuple[tuple[str, ...], str]] = {
-    "httpbin.org": (("httpbin.org", "www.httpbin.org"), "httpbin.org"),
-    "edition.cnn.com": (("edition.cnn.com",), "CNN International - Breaking News"),
-    "www.google.com": (("www.google.com",), "Google"),
-    "istio.io": (("istio.io", "www.istio.io"), "Istio"),
-    "*.wikipedia.org": (("*.wikipedia.org", "wikipedia.org"), "Wikipedia"),
-}
-REDIRECTS_TO_HTTPS = frozenset({"edition.cnn.com"})
 TLS_HANDSHAKE = 0x16
 PROCESS = "outside-world"
 SYSTEM_ROOTS = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-def site_of(host: str) -> str | None:
-    """The site serving `host` (a Host header or SNI, port allowed), or None."""
-    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host
-    for site, (names, _) in SITES.items():
-        for pattern in names:
-            if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])
-                                   and name.count(".") == pattern.count(".")):
-                return site
-    return None
-
-
-def served_hosts() -> list[str]:
-    return [names[0] for names, _ in SITES.values()]
 
 
 @dataclass(frozen=True)
