@@ -72,9 +72,9 @@ class PublicPKI:
 
     def ensure(self) -> PublicPKI:
         """Create the CA, the sites' certificates, roots.pem and the .curlrc where missing."""
+        ca = RootCA.load_or_create(self.folder)
         self.curl_home.mkdir(exist_ok=True)
         (self.curl_home / ".curlrc").write_text("suppress-connect-headers\n")
-        ca = RootCA.load_or_create(self.folder)
         for site, (names, _) in SITES.items():
             cert, _key = self.site_files(site)
             if not cert.exists():
@@ -212,13 +212,23 @@ class OutsideServer(ThreadingTCPServer):
         OutsideHandler(request, client_address, self)
 
 
-def reset_forever(port: int) -> None:
-    """Accept and reset every connection (SO_LINGER 0): Envoy's BlackHoleCluster, locally."""
-    listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+def reset_on_first_bytes(conn: socket.socket) -> None:
+    """Reset (SO_LINGER 0) once the client speaks: the proxy has then told its client the
+    tunnel is open, so the client sees its TLS handshake reset, as behind a real black hole."""
+    conn.settimeout(30)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def reset_forever(listener: socket.socket) -> None:
+    """Envoy's BlackHoleCluster, locally: every connection is reset."""
     while True:
         conn, _ = listener.accept()
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
+        threading.Thread(target=reset_on_first_bytes, args=(conn,), daemon=True).start()
 
 
 def start(supervisor: Supervisor, ports: PortAllocator, folder: Path) -> OutsideWorld:
@@ -241,8 +251,9 @@ def main() -> None:
     from httpbin import app as httpbin
 
     OutsideHandler.httpbin = httpbin
+    blackhole = socket.create_server(("127.0.0.1", args.blackhole_port))
+    threading.Thread(target=reset_forever, args=(blackhole,), daemon=True).start()
     server = OutsideServer(args.port, server_context(PublicPKI(args.certs).ensure()))
-    threading.Thread(target=reset_forever, args=(args.blackhole_port,), daemon=True).start()
     server.serve_forever()
 
 
