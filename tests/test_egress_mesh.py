@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from test_egress import EGRESS_HTTP
+from test_egress import EGRESS_HTTP, EGRESS_PASSTHROUGH
 
 import lablib
 from lablib.errors import ConfigError
@@ -166,3 +166,32 @@ def test_the_egress_gateway_carries_http_to_an_external_host(clean):
     stats = clean.proxy_admin(pod, "istio-system", "stats?filter=outbound.80..edition")
     sent = [line for line in stats.splitlines() if line.endswith("upstream_rq_total: 0")]
     assert "upstream_rq_total" in stats and not sent, stats
+
+
+def test_https_passes_through_the_egress_gateway_by_sni(clean):
+    clean.apply(EGRESS_HTTP, NS)
+    clean.delete({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                  "metadata": {"name": "direct-cnn-through-egress-gateway"}}, NS)
+    clean.apply(EGRESS_PASSTHROUGH, NS)
+    assert status(clean, "https://edition.cnn.com/politics") == "200"
+    pod = clean.pod_name({"istio": "egressgateway"}, "istio-system")
+    stats = clean.proxy_admin(pod, "istio-system", "stats?filter=outbound.443..edition")
+    assert "upstream_cx_total: 0" not in stats and "upstream_cx_total" in stats, stats
+
+
+def test_tls_origination_at_the_egress_gateway(clean):
+    to_443 = EGRESS_HTTP.replace("destination: {host: edition.cnn.com, port: {number: 80}}",
+                                 "destination: {host: edition.cnn.com, port: {number: 443}}")
+    clean.apply(to_443 + """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate-tls-for-edition-cnn-com}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: SIMPLE}
+""", NS)
+    assert status(clean, "http://edition.cnn.com/politics") == "200"  # no redirect: TLS

@@ -310,9 +310,10 @@ def apply_upstream_tls(cluster: dict[str, Any], proxy: Proxy, ctx: PushContext, 
         socket = originate_tls(proxy, settings, dr_selects)
         if socket is not None:
             cluster["transport_socket"] = socket
-            service_port = svc.port(port)
+            # As Istio does whatever the port's protocol: an HTTP route may use the cluster
+            # (an egress gateway's port 80 sends to an HTTPS port 443), and TCP ignores it.
             options = auto_sni_options(settings)
-            if options and (service_port is None or service_port.protocol == "HTTP"):
+            if options:
                 set_upstream_http_options(cluster, options)
         return
     if not has_identity(proxy, ctx) or mode == "DISABLE":
