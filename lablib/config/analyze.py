@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import Diagnostic
+from .analyze_egress import egress_findings
 from .hosts import (
     HTTP_PROTOCOLS,
     canonical_host,
@@ -987,6 +988,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _destination_rules,
     _destination_rule_tls,
     _sidecars,
+    egress_findings,
 )
 
 

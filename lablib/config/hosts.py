@@ -13,8 +13,10 @@ __all__ = [
     "DOMAIN_SUFFIX",
     "HTTP_PROTOCOLS",
     "canonical_host",
+    "exported_to",
     "fqdn",
     "host_matches",
+    "is_ip",
     "port_protocol",
     "resolve_host",
     "service_fqdn",
@@ -39,7 +41,7 @@ def fqdn(host: str, namespace: str) -> str:
     dot, `*` and IP addresses are left alone (use `canonical_host` to also resolve
     `reviews.bookinfo-test` against the Services in a store).
     """
-    if not host or host == "*" or "." in host or _is_ip(host):
+    if not host or host == "*" or "." in host or is_ip(host):
         return host
     return f"{host}.{namespace}.{DOMAIN_SUFFIX}"
 
@@ -49,7 +51,7 @@ def service_fqdn(service: Resource) -> str:
     return f"{service.name}.{service.namespace}.{DOMAIN_SUFFIX}"
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -74,7 +76,9 @@ def _service(store: ConfigStore, host: str, from_namespace: str) -> Resource | N
     return None
 
 
-def _exported_to(resource: Resource, namespace: str) -> bool:
+def exported_to(resource: Resource, namespace: str) -> bool:
+    """Whether a resource's `exportTo` (`*`, `.`, namespaces; all when unset) covers
+    `namespace`."""
     export = resource.spec.get("exportTo")
     if not isinstance(export, list) or not export or "*" in export:
         return True
@@ -95,7 +99,7 @@ def resolve_host(store: ConfigStore, host: str, from_namespace: str) -> Resource
         return service
     wanted = fqdn(host, from_namespace)
     for entry in store.list("ServiceEntry"):
-        if not _exported_to(entry, from_namespace):
+        if not exported_to(entry, from_namespace):
             continue
         for pattern in entry.spec.get("hosts") or []:
             if isinstance(pattern, str) and host_matches(fqdn(pattern, entry.namespace), wanted):

@@ -165,10 +165,12 @@ def inbound_clusters(proxy: Proxy) -> list[dict[str, Any]]:
 
 def build_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     """Every cluster `proxy` needs."""
+    from .egress import blackhole_cluster, external_clusters, passthrough_cluster
+
     if proxy.kind == "kube":
-        return kube_clusters(ctx)
-    clusters = outbound_clusters(proxy, ctx)
+        return [*kube_clusters(ctx), passthrough_cluster(ctx)]
+    clusters = outbound_clusters(proxy, ctx) + external_clusters(proxy, ctx)
     if proxy.kind == "sidecar":
-        clusters += inbound_clusters(proxy)
+        clusters += [*inbound_clusters(proxy), passthrough_cluster(ctx), blackhole_cluster(ctx)]
     return clusters
 

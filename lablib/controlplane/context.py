@@ -112,6 +112,18 @@ def service_from_resource(res: Resource) -> Service:
 
 
 @dataclass(frozen=True)
+class OutsideWorld:
+    """The local stand-in for the internet (local/outside.py): where names outside the
+    mesh resolve, the port that resets (BlackHoleCluster), and the trust store that holds
+    its public CA (the proxies' system roots)."""
+
+    port: int
+    blackhole_port: int
+    roots: str
+    curl_home: str  # pods' CURL_HOME (see local/outside.py)
+
+
+@dataclass(frozen=True)
 class PushContext:
     store: ConfigStore
     workloads: tuple[Workload, ...]
@@ -123,6 +135,7 @@ class PushContext:
     root_cert: str = ""
     features: dict[str, str] = field(default_factory=dict)  # istiod's env (install values)
     mesh_config: MeshConfig = field(default_factory=MeshConfig)
+    outside_world: OutsideWorld | None = None
 
     @cached_property
     def services(self) -> dict[str, Service]:

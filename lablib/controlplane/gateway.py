@@ -93,6 +93,14 @@ def weighted(ctx: PushContext, vs: Resource, route: list[dict[str, Any]]) -> lis
     return kept or out[:1]
 
 
+def match_binds(ctx: PushContext, vs: Resource, match: dict[str, Any], gw: Resource) -> bool:
+    """A route match's own `gateways` (if any) name this Gateway: the egress pattern binds
+    one VirtualService to `mesh` and to the gateway with a match for each."""
+    bound = match.get("gateways")
+    return not bound or f"{gw.namespace}/{gw.name}" in [
+        g if g == "mesh" or "/" in g else f"{vs.namespace}/{g}" for g in bound]
+
+
 def tcp_route_clusters(port: int, servers: list[Server], ctx: PushContext) -> list[tuple[str, int]]:
     """Weighted clusters of the first VirtualService `tcp` route bound here that matches."""
     for gw, server in servers:
@@ -100,7 +108,7 @@ def tcp_route_clusters(port: int, servers: list[Server], ctx: PushContext) -> li
         for vs in bound_virtual_services(ctx, gw, server):
             for tcp in vs.spec.get("tcp") or []:
                 if any(int(m.get("port", number)) in (number, port)
-                       for m in tcp.get("match") or [{}]):
+                       and match_binds(ctx, vs, m, gw) for m in tcp.get("match") or [{}]):
                     return weighted(ctx, vs, tcp.get("route") or [])
     return []
 
@@ -114,7 +122,8 @@ def passthrough_routes(port: int, servers: list[Server],
         for vs in bound_virtual_services(ctx, gw, server):
             for tls in vs.spec.get("tls") or []:
                 for match in tls.get("match") or []:
-                    if int(match.get("port", number)) not in (number, port):
+                    if int(match.get("port", number)) not in (number, port) \
+                            or not match_binds(ctx, vs, match, gw):
                         continue
                     out.append((sorted(str(h) for h in match.get("sniHosts") or []),
                                 weighted(ctx, vs, tls.get("route") or [])))

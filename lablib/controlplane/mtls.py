@@ -310,9 +310,10 @@ def apply_upstream_tls(cluster: dict[str, Any], proxy: Proxy, ctx: PushContext, 
         socket = originate_tls(proxy, settings, dr_selects)
         if socket is not None:
             cluster["transport_socket"] = socket
-            service_port = svc.port(port)
+            # As Istio does whatever the port's protocol: an HTTP route may use the cluster
+            # (an egress gateway's port 80 sends to an HTTPS port 443), and TCP ignores it.
             options = auto_sni_options(settings)
-            if options and (service_port is None or service_port.protocol == "HTTP"):
+            if options:
                 set_upstream_http_options(cluster, options)
         return
     if not has_identity(proxy, ctx) or mode == "DISABLE":
@@ -397,7 +398,10 @@ def proxy_file(ctx: PushContext, proxy: Proxy, path: str) -> dict[str, str] | No
     from .sidecar import mounted_file
 
     if path in ("system", SYSTEM_ROOTS):
-        return {"filename": SYSTEM_ROOTS} if os.path.exists(SYSTEM_ROOTS) else None
+        # The local outside world's public CA is part of the image's trust store, as a
+        # public root is.
+        roots = ctx.outside_world.roots if ctx.outside_world else SYSTEM_ROOTS
+        return {"filename": roots} if os.path.exists(roots) else None
     content = mounted_file(ctx, proxy.workload, path) if proxy.workload else None
     return {"inline_bytes": content} if content else None
 

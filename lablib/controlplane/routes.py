@@ -265,8 +265,12 @@ def mesh_virtual_services(ctx: PushContext, svc: Service) -> list[Resource]:
 
 def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
     """The sidecar's forward-proxy routes: a virtual host per Service port, Istio rules applied."""
+    from .egress import catch_all_virtual_host, external_virtual_hosts, in_egress_scope
+
     vhosts = []
     for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
+        if not in_egress_scope(proxy, ctx, svc.fqdn, svc.namespace):
+            continue  # the Sidecar's egress hosts leave it out
         vses = mesh_virtual_services(ctx, svc)
         for port in svc.ports:
             default_cluster = outbound_cluster(port.port, "", svc.fqdn)
@@ -280,6 +284,7 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                 "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
                 "routes": routes,
             })
+    vhosts += external_virtual_hosts(proxy, ctx) + [catch_all_virtual_host(proxy, ctx)]
     return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
             "validate_clusters": False}
 
@@ -300,5 +305,11 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
                 "domains": host_aliases(svc.name, svc.namespace, port.port, namespace),
                 "routes": routes,
             })
+    # Any other name is the internet's, reached directly: no mesh policy applies.
+    from .egress import PASSTHROUGH
+
+    vhosts.append({"name": "internet", "domains": ["*"], "routes": [
+        connect_route(PASSTHROUGH),
+        {"match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}}]})
     return {"@type": ROUTE_TYPE, "name": f"kube_{namespace}", "virtual_hosts": vhosts,
             "validate_clusters": False}

@@ -36,7 +36,7 @@ from ..config.model import Resource
 from ..config.schema import validate
 from ..config.store import ConfigStore
 from ..controlplane.ads import AdsServer, PushError
-from ..controlplane.context import Proxy, PushContext, Workload, selector_matches
+from ..controlplane.context import OutsideWorld, Proxy, PushContext, Workload, selector_matches
 from ..controlplane.naming import node_id
 from ..controlplane.sidecar import ingress_ports
 from ..controlplane.snapshot import Snapshot, build_snapshot
@@ -46,6 +46,7 @@ from ..telemetry.topology import topology_from_mesh
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
+from .outside import start as start_outside_world
 from .ports import PortAllocator, is_address_in_use, port_accepts
 from .state import StateDir
 from .supervisor import ProcessStartError, Supervisor
@@ -137,6 +138,7 @@ class LocalMesh:
         self.pods: dict[tuple[str, str], Pod] = {}
         self.kube_proxy: Proxy | None = None
         self.kube_admin_port = 0
+        self.outside: OutsideWorld | None = None
         self.lock = threading.RLock()
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
@@ -171,6 +173,10 @@ class LocalMesh:
                 self._report("starting kube-proxy", 0, 1)
                 self._start_kube_proxy()
                 self._check_cancelled()
+            if not self.outside:
+                self._report("starting the outside world", 0, 1)
+                self.outside = start_outside_world(self.supervisor, self.ports,
+                                                   self.state.certs / "public")
             self.apply([self._with_pilot_env(r) for r in load(str(ISTIO_SYSTEM_MANIFEST))])
             self.installed = True
             return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
@@ -473,7 +479,7 @@ class LocalMesh:
                         proxy.workload.namespace, proxy.workload.service_account))
         return PushContext(store, tuple(p.workload for p in self.pods.values()), tuple(proxies),
                            logs, identities, self.ca.root_pem if self.ca else "",
-                           self.pilot_env, self.mesh_config)
+                           self.pilot_env, self.mesh_config, self.outside)
 
     def access_log_path(self, proxy_id: str) -> Path:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
@@ -705,6 +711,10 @@ class LocalMesh:
         pod.app_env = {"http_proxy": proxy_url, "HTTP_PROXY": proxy_url,
                        "https_proxy": proxy_url, "HTTPS_PROXY": proxy_url, "no_proxy": "",
                        "NO_PROXY": "", "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
+        if self.outside:  # the image's trust store holds the public CA, as public roots are
+            pod.app_env.update(SSL_CERT_FILE=self.outside.roots,
+                               CURL_CA_BUNDLE=self.outside.roots,
+                               CURL_HOME=self.outside.curl_home)
         for c in pod.containers:
             env = dict(pod.app_env)
             env.update({str(e["name"]): str(e.get("value", "")) for e in c.get("env") or []})
