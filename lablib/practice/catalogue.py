@@ -487,14 +487,14 @@ CATALOGUE: tuple[Scenario, ...] = (
                                                              "perTryTimeout": "3s"}),)),
         (Check("/delay/2 succeeds", pod_gets(APP_NS, f"{HTTPBIN_URL}/delay/2")),),
         ("sleep's access log: which flag does the 504 carry?",
-         "`istioctl analyze -n practice`: LAB0703.",
+         "`istioctl analyze -n practice`: LAB0702.",
          "The route's `timeout` bounds the whole request, retries included."),
         "Make the route timeout at least the per-try timeout (e.g. `timeout: 10s`). Dropping "
         "perTryTimeout keeps the 1 s bound.",
         Change(apply=(_httpbin_route(timeout="10s", retries={"attempts": 2,
                                                               "perTryTimeout": "3s"}),)),
         Change(apply=(_httpbin_route(timeout="1s", retries={"attempts": 2}),)),
-        tools="504 UT in sleep's access log; LAB0703 from analyze",
+        tools="504 UT in sleep's access log; LAB0702 from analyze",
         namespaces=(APP_NS,),
     ),
     Scenario(
@@ -544,7 +544,8 @@ CATALOGUE: tuple[Scenario, ...] = (
         Change(apply=(_permissive(APP_NS),)),
         guards=(Check(f"plaintext from {OUTSIDE_NS} to httpbin is refused (STRICT holds)",
                       plaintext_refused(OUTSIDE_NS, f"{HTTPBIN_URL}/get")),),
-        tools="the client sees a reset (curl exit 56); IST0102 for the client's namespace",
+        tools="the client gets a 503 on the local mesh (from its kube-proxy stand-in), a "
+              "connection reset on a cluster; IST0102 for the client's namespace",
         namespaces=(APP_NS, LEGACY_NS),
     ),
     Scenario(
