@@ -3,8 +3,9 @@ message texts, and the kit's LAB070x."""
 
 from __future__ import annotations
 
-from lablib.config import analyze
 from test_config_analyze import NS, bookinfo, codes, find
+
+from lablib.config import analyze
 
 REVIEWS_ORDER_WRONG = """
 apiVersion: networking.istio.io/v1beta1

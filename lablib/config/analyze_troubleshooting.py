@@ -80,8 +80,8 @@ def _unknown_annotations(store: ConfigStore) -> Iterator[Diagnostic]:
             template = _dict(_dict(resource.spec.get("template")).get("metadata"))
             places.append(("spec.template.metadata.annotations",
                            _dict(template.get("annotations"))))
-        for path, annotations in places:
-            for key in annotations:
+        for path, given in places:
+            for key in given:
                 if _istio_key(str(key)) and key not in KNOWN_ANNOTATIONS:
                     yield Diagnostic("IST0108", WARNING, resource.ref,
                                      f"Unknown annotation: {key}", f"{path}.{key}",

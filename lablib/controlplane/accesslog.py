@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .context import PushContext, Proxy
+from .context import Proxy, PushContext
 
 FILE_LOG = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
