@@ -82,12 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     stop = sub.add_parser("down", help="stop a local mesh and everything it runs")
     stop.add_argument("name", nargs="?", default=None)
     stop.add_argument("--all", action="store_true", help="every mesh of this user")
+    practice = sub.add_parser("practice", help="break-and-fix practice records")
+    practice.add_argument("action", choices=["report"])
+    practice.add_argument("--dir", action="append", default=None, metavar="FOLDER",
+                          help="a folder of practice records (default: $LAB_PRACTICE_DIR and "
+                               "your own meshes)")
     args = parser.parse_args(argv)
     try:
         if args.command == "doctor":
             return doctor()
         if args.command == "status":
             return status()
+        if args.command == "practice":
+            from .practice.progress import report_text
+
+            print(report_text(args.dir), end="")
+            return 0
         names = [name for name, _ in local_meshes()] if args.all else [
             args.name or StateDir().mesh]
         return down(names)

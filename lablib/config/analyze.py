@@ -994,6 +994,8 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
 
 def analyze(store: ConfigStore) -> list[Diagnostic]:
     """Every finding about the store as a whole, Errors first, in a stable order."""
-    found = [d for analyzer in _ANALYZERS for d in analyzer(store)]
+    from .analyze_troubleshooting import ANALYZERS  # they build on this module's readers
+
+    found = [d for analyzer in (*_ANALYZERS, *ANALYZERS) for d in analyzer(store)]
     rank = {ERROR: 0, WARNING: 1, INFO: 2}
     return sorted(found, key=lambda d: rank.get(d.severity, 3))

@@ -39,10 +39,20 @@ def _text(text: str) -> str:
     return text
 
 
+def _log_file(text: str) -> str:
+    """Where proxies write the access log: only their own stdout/stderr exist here (what
+    `kubectl logs POD -c istio-proxy` shows); a path would land on this machine's disk."""
+    if text not in ("", "/dev/stdout", "/dev/stderr"):
+        raise ValueError("the local mesh writes access logs to /dev/stdout or /dev/stderr "
+                         "only (read them with kubectl logs POD -c istio-proxy); a file path "
+                         "works on a cluster (LAB_BACKEND=kubernetes)")
+    return text
+
+
 # Leaf keys under `meshConfig.` and how their values are read. `extensionProviders[N].…` is
 # checked as a whole by _extension_provider below.
 KEYS: dict[str, Callable[[str], Any]] = {
-    "accessLogFile": _text,
+    "accessLogFile": _log_file,
     "accessLogEncoding": _one_of("TEXT", "JSON"),
     "accessLogFormat": _text,
     "outboundTrafficPolicy.mode": _one_of("ALLOW_ANY", "REGISTRY_ONLY"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .accesslog import FILE_LOG_TYPE, mesh_access_log
 from .context import Proxy, PushContext, selector_matches
 from .mtls import TLS_INSPECTOR, XFCC, inbound_chains
 from .naming import inbound_cluster
@@ -28,7 +29,6 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 HEADER_MUTATION_TYPE = ("type.googleapis.com/"
                         "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation")
-FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
 ACCESS_LOG_FORMAT = {
@@ -54,12 +54,12 @@ ACCESS_LOG_FORMAT = {
 
 
 def access_log(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """The kit's JSON log for telemetry, then the log meshConfig asks for (accesslog.py)."""
     path = ctx.access_log_paths.get(proxy.id)
-    if not path:
-        return []
-    return [{"name": "envoy.access_loggers.file", "typed_config": {
+    telemetry = [{"name": "envoy.access_loggers.file", "typed_config": {
         "@type": FILE_LOG_TYPE, "path": path,
-        "log_format": {"json_format": ACCESS_LOG_FORMAT}}}]
+        "log_format": {"json_format": ACCESS_LOG_FORMAT}}}] if path else []
+    return telemetry + mesh_access_log(proxy, ctx)
 
 
 def socket_address(port: int) -> dict[str, Any]:
