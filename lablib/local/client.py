@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from ..errors import (
     ProxyRejectedError,
 )
 from ..progress import Progress
+from .admin import admin_request
 from .state import StateDir
 
 # Tools a sample image ships that this machine lacks, run by their local equivalents.
@@ -298,11 +298,10 @@ class LocalBackend(Backend):
 
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)
-        if not info["admin_port"]:
+        if not info["admin_socket"]:
             raise BackendError(f"pod {pod} in {namespace} has no istio-proxy container")
-        url = f"http://127.0.0.1:{info['admin_port']}/{path.lstrip('/')}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.read().decode()
+        return admin_request(info["admin_socket"], path,
+                             who=f"the istio-proxy of {pod}.{namespace}")
 
     def proxy_url(self, pod: str, namespace: str) -> str | None:
         return self.pod_info(pod, namespace)["env"].get("http_proxy")

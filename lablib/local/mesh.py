@@ -18,7 +18,6 @@ import re
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from ..telemetry.service import MeshTelemetry
 from ..telemetry.topology import topology_from_mesh
+from .admin import envoy_live
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
@@ -81,7 +81,7 @@ class Pod:
     workload: Workload
     containers: list[dict[str, Any]]
     proxy: Proxy | None = None
-    admin_port: int = 0
+    admin_socket: str = ""  # its Envoy's admin API (a Unix socket), when it has one
     processes: list[str] = field(default_factory=list)
     app_env: dict[str, str] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
@@ -106,14 +106,6 @@ def listening(ports: list[int]) -> Callable[[], bool]:
     return lambda: all(port_accepts(p) for p in ports)
 
 
-def envoy_live(admin_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
-            return bool(r.read().strip() == b"LIVE")
-    except OSError:
-        return False
-
-
 def template_hash(deployment: Resource) -> str:
     template = deployment.spec.get("template") or {}
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
@@ -127,14 +119,15 @@ class LocalMesh:
         self.supervisor = supervisor or Supervisor(state)
         self.ports = PortAllocator()
         self.ads = AdsServer()
-        self.xds_port = self.ads.start(0)
+        state.xds_socket.unlink(missing_ok=True)  # a socket a killed meshd left behind
+        self.xds_socket = self.ads.start(str(state.xds_socket))
         self.store = ConfigStore.with_namespaces(["default"])
         default = self.store.get("Namespace", "", "default")
         assert default is not None
         self.store = self.store.with_applied([self._admit(default, [])])
         self.pods: dict[tuple[str, str], Pod] = {}
         self.kube_proxy: Proxy | None = None
-        self.kube_admin_port = 0
+        self.kube_admin_socket = ""
         self.lock = threading.RLock()
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
@@ -556,8 +549,9 @@ class LocalMesh:
                   volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":
             kind = "sidecar" if inject else "router"
-            pod.admin_port = self.ports.allocate()
-            pod.proxy = Proxy(node_id(kind, name, d.namespace), kind, d.namespace, workload,
+            proxy_id = node_id(kind, name, d.namespace)
+            pod.admin_socket = str(self.state.admin_socket(proxy_id))
+            pod.proxy = Proxy(proxy_id, kind, d.namespace, workload,
                               outbound_port=self.ports.allocate() if inject else 0,
                               app_ports=dict(bind) if inject else {})
         return pod
@@ -681,11 +675,11 @@ class LocalMesh:
         self._check_cancelled()
         if pod.proxy is not None:
             boot = bootstrap(pod.proxy.id, f"{pod.workload.labels.get('app', pod.deployment)}."
-                             f"{pod.namespace}", pod.admin_port, self.xds_port,
+                             f"{pod.namespace}", pod.admin_socket, self.xds_socket,
                              {"NAMESPACE": pod.namespace, "LABELS": pod.workload.labels,
                               "SERVICE_ACCOUNT": pod.workload.service_account})
             path = write_bootstrap(self.state.envoy / f"{prefix}.json", boot)
-            admin = pod.admin_port
+            admin = pod.admin_socket
             self.supervisor.start(f"{prefix}.istio-proxy", envoy_argv(path),
                                   ready=lambda: envoy_live(admin), ready_timeout=15)
             pod.processes.append(f"{prefix}.istio-proxy")
@@ -719,7 +713,7 @@ class LocalMesh:
                       ignore_errors=True)
         if pod.proxy:
             self.ads.forget(pod.proxy.id)
-        for port in [*pod.workload.ports.values(), *pod.bind_ports.values(), pod.admin_port,
+        for port in [*pod.workload.ports.values(), *pod.bind_ports.values(),
                      pod.proxy.outbound_port if pod.proxy else 0]:
             if port:
                 self.ports.release(port)
@@ -750,8 +744,7 @@ class LocalMesh:
                     self.ads.forget(self.kube_proxy.id)
                     for port in self.kube_proxy.kube_ports.values():
                         self.ports.release(port)
-                self.ports.release(self.kube_admin_port)
-                self.kube_proxy, self.kube_admin_port = None, 0
+                self.kube_proxy, self.kube_admin_socket = None, ""
                 if not is_address_in_use(exc) or attempt == PORT_ATTEMPTS:
                     raise
                 log.warning("kube-proxy lost a port to another program; starting it again")
@@ -759,13 +752,13 @@ class LocalMesh:
     def _start_kube_proxy_once(self) -> None:
         self.kube_proxy = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube",
                                 "kube-system", kube_ports={"default": self.ports.allocate()})
-        self.kube_admin_port = self.ports.allocate()
+        self.kube_admin_socket = str(self.state.admin_socket(self.kube_proxy.id))
         ctx = self._context(self.store)
         self.ads.set_target(build_snapshot(self.kube_proxy, ctx))
         path = write_bootstrap(self.state.envoy / "kube-proxy.json",
-                               bootstrap(self.kube_proxy.id, "kube-proxy", self.kube_admin_port,
-                                         self.xds_port, {}))
-        admin = self.kube_admin_port
+                               bootstrap(self.kube_proxy.id, "kube-proxy", self.kube_admin_socket,
+                                         self.xds_socket, {}))
+        admin = self.kube_admin_socket
         self.supervisor.start("kube-system.kube-proxy", envoy_argv(path),
                               ready=lambda: envoy_live(admin), ready_timeout=15)
         self.ads.wait_synced([self.kube_proxy.id], timeout=10, require_connected=True)

@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
     if args.owner:
         supervisor.watch_owner(args.owner, lambda: server.stop())
-    log.info("meshd %d serving on %s (xDS 127.0.0.1:%d)", os.getpid(), state.socket_path,
-             mesh.xds_port)
+    log.info("meshd %d serving on %s (xDS on %s)", os.getpid(), state.socket_path,
+             mesh.xds_socket)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
