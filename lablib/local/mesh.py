@@ -409,6 +409,11 @@ class LocalMesh:
             self._check_cancelled()  # the last moment the change can still be undone
         except Exception as exc:  # whatever went wrong, nothing half-applied stays
             self._rollback(old_store, old_pods, new_pods, saved, old_kube)
+            if isinstance(exc, PushError) and exc.unanswered:
+                raise ProxyRejectedError(
+                    f"{exc.proxy_id} did not answer: {exc.reason}. It is stopped (e.g. by "
+                    "SIGSTOP) or overloaded; it refused nothing. The change was rolled back, "
+                    "so every proxy keeps the last good configuration") from None
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
