@@ -55,6 +55,7 @@ GATEWAY_IMAGE = "istio/proxyv2"
 PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
+NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -94,6 +95,13 @@ def node_ports(store: ConfigStore) -> set[int]:
     """Every node port the store's Services hold."""
     return {int(p["nodePort"]) for svc in store.list("Service")
             for p in svc.spec.get("ports") or [] if p.get("nodePort")}
+
+
+def chosen_node_ports(resources: list[Resource]) -> list[tuple[Resource, int, int]]:
+    """(Service, port index, nodePort) for every nodePort a manifest sets itself."""
+    return [(r, i, int(p["nodePort"])) for r in resources
+            if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES
+            for i, p in enumerate(r.spec.get("ports") or []) if p.get("nodePort")]
 
 
 def rfc3339(ts: float) -> str:
@@ -200,11 +208,13 @@ class LocalMesh:
                 resources = [r if r.namespace or r.kind == "Namespace"
                              else r.in_namespace(namespace) for r in resources]
             new_node_ports: list[int] = []
+            chosen = chosen_node_ports(resources)
             resources = [self._admit(r, new_node_ports) for r in resources]
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
                 self._check(resources, candidate, old_store)
+                new_node_ports += self._claim_node_ports(chosen, candidate, old_store)
                 self._transition(candidate)
             except Exception:
                 for port in new_node_ports:
@@ -321,6 +331,49 @@ class LocalMesh:
         if errors:
             raise ConfigError(errors)
 
+    def _claim_node_ports(self, chosen: list[tuple[Resource, int, int]],
+                          candidate: ConfigStore, current: ConfigStore) -> list[int]:
+        """Check the node ports manifests chose, as the API server does (its range, not
+        another Service's), and that no other mesh or program holds them, before anything
+        is pushed: an Envoy binds with SO_REUSEPORT and would share a port with another
+        mesh's. Returns the ports newly held; raises ConfigError naming Service and port."""
+        problems: list[Diagnostic] = []
+        held_before = node_ports(current)
+        claimed: list[int] = []
+        for r, index, port in chosen:
+            path = f"spec.ports[{index}].nodePort"
+            if not NODE_PORT_RANGE[0] <= port <= NODE_PORT_RANGE[1]:
+                problems.append(Diagnostic(
+                    "LAB0150", "Error", r.ref, f"Invalid value: {port}: provided port is not "
+                    f"in the valid range. The range of valid ports is "
+                    f"{NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}", path,
+                    "choose a nodePort in that range, or leave it out to get one"))
+                continue
+            others = [svc.ref for svc in candidate.list("Service")
+                      if (svc.namespace, svc.name) != (r.namespace, r.name)
+                      and port in {p.get("nodePort") for p in svc.spec.get("ports") or []}]
+            if others:
+                problems.append(Diagnostic(
+                    "LAB0151", "Error", r.ref, f"Invalid value: {port}: provided port is "
+                    f"already allocated (to {others[0]})", path,
+                    "choose another nodePort, or leave it out to get a free one"))
+                continue
+            if port in held_before:
+                continue
+            holder = self.ports.claim(port)
+            if holder:
+                problems.append(Diagnostic(
+                    "LAB0151", "Error", r.ref, f"nodePort {port} is in use on this machine: "
+                    f"{holder}", path,
+                    "choose another nodePort, or leave it out to get a free one"))
+            else:
+                claimed.append(port)
+        if problems:
+            for port in claimed:
+                self.ports.release(port)
+            raise ConfigError(problems)
+        return claimed
+
     def _findings(self, store: ConfigStore) -> list[Diagnostic]:
         """analyze(store), remembered for the last store analysed: the candidate of one apply
         is the current store of the next, so each apply analyses once."""
@@ -366,7 +419,7 @@ class LocalMesh:
                 if not p.get("nodePort"):
                     p["nodePort"] = old_ports.get(p.get("name") or p["port"])
                 if not p.get("nodePort"):
-                    p["nodePort"] = self.ports.allocate()
+                    p["nodePort"] = self.ports.allocate(within=NODE_PORT_RANGE)
                     new_node_ports.append(p["nodePort"])
         return Resource(r.kind, r.name, r.namespace, body, r.source)
 
