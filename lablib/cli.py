@@ -55,6 +55,11 @@ def status() -> int:
         down = {row["name"] for row in down_processes(rows)}
         print(f"mesh {name}: running, {len(rows)} processes"
               + (f", {len(down)} DOWN (restarted with back-off)" if down else ""))
+        holders = backend.holders()
+        if not holders:
+            print("  held by no process: it runs until `lablib down`")
+        for holder in holders:
+            print(f"  held by pid {holder['pid']}: {holder['command']}")
         for row in rows:
             mark = "DOWN" if row["name"] in down else ""
             print(f"  {row['name']:<60} {row['state']:<18} pid {row.get('pid')!s:<8} "

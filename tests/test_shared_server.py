@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,3 +271,51 @@ def test_what_another_user_still_reaches_is_the_loopback_ports(shared, intruder)
     print(f"\n[shared server] another user can connect to {reached} of the mesh's "
           f"{len(app_ports)} loopback ports (apps, sidecar listeners)")
     assert reached > 0  # if this fails, the limitation is gone: update docs/design.md
+
+
+# --- one user, several processes: the mesh lives while any holder lives --------------------
+
+HOLDER = textwrap.dedent("""\
+    import sys
+    import lablib
+    mesh = lablib.connect("local")
+    print(mesh.call("ping")["pid"], flush=True)
+    sys.stdin.read()  # hold the mesh until the test closes our stdin
+    """)
+
+
+def test_the_mesh_lives_while_any_process_that_attached_lives(tmp_path, monkeypatch) -> None:
+    """The reproduction: a terminal beside the notebook (same LAB_MESH) lost the mesh when
+    the notebook's kernel exited. Now the mesh ends only with its last holder."""
+    from lablib.local.client import LocalBackend
+    from lablib.local.state import StateDir
+
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_MESH", "held")
+
+    def holder() -> tuple[subprocess.Popen[str], int]:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        return proc, int(proc.stdout.readline())
+
+    notebook, meshd = holder()
+    terminal, same = holder()
+    try:
+        assert same == meshd
+        status = LocalBackend.attach(StateDir())
+        assert status is not None
+        assert {h["pid"] for h in status.holders()} == {notebook.pid, terminal.pid}
+        notebook.communicate("", timeout=10)
+        time.sleep(1.0)  # meshd would have stopped by now if it watched only the first
+        assert LocalBackend.attach(StateDir()) is not None
+        assert [h["pid"] for h in status.holders()] == [terminal.pid]
+        terminal.communicate("", timeout=10)
+        deadline = time.monotonic() + 15
+        while LocalBackend.attach(StateDir()) is not None:
+            assert time.monotonic() < deadline, "the mesh outlived its last holder"
+            time.sleep(0.1)
+    finally:
+        for proc in (notebook, terminal):
+            proc.kill()
+            proc.wait()

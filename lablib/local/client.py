@@ -60,6 +60,15 @@ class LocalBackend(Backend):
         self.owner = os.getpid() if owner is None else owner
         if not self._alive():
             self._start_daemon(start_timeout)
+        elif self.owner:
+            # Another process started the mesh: this one holds it too, so the mesh lives
+            # while either does (a terminal beside the notebook).
+            self.call("attach", pid=self.owner)
+
+    def holders(self) -> list[dict[str, Any]]:
+        """The processes that keep the mesh alive (pid and command); none: it lives until
+        stopped."""
+        return list(self.call("holders"))
 
     @classmethod
     def attach(cls, state: StateDir | None = None) -> LocalBackend | None:
