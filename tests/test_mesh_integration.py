@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -138,22 +137,23 @@ def test_bad_input_is_refused_and_traffic_keeps_the_last_good_config(routed, cas
     assert_still_jason_v2(routed)
 
 
-def test_port_taken_is_envoys_refusal_and_the_mesh_keeps_serving(routed):
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
-        service = routed.get("service", "istio-ingressgateway", "istio-system")[0]
-        service["spec"]["ports"].append({"name": "http-extra", "port": 3000,
-                                         "targetPort": 3000, "nodePort": taken})
-        gateway = {
-            "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
-            "metadata": {"name": "extra", "namespace": NS},
-            "spec": {"selector": {"istio": "ingressgateway"},
-                     "servers": [{"port": {"number": 3000, "name": "http", "protocol": "HTTP"},
-                                  "hosts": ["*"]}]}}
-        with pytest.raises(lablib.ProxyRejectedError, match="(?i)address already in use"):
-            routed.apply([service, gateway])
+def test_a_node_port_another_program_holds_is_refused_before_any_push(routed,
+                                                                      node_port_squatter):
+    taken = node_port_squatter
+    service = routed.get("service", "istio-ingressgateway", "istio-system")[0]
+    service["spec"]["ports"].append({"name": "http-extra", "port": 3000,
+                                     "targetPort": 3000, "nodePort": taken})
+    gateway = {
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
+        "metadata": {"name": "extra", "namespace": NS},
+        "spec": {"selector": {"istio": "ingressgateway"},
+                 "servers": [{"port": {"number": 3000, "name": "http", "protocol": "HTTP"},
+                              "hosts": ["*"]}]}}
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.apply([service, gateway])
+    [finding] = refused.value.diagnostics
+    assert finding.resource == "Service istio-system/istio-ingressgateway"
+    assert finding.field.endswith("].nodePort") and f"nodePort {taken} is in use" in str(finding)
     ports = [p["name"] for p in
              routed.get("service", "istio-ingressgateway", "istio-system")[0]["spec"]["ports"]]
     assert "http-extra" not in ports

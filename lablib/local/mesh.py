@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -136,6 +137,7 @@ class LocalMesh:
         self.pods: dict[tuple[str, str], Pod] = {}
         self.kube_proxy: Proxy | None = None
         self.kube_admin_socket = ""
+        self._admin_serials = itertools.count(1)
         self.lock = threading.RLock()
         self.installed = False
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
@@ -608,7 +610,7 @@ class LocalMesh:
         if inject or role == "gateway":
             kind = "sidecar" if inject else "router"
             proxy_id = node_id(kind, name, d.namespace)
-            pod.admin_socket = str(self.state.admin_socket(proxy_id))
+            pod.admin_socket = str(self.state.admin_socket(next(self._admin_serials)))
             pod.proxy = Proxy(proxy_id, kind, d.namespace, workload,
                               outbound_port=self.ports.allocate() if inject else 0,
                               app_ports=dict(bind) if inject else {})
@@ -771,6 +773,8 @@ class LocalMesh:
                       ignore_errors=True)
         if pod.proxy:
             self.ads.forget(pod.proxy.id)
+        if pod.admin_socket:
+            Path(pod.admin_socket).unlink(missing_ok=True)
         for port in [*pod.workload.ports.values(), *pod.bind_ports.values(),
                      pod.proxy.outbound_port if pod.proxy else 0]:
             if port:
@@ -810,7 +814,7 @@ class LocalMesh:
     def _start_kube_proxy_once(self) -> None:
         self.kube_proxy = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube",
                                 "kube-system", kube_ports={"default": self.ports.allocate()})
-        self.kube_admin_socket = str(self.state.admin_socket(self.kube_proxy.id))
+        self.kube_admin_socket = str(self.state.admin_socket(next(self._admin_serials)))
         ctx = self._context(self.store)
         self.ads.set_target(build_snapshot(self.kube_proxy, ctx))
         path = write_bootstrap(self.state.envoy / "kube-proxy.json",

@@ -8,7 +8,7 @@ Layout of `<root>/<mesh>/` (mode 0700):
     meshd.pid            the daemon's pid
     meshd.sock           the daemon's Unix socket
     xds.sock             the control plane's xDS (gRPC ADS) socket
-    admin/<id>.sock      each Envoy's admin API
+    admin/<n>.sock       each Envoy's admin API
     state.json           what the daemon wants to remember (written atomically)
 
 `<root>` is `$LAB_STATE_DIR`, else `$XDG_RUNTIME_DIR/istio-lab-kit`, else
@@ -19,7 +19,6 @@ of one user, and the meshes of different users, never share a file.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -135,11 +134,10 @@ class StateDir:
         """The Unix socket the control plane serves xDS on (only this user can open it)."""
         return self.unix_socket("xds.sock")
 
-    def admin_socket(self, proxy_id: str) -> Path:
-        """The Unix socket of one Envoy's admin API, named by a short hash of its node id so
-        that long pod names still fit a socket path."""
-        digest = hashlib.sha256(proxy_id.encode()).hexdigest()[:16]
-        return self.unix_socket(f"admin/{digest}.sock")
+    def admin_socket(self, serial: int) -> Path:
+        """The Unix socket of one Envoy's admin API: named by a number, not the pod, so that
+        it fits a socket path whatever the pod is called."""
+        return self.unix_socket(f"admin/{serial}.sock")
 
     def unix_socket(self, name: str) -> Path:
         """`name` in this folder, refused when too long for a Unix socket path."""
