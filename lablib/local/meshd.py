@@ -28,7 +28,7 @@ from ..config.loader import load
 from ..errors import ConfigError, LabError
 from .mesh import LocalMesh
 from .state import StateDir
-from .supervisor import Supervisor, kill_stale
+from .supervisor import Supervisor, command_line, kill_stale
 from .views import MeshViews
 
 log = logging.getLogger("meshd")
@@ -92,20 +92,13 @@ class Owners:
         """Who holds the mesh: pid and command line."""
         with self._lock:
             pids = sorted(self._pids)
-        return [{"pid": pid, "command": _command(pid)} for pid in pids]
+        return [{"pid": pid, "command": " ".join((command_line(pid) or "?").split())[:120]}
+                for pid in pids]
 
     @property
     def held(self) -> bool:
         with self._lock:
             return bool(self._pids)
-
-
-def _command(pid: int) -> str:
-    try:
-        raw = open(f"/proc/{pid}/cmdline", "rb").read()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]
 
 
 class MeshServer(socketserver.ThreadingUnixStreamServer):

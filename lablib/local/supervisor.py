@@ -42,7 +42,9 @@ __all__ = [
     "ManagedProcess",
     "ProcessStartError",
     "Supervisor",
+    "command_line",
     "kill_stale",
+    "pid_alive",
 ]
 
 log = logging.getLogger(__name__)
@@ -632,7 +634,7 @@ class Supervisor:
 
 
 # --- start-up clean-up -----------------------------------------------------------------------
-def _cmdline(pid: int) -> str | None:
+def command_line(pid: int) -> str | None:
     """The command line of `pid`, space-joined, or None when unreadable."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -653,7 +655,7 @@ def _is_daemon(pid: int, marker: str) -> bool:
     """True when `pid` is a live process of ours whose command line mentions `marker`."""
     if pid == os.getpid() or not pid_alive(pid) or not _owned_by_us(pid):
         return False
-    return marker in (_cmdline(pid) or "")
+    return marker in (command_line(pid) or "")
 
 
 def _tagged(pid: int, tag: bytes) -> bool:
