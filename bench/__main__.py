@@ -71,8 +71,8 @@ def run(workdir: Path) -> str:
         mesh_url = deploy_httpbin(mesh)
         with bare.upstream(workdir) as upstream_port:
             b_port, a_port = allocate_port(), allocate_port()
-            config_b = bare.proxy_config(allocate_port(), b_port, upstream_port)
-            config_a = bare.proxy_config(allocate_port(), a_port, b_port)
+            config_b = bare.proxy_config(str(workdir / "chain-b.sock"), b_port, upstream_port)
+            config_a = bare.proxy_config(str(workdir / "chain-a.sock"), a_port, b_port)
             with bare.envoy(config_b, workdir, "chain-b"), bare.envoy(config_a, workdir, "chain-a"):
                 latencies = _interleaved({
                     "a": mesh_url,

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from lablib.local.admin import envoy_live
 from lablib.local.bootstrap import envoy_argv, write_bootstrap
-from lablib.local.mesh import envoy_live
 from lablib.local.ports import allocate_port, port_accepts
 
 from .stats import wait_until
@@ -32,8 +32,9 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _admin(port: int) -> dict[str, Any]:
-    return {"address": _address(port)}
+def _admin(socket_path: str) -> dict[str, Any]:
+    """An admin API on a Unix socket, as the mesh's proxies have."""
+    return {"address": {"pipe": {"path": socket_path, "mode": 0o600}}}
 
 
 def _listener(port: int, hcm_routes: dict[str, Any]) -> dict[str, Any]:
@@ -50,16 +51,16 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
                 {"endpoint": {"address": _address(port)}}]}]}}
 
 
-def minimal_config(admin_port: int) -> dict[str, Any]:
-    """The least an Envoy needs to reach LIVE: an admin port, no listeners."""
-    return {"admin": _admin(admin_port)}
+def minimal_config(admin_socket: str) -> dict[str, Any]:
+    """The least an Envoy needs to reach LIVE: an admin socket, no listeners."""
+    return {"admin": _admin(admin_socket)}
 
 
-def proxy_config(admin_port: int, listen_port: int, upstream_port: int) -> dict[str, Any]:
+def proxy_config(admin_socket: str, listen_port: int, upstream_port: int) -> dict[str, Any]:
     """One static hop: listener on `listen_port` forwarding everything to `upstream_port`."""
     routes = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]}
-    return {"admin": _admin(admin_port),
+    return {"admin": _admin(admin_socket),
             "static_resources": {"listeners": [_listener(listen_port, {"route_config": routes})],
                                  "clusters": [_cluster("upstream", upstream_port)]}}
 
@@ -71,14 +72,14 @@ def direct_routes(body: str) -> dict[str, Any]:
             "status": 200, "body": {"inline_string": body}}}]}]}]}
 
 
-def file_rds_config(admin_port: int, listen_port: int, watched: Path) -> dict[str, Any]:
+def file_rds_config(admin_socket: str, listen_port: int, watched: Path) -> dict[str, Any]:
     """A listener whose routes come from `watched/routes.json`, reloaded on rename."""
     rds = {"route_config_name": "local", "config_source": {
         "resource_api_version": "V3",
         "path_config_source": {"path": str(watched / "routes.json"),
                                "watched_directory": {"path": str(watched)}}}}
     # Envoy refuses a file-based xDS source unless the node has an id and a cluster.
-    return {"node": {"id": "file-rds", "cluster": "bench"}, "admin": _admin(admin_port),
+    return {"node": {"id": "file-rds", "cluster": "bench"}, "admin": _admin(admin_socket),
             "static_resources": {"listeners": [_listener(listen_port, {"rds": rds})]}}
 
 
@@ -113,25 +114,25 @@ def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def envoy(config: dict[str, Any], workdir: Path, name: str) -> Iterator[int]:
-    """A static Envoy running `config` until the block ends; yields its admin port."""
-    admin_port = int(config["admin"]["address"]["socket_address"]["port_value"])
+def envoy(config: dict[str, Any], workdir: Path, name: str) -> Iterator[str]:
+    """A static Envoy running `config` until the block ends; yields its admin socket."""
+    admin_socket = str(config["admin"]["address"]["pipe"]["path"])
     path = write_bootstrap(workdir / f"{name}.json", config)
     with process(envoy_argv(path), workdir / f"{name}.log") as proc:
-        wait_until(lambda: envoy_live(admin_port) or proc.poll() is not None, 20,
+        wait_until(lambda: envoy_live(admin_socket) or proc.poll() is not None, 20,
                    f"Envoy {name} LIVE")
         if proc.poll() is not None:
             raise RuntimeError(f"Envoy {name} exited; see {workdir / name}.log")
-        yield admin_port
+        yield admin_socket
 
 
 def envoy_start_seconds(workdir: Path, name: str) -> float:
     """Seconds from spawning a minimal-config Envoy to its /ready answering LIVE."""
-    admin_port = allocate_port()
-    path = write_bootstrap(workdir / f"{name}.json", minimal_config(admin_port))
+    admin_socket = str(workdir / f"{name}.sock")
+    path = write_bootstrap(workdir / f"{name}.json", minimal_config(admin_socket))
     start = time.perf_counter()
     with process(envoy_argv(path), workdir / f"{name}.log"):
-        wait_until(lambda: envoy_live(admin_port), 20, "bare Envoy LIVE", step=0.001)
+        wait_until(lambda: envoy_live(admin_socket), 20, "bare Envoy LIVE", step=0.001)
         return time.perf_counter() - start
 
 
@@ -162,7 +163,7 @@ def file_reload_ms(workdir: Path, changes: int) -> list[float]:
     watched.mkdir(parents=True, exist_ok=True)
     write_routes(watched, "b0")
     listen_port = allocate_port()
-    config = file_rds_config(allocate_port(), listen_port, watched)
+    config = file_rds_config(str(workdir / "file-rds.sock"), listen_port, watched)
     url = f"http://127.0.0.1:{listen_port}/"
     result = []
     with envoy(config, workdir, "file-rds"), httpx.Client(trust_env=False, timeout=5) as client:

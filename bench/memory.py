@@ -23,9 +23,8 @@ import httpx
 import lablib
 from lablib.backend import Backend
 from lablib.load import load
+from lablib.local.admin import envoy_live
 from lablib.local.bootstrap import envoy_argv, write_bootstrap
-from lablib.local.mesh import envoy_live
-from lablib.local.ports import allocate_port
 
 from . import envoy_baseline as bare
 from .machine import machine_info
@@ -125,7 +124,7 @@ def bookinfo_mesh(started: list[Backend]) -> tuple[Backend, str]:
 @contextmanager
 def bare_envoy(workdir: Path, name: str) -> Iterator[int]:
     """An Envoy with only an admin port, LIVE; yields its pid."""
-    admin = allocate_port()
+    admin = str(workdir / f"{name}.sock")
     path = write_bootstrap(workdir / f"{name}.json", bare.minimal_config(admin))
     with bare.process(envoy_argv(path), workdir / f"{name}.log") as proc:
         wait_until(lambda: envoy_live(admin), 20, f"bare Envoy {name} LIVE", step=0.01)

@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 
+from .doctor import down_processes
 from .errors import LabError
 from .local.client import LocalBackend
 from .local.state import StateDir, default_root
@@ -51,9 +52,18 @@ def status() -> int:
             print(f"mesh {name}: not running")
             continue
         rows = backend.processes()
-        print(f"mesh {name}: running, {len(rows)} processes")
+        down = {row["name"] for row in down_processes(rows)}
+        print(f"mesh {name}: running, {len(rows)} processes"
+              + (f", {len(down)} DOWN (restarted with back-off)" if down else ""))
+        holders = backend.holders()
+        if not holders:
+            print("  held by no process: it runs until `lablib down`")
+        for holder in holders:
+            print(f"  held by pid {holder['pid']}: {holder['command']}")
         for row in rows:
-            print(f"  {row['name']:<60} {row['state']:<18} pid {row.get('pid')}")
+            mark = "DOWN" if row["name"] in down else ""
+            print(f"  {row['name']:<60} {row['state']:<18} pid {row.get('pid')!s:<8} "
+                  f"restarts {row['restarts']:<4} {mark}".rstrip())
     return 0
 
 

@@ -82,10 +82,24 @@ def mesh_rows() -> list[dict[str, Any]]:
             rows.append(_row(f"mesh {name}", None, "not running"))
             continue
         ports = backend.ports()
+        processes = backend.processes()
         rows.append(_row(f"mesh {name}", True,
-                         f"running, {len(backend.processes())} processes, {len(ports)} "
+                         f"running, {len(processes)} processes, {len(ports)} "
                          f"loopback ports ({min(ports)}-{max(ports)})" if ports else "running"))
+        for row in down_processes(processes):
+            rows.append(_row(f"mesh {name}", False,
+                             f"{row['name']} is down ({row['state']}, {row['restarts']} "
+                             "restarts): the mesh keeps restarting it with back-off",
+                             f"read its log: {row['log']}"))
     return rows
+
+
+def down_processes(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processes of a mesh that should run and do not serve now."""
+    from .local.supervisor import CRASH_LOOP, RESTARTING, RUNNING
+
+    return [row for row in processes if row["state"] in (RESTARTING, CRASH_LOOP)
+            or (row["state"] == RUNNING and not row["ready"])]
 
 
 def report(rows: list[dict[str, Any]]) -> str:

@@ -43,3 +43,22 @@ def bookinfo_mesh(tmp_path_factory, monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+# --- Ports another program holds --------------------------------------------------------------
+
+
+@pytest.fixture
+def node_port_squatter():
+    """Another program listening on a port of the node port range; yields the port."""
+    import socket
+
+    with socket.socket() as squatter:
+        for port in range(32767, 30000, -1):
+            try:
+                squatter.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        squatter.listen()
+        yield port

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -135,22 +134,23 @@ def test_bad_input_is_refused_and_traffic_keeps_the_last_good_config(routed, cas
     assert_still_jason_v2(routed)
 
 
-def test_port_taken_is_envoys_refusal_and_the_mesh_keeps_serving(routed):
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
-        service = routed.get("service", "istio-ingressgateway", "istio-system")[0]
-        service["spec"]["ports"].append({"name": "http-extra", "port": 3000,
-                                         "targetPort": 3000, "nodePort": taken})
-        gateway = {
-            "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
-            "metadata": {"name": "extra", "namespace": NS},
-            "spec": {"selector": {"istio": "ingressgateway"},
-                     "servers": [{"port": {"number": 3000, "name": "http", "protocol": "HTTP"},
-                                  "hosts": ["*"]}]}}
-        with pytest.raises(lablib.ProxyRejectedError, match="(?i)address already in use"):
-            routed.apply([service, gateway])
+def test_a_node_port_another_program_holds_is_refused_before_any_push(routed,
+                                                                      node_port_squatter):
+    taken = node_port_squatter
+    service = routed.get("service", "istio-ingressgateway", "istio-system")[0]
+    service["spec"]["ports"].append({"name": "http-extra", "port": 3000,
+                                     "targetPort": 3000, "nodePort": taken})
+    gateway = {
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
+        "metadata": {"name": "extra", "namespace": NS},
+        "spec": {"selector": {"istio": "ingressgateway"},
+                 "servers": [{"port": {"number": 3000, "name": "http", "protocol": "HTTP"},
+                              "hosts": ["*"]}]}}
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.apply([service, gateway])
+    [finding] = refused.value.diagnostics
+    assert finding.resource == "Service istio-system/istio-ingressgateway"
+    assert finding.field.endswith("].nodePort") and f"nodePort {taken} is in use" in str(finding)
     ports = [p["name"] for p in
              routed.get("service", "istio-ingressgateway", "istio-system")[0]["spec"]["ports"]]
     assert "http-extra" not in ports
@@ -159,18 +159,29 @@ def test_port_taken_is_envoys_refusal_and_the_mesh_keeps_serving(routed):
     assert_still_jason_v2(routed)
 
 
-def test_admin_and_xds_ports_listen_on_loopback_only(routed):
-    """Every socket a mesh process listens on (admin, xDS, listeners) is bound to loopback."""
+def test_ports_listen_on_loopback_only_and_admin_and_xds_on_private_sockets(routed):
+    """Every TCP socket a mesh process listens on (listeners, apps) is bound to loopback; xDS
+    and every Envoy's admin API are Unix sockets in the 0700 state folder, no port."""
     pids = {row["pid"] for row in routed.processes() if row.get("pid")}
-    pids.add(routed.call("ping")["pid"])
+    meshd = routed.call("ping")["pid"]
+    pids.add(meshd)
+    metrics = routed.telemetry_endpoints()["metrics"]
     sockets = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
     checked = 0
     for line in sockets.splitlines():
         if any(f"pid={pid}," in line for pid in pids):
             local = line.split()[3]
             assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), line
+            if f"pid={meshd}," in line:  # xDS is a Unix socket: only the read-only metrics
+                assert f"http://{local}/" in metrics, line
             checked += 1
-    assert checked >= 10  # admin, xDS, gateway, sidecar and app ports were all seen
+    assert checked >= 8  # gateway, sidecar and app ports were all seen
+    unix = subprocess.run(["ss", "-Hlxp"], capture_output=True, text=True, check=True).stdout
+    state = routed.state.path
+    assert f"{state}/xds.sock" in unix
+    info = routed.pod_info(routed.pod_name({"app": "productpage"}, NS), NS)
+    assert info["admin_socket"].startswith(f"{state}/admin/") and info["admin_socket"] in unix
+    assert state.stat().st_mode & 0o777 == 0o700
 
 
 def test_killing_the_kernel_ends_every_mesh_process(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import os
 import socket
@@ -269,3 +270,56 @@ def test_a_lost_port_race_is_retried_unless_the_manifest_chose_the_port() -> Non
     assert LocalMesh._lost_port(ProxyRejectedError("unknown field"), [service]) is None
     assert LocalMesh._lost_port(BackendError("OSError: [Errno 98] Address already in use"),
                                 []) == 0
+
+
+# --- a registry other users can write to: what is planted there counts for nothing ----------
+
+
+def test_a_claim_beyond_the_cap_is_ignored(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog) -> None:
+    """A file claiming every port under a live process must not stop a mesh from starting."""
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / f"{os.geteuid()}-{holder.pid}-x.ports").write_text(
+            " ".join(str(p) for p in range(1024, 65536)))
+        allocator = PortAllocator(registry=tmp_path)
+        offering(monkeypatch, [40001])
+        assert allocator.allocate() == 40001
+        assert "claims more than" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_claim_in_the_name_of_a_user_who_does_not_run_the_pid_is_ignored(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other_uid = os.geteuid() + 4242
+    (tmp_path / f"{other_uid}-{os.getpid()}-x.ports").write_text("40001")
+    offering(monkeypatch, [40001])
+    assert PortAllocator(registry=tmp_path).allocate() == 40001
+
+
+def test_a_planted_link_is_never_followed_nor_removed(tmp_path) -> None:
+    victim = tmp_path / "bashrc"
+    victim.write_text("mine\n")
+    registry = tmp_path / "ports"
+    registry.mkdir()
+    for n in range(4):  # every name the old registry would have written
+        (registry / f".{os.geteuid()}-{os.getpid()}-{n}.ports.tmp").symlink_to(victim)
+        (registry / f"{os.geteuid()}-{os.getpid()}-{n}.ports").symlink_to(victim)
+    allocator = PortAllocator(registry=registry)
+    allocator.allocate()
+    allocator.close()
+    assert victim.read_text() == "mine\n"
+    assert len([p for p in registry.iterdir() if p.is_symlink()]) == 8
+
+
+def test_a_lock_held_for_ever_turns_the_registry_off(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr("lablib.local.ports.LOCK_WAIT_S", 0.2)
+    allocator = PortAllocator(registry=tmp_path)
+    (tmp_path / "lock").touch()
+    with open(tmp_path / "lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert len({allocator.allocate() for _ in range(3)}) == 3
+    assert allocator.registry is not None and not allocator.registry.usable
+    assert "lock busy" in caplog.text

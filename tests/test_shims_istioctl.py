@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,9 +346,11 @@ def test_x_wait_version_and_envoy_dashboard(term: Terminal) -> None:
     assert version == ["client version: 1.20.3", "control plane version: 1.20.3",
                        f"data plane version: 1.20.3 ({match[1]} proxies)"]
     page = pod(term, "app=productpage", "bookinfo-test")
-    url = term.ok("istioctl", "dashboard", "envoy", f"{page}.bookinfo-test").strip()
-    with urllib.request.urlopen(url + "/ready", timeout=10) as reply:
-        assert reply.read().strip() == b"LIVE"
+    command = term.ok("istioctl", "dashboard", "envoy", f"{page}.bookinfo-test").split()
+    assert command[:2] == ["curl", "--unix-socket"]
+    ready = subprocess.run([*command[:-1], command[-1] + "ready"], capture_output=True,
+                           text=True, timeout=10, check=True)
+    assert ready.stdout.strip() == "LIVE"
 
 
 @ENVOY

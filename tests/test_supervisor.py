@@ -192,17 +192,21 @@ def test_restart_after_crash_calls_on_restart(sup: Supervisor, tmp_path: Path) -
     assert "restart #1" in log and "second run" in log
 
 
-def test_crash_loop_gives_up(state: StateDir) -> None:
+def test_a_crash_loop_is_shown_and_retried_with_capped_back_off(state: StateDir) -> None:
+    """As the kubelet does: CrashLoopBackOff is a state between tries, never giving up."""
     calls: list[str] = []
-    with Supervisor(state, on_restart=calls.append, crash_loop_limit=3) as sup:
+    with Supervisor(state, on_restart=calls.append, crash_loop_limit=3, backoff_max=0.4) as sup:
         code = "import time, sys; time.sleep(0.05); sys.exit(1)"
         sup.start("loop", [PY, "-c", code])
         assert eventually(lambda: sup.status()[0]["state"] == CRASH_LOOP, timeout=5)
-        time.sleep(0.3)  # give up means no further restart
-        (row,) = sup.status()
-        assert row["state"] == CRASH_LOOP and row["restarts"] == 2 and row["exit_code"] == 1
-        assert calls == ["loop", "loop"]
-        assert "giving up (CrashLoopBackOff)" in sup.log_tail("loop", 1)[0]
+        assert "(CrashLoopBackOff): next try in" in sup.log_tail("loop", 1)[0]
+        # Back-off capped at 0.4 s: many more tries follow within a few seconds.
+        assert eventually(lambda: sup.status()[0]["restarts"] >= 8, timeout=8)
+        assert sup.status()[0]["exit_code"] in (1, None)
+        sup.stop("loop")
+        stopped = sup.status()[0]["restarts"]
+        time.sleep(0.6)
+        assert sup.status()[0]["restarts"] == stopped and sup.status()[0]["state"] == EXITED
 
 
 def test_restart_false_stays_exited(sup: Supervisor) -> None:

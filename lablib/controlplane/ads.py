@@ -55,13 +55,15 @@ WILDCARD_TYPES = set(TYPE_ORDER) - set(NAMED_TYPES)
 
 
 class PushError(Exception):
-    """A proxy refused config (NACK) or did not answer in time."""
+    """A proxy refused config (NACK), or did not answer in time (`unanswered`)."""
 
-    def __init__(self, proxy_id: str, type_url: str, reason: str):
-        super().__init__(f"{proxy_id} rejected {SHORT_TYPE.get(type_url, type_url)}: {reason}")
+    def __init__(self, proxy_id: str, type_url: str, reason: str, unanswered: bool = False):
+        verb = "did not answer for" if unanswered else "rejected"
+        super().__init__(f"{proxy_id} {verb} {SHORT_TYPE.get(type_url, type_url)}: {reason}")
         self.proxy_id = proxy_id
         self.type_url = type_url
         self.reason = reason
+        self.unanswered = unanswered
 
 
 _PACKED: dict[str, any_pb2.Any] = {}
@@ -101,6 +103,7 @@ class ProxyStream:
         self.types: dict[str, TypeState] = {}
         self.outbox: queue.Queue[discovery_pb2.DiscoveryResponse | None] = queue.Queue()
         self.connected_at = time.time()
+        self.closed = False  # its reader saw the end of the stream
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -110,17 +113,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._streams: dict[str, ProxyStream] = {}
         self._nonces = itertools.count(1)
         self._server: grpc.Server | None = None
-        self.port = 0
+        self.socket_path = ""
 
     # --- lifecycle -------------------------------------------------------------------------
-    def start(self, port: int = 0) -> int:
-        """Listen on 127.0.0.1 only (the xDS port is never exposed beyond loopback)."""
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
-                                   options=[("grpc.so_reuseport", 0)])
+    def start(self, socket_path: str) -> str:
+        """Listen on a Unix socket only: inside the owner's 0700 state folder, no other user
+        can open a stream (on a loopback port anyone on the machine could, and claim a
+        proxy's node id to be sent its private key)."""
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        self._server.add_insecure_port(f"unix:{socket_path}")
         self._server.start()
-        return self.port
+        self.socket_path = socket_path
+        return socket_path
 
     def stop(self) -> None:
         with self._lock:
@@ -224,7 +229,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if left <= 0:
                     proxy_id, what = pending[0]
                     raise PushError(proxy_id, "", f"no acknowledgement within {timeout:.0f}s "
-                                    f"({what}; {len(pending)} pending)")
+                                    f"({what}; {len(pending)} pending)", unanswered=True)
                 self._lock.wait(min(left, 0.5))
 
     def _send_if_changed(self, stream: ProxyStream, type_url: str) -> None:
@@ -264,8 +269,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         stream = ProxyStream(first.node.id)
         with self._lock:
             previous = self._streams.get(stream.proxy_id)
-            if previous:
-                previous.outbox.put(None)
+            if previous is not None and not previous.closed:
+                # As istiod does for a duplicate connection it cannot tell apart: the proxy
+                # that holds the stream keeps it. A restarted Envoy's old stream has ended
+                # (its socket closed) before the new one arrives.
+                log.warning("refused a second ADS stream for %s: one is connected",
+                            stream.proxy_id)
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              f"proxy {stream.proxy_id} is already connected")
             self._streams[stream.proxy_id] = stream
         reader = threading.Thread(target=self._read, args=(stream, first, request_iterator),
                                   daemon=True, name=f"ads-read-{stream.proxy_id}")
@@ -293,6 +304,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except Exception:  # a reader must never die silently
             log.exception("ADS stream of %s failed", stream.proxy_id)
         finally:
+            stream.closed = True
             stream.outbox.put(None)
 
     def _handle(self, stream: ProxyStream, request: discovery_pb2.DiscoveryRequest) -> None:

@@ -1,5 +1,9 @@
-"""The Envoy bootstrap each local proxy starts with: its identity, a loopback admin port and
-an ADS connection to the control plane. Everything else arrives over xDS."""
+"""The Envoy bootstrap each local proxy starts with: its identity, its admin API and an ADS
+connection to the control plane. Everything else arrives over xDS.
+
+Admin and xDS are Unix sockets in the mesh's 0700 state folder, not loopback ports: any local
+user can connect to a loopback port, and Envoy's admin API can stop the proxy
+(`/quitquitquit`) or read its config, and an xDS stream hands out private keys."""
 
 from __future__ import annotations
 
@@ -31,12 +35,11 @@ def envoy_binary() -> str:
     return found
 
 
-def bootstrap(node_id: str, cluster: str, admin_port: int, xds_port: int,
+def bootstrap(node_id: str, cluster: str, admin_socket: str, xds_socket: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": admin_port}}},
+        "admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}},
         "dynamic_resources": {
             "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
@@ -49,8 +52,7 @@ def bootstrap(node_id: str, cluster: str, admin_port: int, xds_port: int,
             "type": "STATIC",
             "connect_timeout": "1s",
             "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": xds_port}}}}]}]},
+                {"endpoint": {"address": {"pipe": {"path": xds_socket}}}}]}]},
             "typed_extension_protocol_options": {HTTP_OPTIONS: {
                 "@type": "type.googleapis.com/" + HTTP_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": {}}}},

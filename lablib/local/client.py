@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from ..errors import (
 )
 from ..progress import Progress
 from . import podnet
+from .admin import admin_request
 from .state import StateDir
 
 # Tools a sample image ships that this machine lacks, run by their local equivalents.
@@ -62,6 +62,15 @@ class LocalBackend(Backend):
         self.owner = os.getpid() if owner is None else owner
         if not self._alive():
             self._start_daemon(start_timeout)
+        elif self.owner:
+            # Another process started the mesh: this one holds it too, so the mesh lives
+            # while either does (a terminal beside the notebook).
+            self.call("attach", pid=self.owner)
+
+    def holders(self) -> list[dict[str, Any]]:
+        """The processes that keep the mesh alive (pid and command); none: it lives until
+        stopped."""
+        return list(self.call("holders"))
 
     @classmethod
     def attach(cls, state: StateDir | None = None) -> LocalBackend | None:
@@ -336,11 +345,10 @@ class LocalBackend(Backend):
 
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)
-        if not info["admin_port"]:
+        if not info["admin_socket"]:
             raise BackendError(f"pod {pod} in {namespace} has no istio-proxy container")
-        url = f"http://127.0.0.1:{info['admin_port']}/{path.lstrip('/')}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.read().decode()
+        return admin_request(info["admin_socket"], path,
+                             who=f"the istio-proxy of {pod}.{namespace}")
 
     def proxy_url(self, pod: str, namespace: str) -> str | None:
         return self.pod_info(pod, namespace)["env"].get("http_proxy")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -18,7 +19,6 @@ import re
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -43,6 +43,7 @@ from ..controlplane.snapshot import Snapshot, build_snapshot
 from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyRejectedError
 from ..telemetry.service import MeshTelemetry
 from ..telemetry.topology import topology_from_mesh
+from .admin import envoy_live
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
@@ -58,6 +59,7 @@ GATEWAY_IMAGE = "istio/proxyv2"
 PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
+NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -84,7 +86,7 @@ class Pod:
     workload: Workload
     containers: list[dict[str, Any]]
     proxy: Proxy | None = None
-    admin_port: int = 0
+    admin_socket: str = ""  # its Envoy's admin API (a Unix socket), when it has one
     processes: list[str] = field(default_factory=list)
     app_env: dict[str, str] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
@@ -99,6 +101,13 @@ def node_ports(store: ConfigStore) -> set[int]:
             for p in svc.spec.get("ports") or [] if p.get("nodePort")}
 
 
+def chosen_node_ports(resources: list[Resource]) -> list[tuple[Resource, int, int]]:
+    """(Service, port index, nodePort) for every nodePort a manifest sets itself."""
+    return [(r, i, int(p["nodePort"])) for r in resources
+            if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES
+            for i, p in enumerate(r.spec.get("ports") or []) if p.get("nodePort")]
+
+
 def rfc3339(ts: float) -> str:
     """Kubernetes' timestamp format: `2024-03-05T11:37:41Z`."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -107,14 +116,6 @@ def rfc3339(ts: float) -> str:
 def listening(ports: list[int]) -> Callable[[], bool]:
     """A readiness check: every one of `ports` accepts connections."""
     return lambda: all(port_accepts(p) for p in ports)
-
-
-def envoy_live(admin_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
-            return bool(r.read().strip() == b"LIVE")
-    except OSError:
-        return False
 
 
 def template_hash(deployment: Resource) -> str:
@@ -130,14 +131,16 @@ class LocalMesh:
         self.supervisor = supervisor or Supervisor(state)
         self.ports = PortAllocator()
         self.ads = AdsServer()
-        self.xds_port = self.ads.start(0)
+        state.xds_socket.unlink(missing_ok=True)  # a socket a killed meshd left behind
+        self.xds_socket = self.ads.start(str(state.xds_socket))
         self.store = ConfigStore.with_namespaces(["default"])
         default = self.store.get("Namespace", "", "default")
         assert default is not None
         self.store = self.store.with_applied([self._admit(default, [])])
         self.pods: dict[tuple[str, str], Pod] = {}
         self.kube_proxy: Proxy | None = None
-        self.kube_admin_port = 0
+        self.kube_admin_socket = ""
+        self._admin_serials = itertools.count(1)
         self.outside: OutsideWorld | None = None
         self.lock = threading.RLock()
         self.installed = False
@@ -218,11 +221,13 @@ class LocalMesh:
                 resources = [r if r.namespace or r.kind == "Namespace"
                              else r.in_namespace(namespace) for r in resources]
             new_node_ports: list[int] = []
+            chosen = chosen_node_ports(resources)
             resources = [self._admit(r, new_node_ports) for r in resources]
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
                 warnings = self._check(resources, candidate, old_store)
+                new_node_ports += self._claim_node_ports(chosen, candidate, old_store)
                 self._transition(candidate)
             except Exception:
                 for port in new_node_ports:
@@ -344,6 +349,49 @@ class LocalMesh:
             raise ConfigError(blocking(introduced))
         return [d for d in introduced if dangling_destination(d)]
 
+    def _claim_node_ports(self, chosen: list[tuple[Resource, int, int]],
+                          candidate: ConfigStore, current: ConfigStore) -> list[int]:
+        """Check the node ports manifests chose, as the API server does (its range, not
+        another Service's), and that no other mesh or program holds them, before anything
+        is pushed: an Envoy binds with SO_REUSEPORT and would share a port with another
+        mesh's. Returns the ports newly held; raises ConfigError naming Service and port."""
+        problems: list[Diagnostic] = []
+        held_before = node_ports(current)
+        claimed: list[int] = []
+        for r, index, port in chosen:
+            path = f"spec.ports[{index}].nodePort"
+            if not NODE_PORT_RANGE[0] <= port <= NODE_PORT_RANGE[1]:
+                problems.append(Diagnostic(
+                    "LAB0150", "Error", r.ref, f"Invalid value: {port}: provided port is not "
+                    f"in the valid range. The range of valid ports is "
+                    f"{NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}", path,
+                    "choose a nodePort in that range, or leave it out to get one"))
+                continue
+            others = [svc.ref for svc in candidate.list("Service")
+                      if (svc.namespace, svc.name) != (r.namespace, r.name)
+                      and port in {p.get("nodePort") for p in svc.spec.get("ports") or []}]
+            if others:
+                problems.append(Diagnostic(
+                    "LAB0151", "Error", r.ref, f"Invalid value: {port}: provided port is "
+                    f"already allocated (to {others[0]})", path,
+                    "choose another nodePort, or leave it out to get a free one"))
+                continue
+            if port in held_before:
+                continue
+            holder = self.ports.claim(port)
+            if holder:
+                problems.append(Diagnostic(
+                    "LAB0151", "Error", r.ref, f"nodePort {port} is in use on this machine: "
+                    f"{holder}", path,
+                    "choose another nodePort, or leave it out to get a free one"))
+            else:
+                claimed.append(port)
+        if problems:
+            for port in claimed:
+                self.ports.release(port)
+            raise ConfigError(problems)
+        return claimed
+
     def _findings(self, store: ConfigStore) -> list[Diagnostic]:
         """analyze(store), remembered for the last store analysed: the candidate of one apply
         is the current store of the next, so each apply analyses once."""
@@ -389,7 +437,7 @@ class LocalMesh:
                 if not p.get("nodePort"):
                     p["nodePort"] = old_ports.get(p.get("name") or p["port"])
                 if not p.get("nodePort"):
-                    p["nodePort"] = self.ports.allocate()
+                    p["nodePort"] = self.ports.allocate(within=NODE_PORT_RANGE)
                     new_node_ports.append(p["nodePort"])
         return Resource(r.kind, r.name, r.namespace, body, r.source)
 
@@ -432,6 +480,11 @@ class LocalMesh:
             self._check_cancelled()  # the last moment the change can still be undone
         except Exception as exc:  # whatever went wrong, nothing half-applied stays
             self._rollback(old_store, old_pods, new_pods, saved, old_kube)
+            if isinstance(exc, PushError) and exc.unanswered:
+                raise ProxyRejectedError(
+                    f"{exc.proxy_id} did not answer: {exc.reason}. It is stopped (e.g. by "
+                    "SIGSTOP) or overloaded; it refused nothing. The change was rolled back, "
+                    "so every proxy keeps the last good configuration") from None
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
@@ -572,8 +625,9 @@ class LocalMesh:
                   volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":
             kind = "sidecar" if inject else "router"
-            pod.admin_port = self.ports.allocate()
-            pod.proxy = Proxy(node_id(kind, name, d.namespace), kind, d.namespace, workload,
+            proxy_id = node_id(kind, name, d.namespace)
+            pod.admin_socket = str(self.state.admin_socket(next(self._admin_serials)))
+            pod.proxy = Proxy(proxy_id, kind, d.namespace, workload,
                               outbound_port=self.ports.allocate() if inject else 0,
                               app_ports=dict(bind) if inject else {})
         return pod
@@ -697,11 +751,11 @@ class LocalMesh:
         self._check_cancelled()
         if pod.proxy is not None:
             boot = bootstrap(pod.proxy.id, f"{pod.workload.labels.get('app', pod.deployment)}."
-                             f"{pod.namespace}", pod.admin_port, self.xds_port,
+                             f"{pod.namespace}", pod.admin_socket, self.xds_socket,
                              {"NAMESPACE": pod.namespace, "LABELS": pod.workload.labels,
                               "SERVICE_ACCOUNT": pod.workload.service_account})
             path = write_bootstrap(self.state.envoy / f"{prefix}.json", boot)
-            admin = pod.admin_port
+            admin = pod.admin_socket
             self.supervisor.start(f"{prefix}.istio-proxy", envoy_argv(path),
                                   ready=lambda: envoy_live(admin), ready_timeout=15)
             pod.processes.append(f"{prefix}.istio-proxy")
@@ -739,7 +793,9 @@ class LocalMesh:
                       ignore_errors=True)
         if pod.proxy:
             self.ads.forget(pod.proxy.id)
-        for port in [*pod.workload.ports.values(), *pod.bind_ports.values(), pod.admin_port,
+        if pod.admin_socket:
+            Path(pod.admin_socket).unlink(missing_ok=True)
+        for port in [*pod.workload.ports.values(), *pod.bind_ports.values(),
                      pod.proxy.outbound_port if pod.proxy else 0]:
             if port:
                 self.ports.release(port)
@@ -770,8 +826,7 @@ class LocalMesh:
                     self.ads.forget(self.kube_proxy.id)
                     for port in self.kube_proxy.kube_ports.values():
                         self.ports.release(port)
-                self.ports.release(self.kube_admin_port)
-                self.kube_proxy, self.kube_admin_port = None, 0
+                self.kube_proxy, self.kube_admin_socket = None, ""
                 if not is_address_in_use(exc) or attempt == PORT_ATTEMPTS:
                     raise
                 log.warning("kube-proxy lost a port to another program; starting it again")
@@ -779,13 +834,13 @@ class LocalMesh:
     def _start_kube_proxy_once(self) -> None:
         self.kube_proxy = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube",
                                 "kube-system", kube_ports={"default": self.ports.allocate()})
-        self.kube_admin_port = self.ports.allocate()
+        self.kube_admin_socket = str(self.state.admin_socket(next(self._admin_serials)))
         ctx = self._context(self.store)
         self.ads.set_target(build_snapshot(self.kube_proxy, ctx))
         path = write_bootstrap(self.state.envoy / "kube-proxy.json",
-                               bootstrap(self.kube_proxy.id, "kube-proxy", self.kube_admin_port,
-                                         self.xds_port, {}))
-        admin = self.kube_admin_port
+                               bootstrap(self.kube_proxy.id, "kube-proxy", self.kube_admin_socket,
+                                         self.xds_socket, {}))
+        admin = self.kube_admin_socket
         self.supervisor.start("kube-system.kube-proxy", envoy_argv(path),
                               ready=lambda: envoy_live(admin), ready_timeout=15)
         self.ads.wait_synced([self.kube_proxy.id], timeout=10, require_connected=True)

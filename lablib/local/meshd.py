@@ -1,8 +1,9 @@
 """meshd: the per-user daemon that hosts one LocalMesh and answers requests on a Unix socket.
 
 Started by `lablib.connect()`; it owns every mesh process through the Supervisor, so they
-all end with it. When started from a notebook it watches the
-kernel that started it and tears the mesh down when that kernel dies, even by kill -9.
+all end with it. When started from a notebook it watches the kernel that started it, and
+every later process that attaches to the same mesh (a terminal beside the notebook with the
+same LAB_MESH): it tears the mesh down when the last of them dies, even by kill -9.
 
 Protocol: one JSON request per connection, `{"method": ..., "params": {...}}`, answered by
 `{"result": ...}` or `{"error": {"type": ..., "message": ..., "diagnostics": [...]}}`.
@@ -20,13 +21,14 @@ import signal
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..config.loader import load
 from ..errors import ConfigError, LabError
 from .mesh import LocalMesh
 from .state import StateDir
-from .supervisor import Supervisor, kill_stale
+from .supervisor import Supervisor, command_line, kill_stale
 from .views import MeshViews
 
 log = logging.getLogger("meshd")
@@ -53,6 +55,52 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
 
 
+class Owners:
+    """The processes that hold the mesh (reference counts by pid): when the last one ends,
+    the mesh ends. A mesh started by no process (`--owner 0`) lives until it is stopped."""
+
+    def __init__(self, supervisor: Supervisor, on_last_gone: Callable[[], None]):
+        self._supervisor = supervisor
+        self._on_last_gone = on_last_gone
+        self._pids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, pid: int) -> None:
+        """Hold the mesh for `pid`, a live process of this user."""
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                raise LabError(f"process {pid} belongs to another user: it cannot hold the mesh")
+        except FileNotFoundError:
+            raise LabError(f"process {pid} is not running: it cannot hold the mesh") from None
+        with self._lock:
+            if pid in self._pids:
+                return
+            self._pids.add(pid)
+        log.info("process %d holds the mesh", pid)
+        self._supervisor.watch_owner(pid, lambda: self._gone(pid))
+
+    def _gone(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+            last = not self._pids
+        log.info("holder %d ended; %s", pid, "no holder left: stopping" if last
+                 else "the mesh stays up for its other holders")
+        if last:
+            self._on_last_gone()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Who holds the mesh: pid and command line."""
+        with self._lock:
+            pids = sorted(self._pids)
+        return [{"pid": pid, "command": " ".join((command_line(pid) or "?").split())[:120]}
+                for pid in pids]
+
+    @property
+    def held(self) -> bool:
+        with self._lock:
+            return bool(self._pids)
+
+
 class MeshServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
@@ -61,11 +109,19 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
         self.mesh = mesh
         self.views = MeshViews(mesh)
         self.stopping = threading.Event()
+        self.owners = Owners(mesh.supervisor, self.stop)
         super().__init__(str(state.socket_path), Handler)
 
     def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         if method == "ping":
             return {"pid": os.getpid(), "installed": self.mesh.installed}
+        if method == "attach":
+            # A mesh nobody held (started from a terminal) stays unheld: it lives until down.
+            if self.owners.held:
+                self.owners.add(int(params["pid"]))
+            return self.owners.rows()
+        if method == "holders":
+            return self.owners.rows()
         if method in CHANGES:
             # `op` names the call so that the client can interrupt it (see `cancel`).
             with self.mesh.operation(params.pop("op", None)):
@@ -141,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
     if args.owner:
-        supervisor.watch_owner(args.owner, lambda: server.stop())
-    log.info("meshd %d serving on %s (xDS 127.0.0.1:%d)", os.getpid(), state.socket_path,
-             mesh.xds_port)
+        try:
+            server.owners.add(args.owner)
+        except LabError as exc:  # the process that started meshd is gone already
+            log.info("%s: stopping", exc)
+            server.stop()
+    log.info("meshd %d serving on %s (xDS on %s)", os.getpid(), state.socket_path,
+             mesh.xds_socket)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import logging
 import os
+import random
 import socket
 import stat
 import tempfile
@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LISTEN = "0A"  # TCP state code in /proc/net/tcp
 REGISTRY_ENV = "LAB_PORTS_DIR"
-LOCK_WAIT_S = 5.0  # a registry lock held longer than this is someone else's bug: go on without
-_serial = itertools.count()
+LOCK_WAIT_S = 5.0  # a registry lock held longer than this: turn the registry off
+# A mesh holds a few ports per pod; a claim far beyond that is a mistake or an attack.
+MAX_CLAIM = 512
+MAX_CLAIM_PER_USER = 1024
 
 
 class PortInUseError(BackendError):
@@ -90,6 +92,12 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
                 return True
             raise
         return False
+
+
+def _free_port_within(bounds: tuple[int, int], host: str) -> int:
+    """A random port in `bounds` that nothing is bound to right now, or 0."""
+    port = random.randint(*bounds)
+    return 0 if port_in_use(port, host) else port
 
 
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
@@ -166,31 +174,57 @@ def registry_dir() -> Path:
 
 
 class PortRegistry:
-    """The machine-wide record of held ports: one `<uid>-<pid>-<n>.ports` file per allocator.
+    """The machine-wide record of held ports: one `<uid>-<pid>-<random>.ports` file per
+    allocator.
 
     The folder is world-writable with the sticky bit (as /tmp), so students on one server
-    share it while nobody can remove or rewrite another's file. Any trouble with the folder
-    turns the registry off for this allocator (logged): allocation then relies on retries.
+    share it while nobody can remove or rewrite another's file. Other users may plant files
+    there, so a file counts only when it is a regular file owned by the uid its name claims,
+    that uid also runs the live pid it names, and it claims at most `MAX_CLAIM` ports (all of
+    one user's files together `MAX_CLAIM_PER_USER`). A folder owned by another user (who
+    could delete our files or hold the lock) is refused; a shared folder must be ours or
+    root's with the sticky bit. Any trouble turns the registry off for this allocator, with
+    a warning: allocation then relies on retries, never fails because of the registry.
     """
 
     def __init__(self, folder: Path | None = None):
         self.folder = folder if folder is not None else registry_dir()
-        self.file = self.folder / f"{os.geteuid()}-{os.getpid()}-{next(_serial)}.ports"
+        self.file = self.folder / "unused.ports"
         self.usable = self._prepare()
 
     def _prepare(self) -> bool:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             info = self.folder.lstat()
+            if not stat.S_ISDIR(info.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder")
             if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o1777:
                 self.folder.chmod(0o1777)  # mkdir's mode is filtered by the umask
-            if not stat.S_ISDIR(info.st_mode) or not os.access(self.folder, os.W_OK | os.X_OK):
+            elif info.st_uid not in (os.geteuid(), 0) or (
+                    info.st_uid == 0 and not info.st_mode & stat.S_ISVTX):
+                raise PermissionError(
+                    errno.EPERM, f"owned by uid {info.st_uid}, who could remove or rewrite "
+                    "this user's entries (a shared folder must be root's, with the sticky "
+                    "bit, as /tmp)")
+            if not os.access(self.folder, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "not a folder this user can write")
+            # mkstemp: a fresh, unpredictable name created O_EXCL|O_NOFOLLOW, so nothing
+            # planted at a guessable name is ever written; 0644 so other meshes can read it.
+            fd, name = tempfile.mkstemp(dir=self.folder,
+                                        prefix=f"{os.geteuid()}-{os.getpid()}-",
+                                        suffix=".ports")
+            os.fchmod(fd, 0o644)
+            os.close(fd)
+            self.file = Path(name)
         except OSError as exc:
-            log.warning("port registry %s unusable (%s): ports are not reserved across meshes",
-                        self.folder, exc)
+            self._turn_off(f"unusable ({exc})")
             return False
         return True
+
+    def _turn_off(self, why: str) -> None:
+        log.warning("port registry %s %s: ports are not reserved across meshes (each mesh "
+                    "still retries a port another program took)", self.folder, why)
+        self.usable = False
 
     @contextmanager
     def locked(self) -> Iterator[set[int]]:
@@ -199,9 +233,10 @@ class PortRegistry:
             yield set()
             return
         try:
-            fd = os.open(self.folder / "lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+            fd = os.open(self.folder / "lock",
+                         os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444)
         except OSError as exc:
-            log.warning("cannot open the port registry lock: %s", exc)
+            self._turn_off(f"lock cannot be opened ({exc})")
             yield set()
             return
         try:
@@ -212,21 +247,24 @@ class PortRegistry:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        log.warning("port registry lock busy for %.0f s: going on without it",
-                                    LOCK_WAIT_S)
+                        # Someone holds it for ever (a bug, or another user on purpose):
+                        # waiting at every allocation would stall the mesh.
+                        self._turn_off(f"lock busy for {LOCK_WAIT_S:.0f} s")
                         break
                     time.sleep(0.01)
-            yield self._held_by_others()
+            yield self._held_by_others() if self.usable else set()
         finally:
             os.close(fd)  # also drops the flock
 
     def _held_by_others(self) -> set[int]:
-        """Ports recorded by live allocators other than this one; removes our dead ones' files."""
-        held: set[int] = set()
+        """Ports recorded by live allocators other than this one that can be trusted;
+        removes the files our own dead allocators left."""
+        claims: dict[int, set[int]] = {}
         try:
             entries = list(self.folder.glob("*.ports"))
-        except OSError:
-            return held
+        except OSError as exc:
+            self._turn_off(f"cannot be listed ({exc})")
+            return set()
         for entry in entries:
             if entry == self.file:
                 continue
@@ -236,30 +274,74 @@ class PortRegistry:
                 continue
             if not pid_alive(pid):
                 if uid == os.geteuid():
-                    entry.unlink(missing_ok=True)
+                    _remove_own(entry)
                 continue
-            try:
-                held.update(int(word) for word in entry.read_text().split())
-            except (OSError, ValueError):
+            ports = _trusted_claim(entry, uid, pid)
+            if ports:
+                claims.setdefault(uid, set()).update(ports)
+        held: set[int] = set()
+        for uid, ports in claims.items():
+            if len(ports) > MAX_CLAIM_PER_USER:
+                log.warning("port registry: uid %d claims %d ports (more than %d): ignored",
+                            uid, len(ports), MAX_CLAIM_PER_USER)
                 continue
+            held |= ports
         return held
 
     def record(self, ports: set[int]) -> None:
         """Replace this allocator's file with `ports` (atomically: readers see old or new)."""
         if not self.usable:
             return
-        tmp = self.file.with_name(f".{self.file.name}.tmp")
         try:
-            tmp.write_text(" ".join(str(p) for p in sorted(ports)))
-            os.replace(tmp, self.file)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
+            try:
+                os.fchmod(fd, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    f.write(" ".join(str(p) for p in sorted(ports)))
+                os.replace(tmp, self.file)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as exc:
-            log.warning("cannot record held ports in %s: %s", self.file, exc)
-            tmp.unlink(missing_ok=True)
+            self._turn_off(f"cannot record held ports ({exc})")
 
     def forget(self) -> None:
         """Remove this allocator's file: its ports are free for every mesh again."""
         if self.usable:
-            self.file.unlink(missing_ok=True)
+            _remove_own(self.file)
+
+
+def _remove_own(path: Path) -> None:
+    """Remove `path` if it is a file of this user (never another's, nor through a link)."""
+    try:
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _trusted_claim(entry: Path, uid: int, pid: int) -> set[int]:
+    """The ports a registry file claims, or nothing when it cannot be trusted: not a regular
+    file owned by `uid`, `pid` not run by `uid`, or more than MAX_CLAIM ports."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != uid:
+            return set()
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+                return set()
+            words = f.read(MAX_CLAIM * 6 + 1).split()
+    except OSError:
+        return set()
+    if len(words) > MAX_CLAIM:
+        log.warning("port registry: %s claims more than %d ports: ignored", entry.name, MAX_CLAIM)
+        return set()
+    try:
+        return {port for word in words if 0 < (port := int(word)) < 65536}
+    except ValueError:
+        return set()
 
 
 class PortAllocator:
@@ -280,12 +362,14 @@ class PortAllocator:
             # A mesh that is never closed still frees its ports when collected or at exit.
             weakref.finalize(self, self.registry.forget)
 
-    def allocate(self) -> int:
-        """A free port neither this allocator nor another mesh's holds."""
+    def allocate(self, within: tuple[int, int] | None = None) -> int:
+        """A free port neither this allocator nor another mesh's holds (`within`: a port
+        range, as the node port range, instead of the kernel's choice)."""
         with self._lock, self._reserving() as elsewhere:
             for _ in range(self.attempts):
-                port = allocate_port(self.host)
-                if port not in self._taken and port not in elsewhere:
+                port = (allocate_port(self.host) if within is None
+                        else _free_port_within(within, self.host))
+                if port and port not in self._taken and port not in elsewhere:
                     self._taken.add(port)
                     if self.registry is not None:
                         self.registry.record(self._taken)
@@ -294,6 +378,21 @@ class PortAllocator:
             f"no free loopback port found in {self.attempts} tries "
             f"({len(self._taken)} already held by this mesh)"
         )
+
+    def claim(self, port: int) -> str:
+        """Hold `port`, which a manifest chose (a nodePort), unless another mesh holds it or a
+        program listens on it; returns "" when held, else who has it."""
+        with self._lock, self._reserving() as elsewhere:
+            if port in self._taken:
+                return ""
+            if port in elsewhere:
+                return "another mesh on this machine holds it"
+            if port_in_use(port, self.host):
+                return f"{port_owner(port) or 'another program'} listens on it"
+            self._taken.add(port)
+            if self.registry is not None:
+                self.registry.record(self._taken)
+            return ""
 
     @contextmanager
     def _reserving(self) -> Iterator[set[int]]:

@@ -7,6 +7,8 @@ Layout of `<root>/<mesh>/` (mode 0700):
     certs/               keys and certificates (0700; files written 0600)
     meshd.pid            the daemon's pid
     meshd.sock           the daemon's Unix socket
+    xds.sock             the control plane's xDS (gRPC ADS) socket
+    admin/<n>.sock       each Envoy's admin API
     state.json           what the daemon wants to remember (written atomically)
 
 `<root>` is `$LAB_STATE_DIR`, else `$XDG_RUNTIME_DIR/istio-lab-kit`, else
@@ -125,7 +127,21 @@ class StateDir:
     @property
     def socket_path(self) -> Path:
         """The Unix socket meshd listens on; refuses paths too long for a socket."""
-        path = self.path / "meshd.sock"
+        return self.unix_socket("meshd.sock")
+
+    @property
+    def xds_socket(self) -> Path:
+        """The Unix socket the control plane serves xDS on (only this user can open it)."""
+        return self.unix_socket("xds.sock")
+
+    def admin_socket(self, serial: int) -> Path:
+        """The Unix socket of one Envoy's admin API: named by a number, not the pod, so that
+        it fits a socket path whatever the pod is called."""
+        return self.unix_socket(f"admin/{serial}.sock")
+
+    def unix_socket(self, name: str) -> Path:
+        """`name` in this folder, refused when too long for a Unix socket path."""
+        path = self.path / name
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise StateDirError(
                 f"the mesh socket path {path} is longer than the {MAX_SOCKET_PATH} bytes a "
@@ -161,7 +177,7 @@ class StateDir:
             # mkdir's mode is filtered by the umask, and an older folder may be looser.
             if info.st_mode & 0o777 != 0o700:
                 self.path.chmod(0o700)
-            for folder in (self.logs, self.envoy, self.certs):
+            for folder in (self.logs, self.envoy, self.certs, self.path / "admin"):
                 folder.mkdir(mode=0o700, exist_ok=True)
             self.certs.chmod(0o700)
         return self

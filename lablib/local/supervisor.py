@@ -42,7 +42,9 @@ __all__ = [
     "ManagedProcess",
     "ProcessStartError",
     "Supervisor",
+    "command_line",
     "kill_stale",
+    "pid_alive",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ CRASH_LOOP = "CrashLoopBackOff"
 
 OWNER_ENV = "LAB_SUPERVISOR_DIR"
 BACKOFF_START = 0.1
-BACKOFF_MAX = 2.0
+# As the kubelet restarts a crashing container for ever with a doubling back-off (capped at
+# five minutes there, ten seconds here: a learner should not wait long once the cause is gone).
+BACKOFF_MAX = 10.0
 FAST_CRASH_SECONDS = 10.0  # a run shorter than this counts towards a crash loop
 TICK = 0.05  # how often the monitor looks at its processes
 OWNER_POLL = 0.1  # owner liveness poll when pidfd_open is unavailable
@@ -241,10 +245,12 @@ class Supervisor:
         *,
         on_restart: Callable[[str], None] | None = None,
         crash_loop_limit: int = 5,
+        backoff_max: float = BACKOFF_MAX,
     ):
         self.state = state
         self.on_restart = on_restart  # called with the name once a restarted process is ready
-        self.crash_loop_limit = crash_loop_limit
+        self.crash_loop_limit = crash_loop_limit  # fast crashes in a row shown as CrashLoopBackOff
+        self.backoff_max = backoff_max
         self._procs: dict[str, ManagedProcess] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
@@ -504,7 +510,7 @@ class Supervisor:
                     and proc.popen.poll() is not None
                 ):
                     self._on_exit(proc)
-                if proc.state == RESTARTING and time.monotonic() >= proc.restart_at:
+                if proc.state in (RESTARTING, CRASH_LOOP) and time.monotonic() >= proc.restart_at:
                     self._respawn(proc)
             waiting = [
                 (p, p.popen)
@@ -527,7 +533,7 @@ class Supervisor:
                     _signal_group(popen.pid, signal.SIGKILL)  # next tick counts a crash
 
     def _on_exit(self, proc: ManagedProcess) -> None:
-        """Record an unexpected exit and schedule a restart, or give up (lock held)."""
+        """Record an unexpected exit and schedule a restart with back-off (lock held)."""
         assert proc.popen is not None
         proc.exit_code, proc.ready = proc.popen.returncode, False
         self._note(proc, f"exited with {_describe_exit(proc.exit_code)}")
@@ -536,17 +542,17 @@ class Supervisor:
             return
         quick = time.monotonic() - proc.run_started < FAST_CRASH_SECONDS
         proc.fast_crashes = proc.fast_crashes + 1 if quick else 1
+        backoff = min(BACKOFF_START * 2 ** (proc.fast_crashes - 1), self.backoff_max)
+        proc.restart_at = time.monotonic() + backoff
         if proc.fast_crashes >= self.crash_loop_limit:
             proc.state = CRASH_LOOP
             self._note(
                 proc,
                 f"crashed {proc.fast_crashes} times in a row within "
-                f"{FAST_CRASH_SECONDS:g} s of starting: giving up ({CRASH_LOOP})",
+                f"{FAST_CRASH_SECONDS:g} s of starting ({CRASH_LOOP}): next try in {backoff:g} s",
             )
             return
         proc.state = RESTARTING
-        backoff = min(BACKOFF_START * 2 ** (proc.fast_crashes - 1), BACKOFF_MAX)
-        proc.restart_at = time.monotonic() + backoff
 
     def _respawn(self, proc: ManagedProcess) -> None:
         """Start the next run of `proc` with its original argv and env (lock held)."""
@@ -628,7 +634,7 @@ class Supervisor:
 
 
 # --- start-up clean-up -----------------------------------------------------------------------
-def _cmdline(pid: int) -> str | None:
+def command_line(pid: int) -> str | None:
     """The command line of `pid`, space-joined, or None when unreadable."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -649,7 +655,7 @@ def _is_daemon(pid: int, marker: str) -> bool:
     """True when `pid` is a live process of ours whose command line mentions `marker`."""
     if pid == os.getpid() or not pid_alive(pid) or not _owned_by_us(pid):
         return False
-    return marker in (_cmdline(pid) or "")
+    return marker in (command_line(pid) or "")
 
 
 def _tagged(pid: int, tag: bytes) -> bool:

@@ -9,7 +9,8 @@ from ..config.schema import PREFERRED_VERSION
 from ..controlplane.context import selector_matches
 from ..controlplane.gateway import SECRET_TYPE
 from ..errors import NotFoundError
-from .mesh import LocalMesh, Pod, envoy_live, rfc3339
+from .admin import envoy_live
+from .mesh import LocalMesh, Pod, rfc3339
 
 KIND_ALIASES = {
     "pod": "Pod", "pods": "Pod", "po": "Pod",
@@ -130,7 +131,7 @@ class MeshViews:
         """What `exec` and `proxy_config` need: the pod's proxy env and its Envoy admin port."""
         pod = self.mesh.find_pod(namespace, name)
         return {"name": pod.name, "namespace": pod.namespace, "env": pod.app_env,
-                "admin_port": pod.admin_port,
+                "admin_socket": pod.admin_socket,
                 "proxy": pod.proxy.kind if pod.proxy else None,
                 "proxy_id": pod.proxy.id if pod.proxy else None,
                 "ports": {str(k): v for k, v in pod.workload.ports.items()},
@@ -169,20 +170,21 @@ class MeshViews:
         return self.mesh.supervisor.status()
 
     def ports(self) -> list[int]:
-        """Every loopback port this mesh holds: xDS, admin, listeners and apps."""
-        return sorted({self.mesh.xds_port, *self.mesh.ports.allocated()})
+        """Every loopback port this mesh holds: listeners and apps (xDS and admin APIs are
+        Unix sockets)."""
+        return sorted(self.mesh.ports.allocated())
 
     def verify(self) -> list[dict[str, Any]]:
         """Each installed component and whether it is really serving, as verify-install."""
         rows = [{"component": "Istiod (lablib control plane)", "kind": "Deployment",
                  "name": "istiod.istio-system", "ok": self.mesh.installed,
-                 "detail": f"xDS on 127.0.0.1:{self.mesh.xds_port}"}]
+                 "detail": f"xDS on {self.mesh.xds_socket}"}]
         for pod in self.mesh.pods.values():
             if pod.role == "gateway":
-                live = envoy_live(pod.admin_port)
+                live = envoy_live(pod.admin_socket)
                 rows.append({"component": pod.deployment, "kind": "Deployment",
                              "name": f"{pod.deployment}.{pod.namespace}", "ok": live,
-                             "detail": f"Envoy admin 127.0.0.1:{pod.admin_port} "
+                             "detail": f"Envoy admin {pod.admin_socket} "
                                        f"{'LIVE' if live else 'not ready'}"})
         synced = self.mesh.ads.status()
         rows.append({"component": "proxies in sync", "kind": "xDS", "name": "proxy-status",

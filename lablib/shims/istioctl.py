@@ -504,9 +504,10 @@ def cmd_dashboard(p: Parsed) -> int:
             raise UsageError("specify a pod: istioctl dashboard envoy POD[.NS]")
         pod, namespace = _pod_and_namespace(p, p.args[1])
         info = connect().pod_info(pod, namespace)
-        if not info.get("admin_port"):
+        if not info.get("admin_socket"):
             raise Failure(f"Error: pod {pod} in {namespace} has no istio-proxy")
-        _out(f"http://127.0.0.1:{info['admin_port']}\n")
+        # The local mesh keeps Envoy's admin API on a Unix socket only its owner can open.
+        _out(f"curl --unix-socket {info['admin_socket']} http://localhost/\n")
         return 0
     if name in DASHBOARDS:
         port = p.get("port")

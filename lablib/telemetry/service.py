@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..local.ports import PortAllocator, with_free_port
+from ..local.supervisor import RUNNING
 from .collector import Collector
 from .prometheus import (
     INSTALL_HINT,
@@ -58,10 +59,20 @@ class MeshTelemetry:
             note = ""
             if start_prometheus and not self.prometheus_port:
                 note = self._start_prometheus()
+            elif self.prometheus_port:
+                note = self._prometheus_down()
             return {"metrics": self.server.url + ALL_PATH,
                     "prometheus": f"http://127.0.0.1:{self.prometheus_port}"
-                    if self.prometheus_port else "",
+                    if self.prometheus_port and not note else "",
                     "note": note}
+
+    def _prometheus_down(self) -> str:
+        """Why the Prometheus this mesh started does not serve now, or "" when it does."""
+        row = next((r for r in self.supervisor.status() if r["name"] == PROCESS_NAME), None)
+        if row is None or (row["state"] == RUNNING and row["ready"]):
+            return ""
+        return (f"Prometheus is down ({row['state']}, {row['restarts']} restarts); the mesh "
+                f"restarts it with back-off: see {row['log']}")
 
     def _start_prometheus(self) -> str:
         binary = find_prometheus()
