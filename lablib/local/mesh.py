@@ -523,7 +523,9 @@ class LocalMesh:
         if pre_injected:
             containers = [c for c in containers if c.get("name") != "istio-proxy"]
         suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
-        name = f"{d.name}-{thash}-{suffix}"
+        # The API server's generateName: the base is cut to 58 characters before the 5 random
+        # ones, so a pod name (a file name here) stays a DNS label however long the Deployment's.
+        name = f"{d.name}-{thash}-"[:58] + suffix
         images = " ".join(str(c.get("image", "")) for c in containers)
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")

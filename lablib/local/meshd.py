@@ -83,10 +83,12 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
         if method == "install":
             return self.mesh.install(params.get("values"))
         if method == "apply":
-            docs = load(params["text"], namespace=params.get("namespace"))
+            docs = load(params["text"], namespace=params.get("namespace"), verb="apply",
+                        read_files=False)
             return self.mesh.apply(docs, params.get("namespace"))
         if method == "delete":
-            docs = load(params["text"], namespace=params.get("namespace"), check_fields=False)
+            docs = load(params["text"], namespace=params.get("namespace"), check_fields=False,
+                        verb="delete", read_files=False)
             return self.mesh.delete(docs, params.get("namespace"),
                                     bool(params.get("ignore_missing")))
         if method == "rotate_certificates":
