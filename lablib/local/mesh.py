@@ -42,6 +42,7 @@ from ..errors import ConfigError, Diagnostic, LabError, NotFoundError, ProxyReje
 from ..telemetry.service import MeshTelemetry
 from ..telemetry.topology import topology_from_mesh
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
+from .containment import host_env_problems, make_folder_inside, write_inside
 from .identity import MeshCA
 from .images import command_for
 from .ports import PortAllocator, is_address_in_use, port_accepts
@@ -321,6 +322,7 @@ class LocalMesh:
             errors += [d for d in validate(r) if d.severity == "Error"]
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
+                errors += host_env_problems(r)
         if not errors:
             known = {str(d) for d in self._findings(current)}
             errors = [d for d in self._findings(candidate)
@@ -662,14 +664,13 @@ class LocalMesh:
             name = str(source.get("secretName") or source.get("name"))
             found = store.get(kind, pod.namespace, name)
             data = dict((found.body.get("data") or {}) if found else {})
-            folder = self.state.path / "mounts" / f"{pod.namespace}.{pod.name}" / str(
-                mount["name"])
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Names and keys come from manifests: written only inside the pod's folder.
+            folder = make_folder_inside(self.state.path, [
+                "mounts", f"{pod.namespace}.{pod.name}", str(mount["name"])])
             for key, value in data.items():
-                if kind == "Secret":
-                    self.state.write_private(folder / key, base64.b64decode(str(value)))
-                else:
-                    (folder / key).write_text(str(value))
+                secret = kind == "Secret"
+                write_inside(folder, [str(key)], base64.b64decode(str(value)) if secret
+                             else str(value).encode(), 0o600 if secret else 0o644)
             mounts[str(mount["mountPath"])] = str(folder)
         return mounts
 
