@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config.loader import load
 from ..errors import ConfigError, LabError
+from .logcap import LogCapper
 from .mesh import LocalMesh
 from .state import StateDir
 from .supervisor import Supervisor, kill_stale
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state.socket_path.unlink(missing_ok=True)
     supervisor = Supervisor(state)
+    capper = LogCapper(state.logs).start()
     mesh = LocalMesh(state, supervisor)
     server = MeshServer(state, mesh)
     os.chmod(state.socket_path, 0o600)
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        capper.stop()
         server.stop() if not server.stopping.is_set() else None
         server.server_close()
         state.clear(keep_logs=True)  # nothing but the logs outlives the mesh
