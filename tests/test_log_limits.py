@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lablib import doctor
+from lablib.local import state
 from lablib.local.logcap import cap_logs
 from lablib.telemetry.accesslog import LogTail
 
@@ -82,3 +84,34 @@ def test_the_access_log_reader_follows_a_rotation(tmp_path: Path) -> None:
     with open(log, "a") as writer:
         writer.write('{"n": 2}\n')
     assert len(tail.read()) == 1
+
+
+@pytest.mark.parametrize(("free", "chosen"), [(10 * 1024**2, "home"), (8 * 1024**3, "runtime")])
+def test_the_default_state_root_is_a_folder_with_room(tmp_path: Path, free: int, chosen: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small $XDG_RUNTIME_DIR tmpfs is passed over for ~/.cache."""
+    runtime, home = tmp_path / "runtime", tmp_path / "home"
+    runtime.mkdir()
+    monkeypatch.delenv("LAB_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(state, "free_space", lambda path: free if path == runtime else 0)
+    expected = {"home": home / ".cache" / "istio-lab-kit" / "run",
+                "runtime": runtime / "istio-lab-kit"}[chosen]
+    assert state.default_root() == expected
+
+
+@pytest.mark.parametrize(("free", "ok"), [(50 * 1024**3, True), (500 * 1024**2, None),
+                                          (10 * 1024**2, False)])
+def test_doctor_reports_the_free_space_of_the_state_disk(tmp_path: Path, free: int,
+                                                         ok: bool | None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "free_space", lambda path: free)
+    row = doctor.state_disk_row(tmp_path)
+    assert row["ok"] is ok
+    assert f"{free / 1024**3:.1f} GiB free for {tmp_path}" in row["detail"]
+    assert ("LAB_STATE_DIR" in row["fix"]) is (ok is not True)
+
+
+def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path: Path) -> None:
+    assert state.free_space(tmp_path / "not" / "yet") == state.free_space(tmp_path) > 0
