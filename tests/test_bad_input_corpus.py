@@ -331,3 +331,23 @@ def test_wrong_shim_usage_answers_like_the_real_tool(routed, case):
     assert result.returncode == code
     if argv[:2] == ["kubectl", "apply"]:
         assert_last_good_config(routed)
+
+
+def test_an_envoy_rejection_gives_the_reason_first_and_no_config_dump(routed):
+    """A 17 KB header value passes Istio's validation but breaks an Envoy proto constraint
+    (values hold at most 16384 bytes): Envoy's NACK carries the whole route table as text."""
+    reviews = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+               "metadata": {"name": "reviews", "namespace": NS},
+               "spec": {"hosts": ["reviews"], "http": [{
+                   "route": [{"destination": {"host": "reviews", "subset": "v1"}}],
+                   "headers": {"response": {"add": {"x-lab-big": "a" * 17000}}}}]}}
+    before = stored_config(routed)
+    with pytest.raises(lablib.ProxyRejectedError) as refused:
+        routed.apply(reviews)
+    message = str(refused.value)
+    assert message.startswith("Envoy refused the new configuration"), message[:300]
+    assert "16384" in message and "Value" in message, message[:1000]
+    assert len(message) < 1500 and "virtual_hosts {" not in message, message[:1500]
+    assert "meshd.log" in message
+    assert stored_config(routed) == before
+    assert_last_good_config(routed)

@@ -46,6 +46,7 @@ from .containment import host_env_problems, make_folder_inside, write_inside
 from .identity import MeshCA
 from .images import command_for
 from .ports import PortAllocator, is_address_in_use, port_accepts
+from .rejection import rejection_reason
 from .state import StateDir
 from .supervisor import ProcessStartError, Supervisor
 
@@ -421,7 +422,8 @@ class LocalMesh:
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
-                    f"one. {exc.proxy_id} said: {exc.reason}") from None
+                    f"one. {exc.proxy_id} said: "
+                    f"{rejection_reason(exc, snapshots.get(exc.proxy_id))}") from None
             raise
         for port in node_ports(old_store) - node_ports(candidate):
             self.ports.release(port)
