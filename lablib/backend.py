@@ -17,11 +17,12 @@ from .errors import BackendError
 Source = str | Path | dict[str, Any] | Sequence[str | Path | dict[str, Any]]
 
 
-def manifest_text(source: Source, check_fields: bool = True) -> str:
-    """Files, folders, YAML text or dicts as one multi-document YAML string."""
+def manifest_text(source: Source, check_fields: bool = True, verb: str = "apply") -> str:
+    """Files, folders, YAML text or dicts as one multi-document YAML string; ConfigError
+    when they hold no manifest ("no objects passed to apply", as kubectl says)."""
     from .config.loader import load
 
-    resources = load(source, check_fields=check_fields)
+    resources = load(source, check_fields=check_fields, verb=verb)
     return yaml.safe_dump_all([r.body for r in resources], sort_keys=False)
 
 

@@ -47,6 +47,11 @@ def down(names: list[str]) -> int:
 
 
 def status() -> int:
+    from .doctor import state_disk_row
+    from .local.state import default_root
+
+    disk = state_disk_row(default_root())
+    print(f"state disk: {disk['detail']}" + (f"\n  fix: {disk['fix']}" if disk["fix"] else ""))
     for name, backend in local_meshes():
         if backend is None:
             print(f"mesh {name}: not running")

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import LabError
@@ -65,11 +66,25 @@ def checks() -> list[dict[str, Any]]:
     try:
         state = StateDir()
         rows.append(_row("state folder", True, str(state.path)))
+        rows.append(state_disk_row(state.root))
     except LabError as exc:
         rows.append(_row("state folder", False, str(exc).splitlines()[0],
                          "set LAB_STATE_DIR to a writable folder"))
     rows += mesh_rows()
     return rows
+
+
+LOW_SPACE = 100 * 1024**2  # below this a mesh soon fails to write its logs and certificates
+
+
+def state_disk_row(root: Path) -> dict[str, Any]:
+    """Free space where the meshes keep their state: enough, low (a warning), or too little."""
+    from .local.state import FIX, ROOM, free_space
+
+    free = free_space(root)
+    ok = True if free >= ROOM else (None if free >= LOW_SPACE else False)
+    return _row("state disk", ok, f"{free / 1024**3:.1f} GiB free for {root} "
+                f"(a mesh's capped logs may take {ROOM / 1024**3:.0f} GiB)", FIX)
 
 
 def mesh_rows() -> list[dict[str, Any]]:

@@ -464,3 +464,24 @@ def test_gateway_route_match_port_means_the_server_port():
     matched = GATEWAY_YAML.replace("number: 8080", "number: 80").replace(
         "    - uri: {exact: /productpage}", "    - uri: {exact: /productpage}\n      port: 80")
     assert simulate(snapshot_for(GATEWAY, matched), Call(30080, "x", "/productpage")).clusters
+
+
+IDLE_POLICY = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo-test}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {http: {idleTimeout: 5m, maxRequestsPerConnection: 3}}}
+"""
+
+
+@pytest.mark.parametrize("proxy", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])
+def test_every_cluster_closes_idle_pooled_connections_unless_a_rule_says_otherwise(proxy):
+    snap = snapshot_for(proxy, IDLE_POLICY)
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    idle = {name: c["typed_extension_protocol_options"][options]["common_http_protocol_options"]
+            for name, c in snap.clusters.items()}
+    reviews = idle.pop(f"outbound|9080||reviews.{NS}.svc.cluster.local")
+    assert reviews == {"idle_timeout": "300s", "max_requests_per_connection": 3}
+    assert idle and all(common == {"idle_timeout": "60s"} for common in idle.values()), idle

@@ -42,10 +42,16 @@ _log_lock = threading.Lock()
 
 
 def log(line: str) -> None:
-    """Write one line to stdout and flush it, so log readers see it at once."""
+    """Write one line to stdout and flush it, so log readers see it at once.
+
+    A log that cannot be written (a full disk: ENOSPC) loses the line, never the request
+    being logged."""
     with _log_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError:
+            pass
 
 
 def port_parser(description: str) -> argparse.ArgumentParser:

@@ -33,6 +33,10 @@ YAML_ERROR = "LAB0103"
 SHAPE_ERROR = "LAB0104"
 NAMESPACE_ERROR = "LAB0105"
 _YAML_SUFFIXES = (".yaml", ".yml")
+# go-yaml's defence against "billion laughs", which kubectl inherits: past 1000 nodes, at
+# most 99% of a document may come from alias expansion (10% past 4 million nodes).
+_ALIAS_FREE_NODES = 1000
+_ALIAS_RATIO_LOW, _ALIAS_RATIO_HIGH = 400_000, 4_000_000
 # libyaml's loader is ~10x faster and yields the same nodes, marks and errors.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -94,6 +98,14 @@ def _parse_text(text: str, origin: str, problems: list[Diagnostic]) -> Iterator[
             index += 1
             inside = True
             node = loader.get_node()
+            aliasing = _excessive_aliasing(node)
+            if node is not None and aliasing:
+                problems.append(Diagnostic(
+                    YAML_ERROR, "Error", f"{origin}, document {index}",
+                    f"invalid YAML at line {node.start_mark.line + 1}: too many alias "
+                    f"expansions ({aliasing}); the document contains excessive aliasing", "",
+                    "write the values out, or use fewer nested aliases (*name)"))
+                continue
             for key, line in _duplicate_keys(node):
                 problems.append(Diagnostic(
                     YAML_ERROR, "Error", f"{origin}, document {index}",
@@ -112,6 +124,53 @@ def _parse_text(text: str, origin: str, problems: list[Diagnostic]) -> Iterator[
         problems.append(_yaml_diagnostic(exc, f"{origin}, document {failed}", text))
     finally:
         loader.dispose()
+
+
+def _allowed_alias_ratio(nodes: int) -> float:
+    if nodes <= _ALIAS_RATIO_LOW:
+        return 0.99
+    if nodes >= _ALIAS_RATIO_HIGH:
+        return 0.10
+    return 0.99 - 0.89 * (nodes - _ALIAS_RATIO_LOW) / (_ALIAS_RATIO_HIGH - _ALIAS_RATIO_LOW)
+
+
+def _excessive_aliasing(root: yaml.Node | None) -> str:
+    """Why the document's aliases expand too far ("" if they do not), counted once per node.
+
+    Every later step (line map, duplicate keys, validation, JSON) walks the expanded tree,
+    so a few hundred bytes of nested aliases would otherwise take minutes and gigabytes."""
+    if root is None:
+        return ""
+    expanded: dict[int, int] = {}  # node id -> nodes under it once aliases are expanded
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            children = _children(node)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in children)
+            continue
+        if key in expanded:
+            continue
+        if key in on_path:
+            return "an alias refers to a node that contains it"
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in expanded)
+    total, distinct = expanded[id(root)], len(expanded)
+    if total > _ALIAS_FREE_NODES and (total - distinct) / total > _allowed_alias_ratio(total):
+        return f"{distinct} nodes expand to {total}"
+    return ""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _duplicate_keys(node: yaml.Node | None) -> Iterator[tuple[str, int]]:
@@ -164,16 +223,17 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith(_YAML_SUFFIXES) or ("/" in text and ": " not in text)
 
 
-def _documents(source: Any, base_dir: Path | None, problems: list[Diagnostic]
-               ) -> Iterator[_Document]:
+def _documents(source: Any, base_dir: Path | None, problems: list[Diagnostic],
+               read_files: bool = True) -> Iterator[_Document]:
     if isinstance(source, Mapping):
         yield _Document("<dict>", copy.deepcopy(dict(source)), {})
     elif isinstance(source, Sequence) and not isinstance(source, str):
         for item in source:
-            yield from _documents(item, base_dir, problems)
+            yield from _documents(item, base_dir, problems, read_files)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if isinstance(source, str) and "\n" in text:
+        # Empty text is no path: Path("") is the current folder, whose files are not input.
+        if isinstance(source, str) and ("\n" in text or not text.strip() or not read_files):
             yield from _parse_text(text, "<string>", problems)
             return
         path = _find_path(text, base_dir)
@@ -294,19 +354,26 @@ def _located(diagnostic: Diagnostic, doc: _Document, path: str) -> Diagnostic:
 
 def load(source: Source, namespace: str | None = None,
          base_dir: str | os.PathLike[str] | None = None,
-         check_fields: bool = True) -> list[Resource]:
+         check_fields: bool = True, verb: str = "", read_files: bool = True) -> list[Resource]:
     """Resources from a path, folder, YAML text, dict, or a list of those; ConfigError if bad.
 
     Relative paths are tried from `base_dir` (default: the current folder), then from the
     kit folder, so `samples/bookinfo/platform/kube/bookinfo.yaml` works from `labs/`.
     `check_fields=False` checks only what names a resource (kind, name, namespace), as
-    `kubectl delete -f` needs no valid spec.
+    `kubectl delete -f` needs no valid spec. With a `verb` ("apply", "delete"), input that
+    holds no manifest is refused as kubectl refuses it. `read_files=False` reads a string
+    as YAML text only, never as a path (meshd is sent text, and resolves no path).
     """
     problems: list[Diagnostic] = []
     resources: list[Resource] = []
     base = Path(base_dir) if base_dir is not None else None
-    for doc in _documents(source, base, problems):
+    for doc in _documents(source, base, problems, read_files):
         resources.extend(_resources(doc, doc.data, "", namespace, problems, check_fields))
+    if verb and not resources and not problems:
+        problems.append(Diagnostic(
+            SHAPE_ERROR, "Error", "<input>", f"no objects passed to {verb}", "",
+            "the input holds no manifest (only comments, or a List with no items): check "
+            "the file or text you passed"))
     if any(p.severity == "Error" for p in problems):
         raise ConfigError(problems)
     return resources

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ..errors import Diagnostic
+from .limits import object_rules
 from .model import Resource
 
 __all__ = [
@@ -94,6 +96,16 @@ STR, INT, UINT, PORT, BOOL, NUMBER = "string", "integer", "uint", "port", "boole
 DURATION, INT_OR_STR, QUANTITY, BASE64, ANY, ANY_MAP = (
     "duration", "int-or-string", "quantity", "base64", "any", "any-map",
 )
+INT64, HEADER_NAME, HEADER_VALUE = "int64", "header-name", "header-value"
+
+# INT is protobuf's and Kubernetes' int32, UINT is uint32: a larger number fails to parse.
+_INT_RANGES = {INT: (-(2**31), 2**31 - 1), UINT: (0, 2**32 - 1), INT64: (-(2**63), 2**63 - 1)}
+# Istio reads durations with Go's time.ParseDuration: an int64 of nanoseconds, ~292 years.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+# An HTTP header name is an RFC 7230 token (Istio's pseudo-headers such as ":authority" keep
+# their colon); a value may hold no CR, LF or NUL, which would split or end the header.
+_HEADER_TOKEN = re.compile(r":?[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ class ListOf:
 @dataclass(frozen=True)
 class MapOf:
     value: Spec
-    key: str = STR  # PORT for PeerAuthentication.portLevelMtls
+    key: str = STR  # PORT for PeerAuthentication.portLevelMtls, HEADER_NAME for headers
 
 
 @dataclass(frozen=True)
@@ -242,8 +254,8 @@ _POD_SPEC = Obj(
         "tolerations": ListOf(ANY_MAP),
         "securityContext": ANY_MAP,
         "restartPolicy": Enum(("Always", "OnFailure", "Never")),
-        "terminationGracePeriodSeconds": INT,
-        "activeDeadlineSeconds": INT,
+        "terminationGracePeriodSeconds": INT64,
+        "activeDeadlineSeconds": INT64,
         "dnsPolicy": Enum(("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")),
         "dnsConfig": ANY_MAP,
         "hostNetwork": BOOL,
@@ -295,7 +307,8 @@ _STRING_MATCH = Obj({"exact": STR, "prefix": STR, "regex": STR},
 _PORT_SELECTOR = Obj({"number": PORT})
 _DESTINATION = Obj({"host": STR, "subset": STR, "port": _PORT_SELECTOR}, required=("host",))
 _PERCENT = Obj({"value": NUMBER})
-_HEADER_OPERATIONS = Obj({"set": _LABELS, "add": _LABELS, "remove": _STRINGS})
+_HEADER_MAP = MapOf(HEADER_VALUE, key=HEADER_NAME)
+_HEADER_OPERATIONS = Obj({"set": _HEADER_MAP, "add": _HEADER_MAP, "remove": ListOf(HEADER_NAME)})
 _HEADERS = Obj({"request": _HEADER_OPERATIONS, "response": _HEADER_OPERATIONS})
 
 _HTTP_MATCH = Obj({
@@ -304,8 +317,8 @@ _HTTP_MATCH = Obj({
     "scheme": _STRING_MATCH,
     "method": _STRING_MATCH,
     "authority": _STRING_MATCH,
-    "headers": MapOf(_STRING_MATCH),
-    "withoutHeaders": MapOf(_STRING_MATCH),
+    "headers": MapOf(_STRING_MATCH, key=HEADER_NAME),
+    "withoutHeaders": MapOf(_STRING_MATCH, key=HEADER_NAME),
     "port": PORT,
     "sourceLabels": _LABELS,
     "gateways": _STRINGS,
@@ -408,7 +421,7 @@ _LOAD_BALANCER = Obj(
                         "LEAST_REQUEST")),
         "consistentHash": Obj(
             {
-                "httpHeaderName": STR,
+                "httpHeaderName": HEADER_NAME,
                 "httpCookie": Obj(
                     {"name": STR, "path": STR, "ttl": DURATION,
                      "attributes": ListOf(Obj({"name": STR, "value": STR}, required=("name",)))},
@@ -617,7 +630,7 @@ def field_path(parent: str, key: object) -> str:
     text = str(key)
     if _PLAIN_KEY.fullmatch(text):
         return f"{parent}.{text}" if parent else text
-    return f'{parent}["{text}"]'
+    return f"{parent}[{json.dumps(text, ensure_ascii=False)}]"  # escapes CR/LF and quotes
 
 
 def item_path(parent: str, index: int) -> str:
@@ -683,7 +696,7 @@ def _check_scalar(value: Any, kind: str, path: str, walk: _Walk) -> None:
         if not _is_number(value):
             walk.add(path, f"expected number, got {_describe(value)}", _unquote_fix(name, value))
         return
-    if kind in (INT, UINT, PORT):
+    if kind in (INT, UINT, INT64, PORT):
         if not _is_int(value):
             walk.add(path, f"expected integer, got {_describe(value)}", _unquote_fix(name, value))
         elif kind == UINT and value < 0:
@@ -691,6 +704,26 @@ def _check_scalar(value: Any, kind: str, path: str, walk: _Walk) -> None:
                      f"use a {name} of 0 or more")
         elif kind == PORT and not 1 <= value <= 65535:
             walk.add(path, f"port {value} is out of range 1-65535", "use a port from 1 to 65535")
+        elif kind in _INT_RANGES and not _INT_RANGES[kind][0] <= value <= _INT_RANGES[kind][1]:
+            low, high = _INT_RANGES[kind]
+            bits = {INT: "a 32-bit integer", UINT: "an unsigned 32-bit integer"}.get(
+                kind, "a 64-bit integer")
+            walk.add(path, f"{value} is out of range for {bits} ({low} to {high})",
+                     f"set {name} to a number from {low} to {high}")
+        return
+    if kind == HEADER_NAME:
+        if not isinstance(value, str) or not _HEADER_TOKEN.fullmatch(value):
+            shown = repr(value) if isinstance(value, str) else _describe(value)
+            walk.add(path, f"invalid HTTP header name {shown}: a header name is a "
+                     "token of letters, digits and !#$%&'*+-.^_`|~ (no spaces, CR or LF)",
+                     "use a header name like x-user or end-user")
+        return
+    if kind == HEADER_VALUE:
+        if not isinstance(value, str):
+            _check_scalar(value, STR, path, walk)
+        elif _HEADER_VALUE_FORBIDDEN.search(value):
+            walk.add(path, "invalid HTTP header value: it contains a line break (CR/LF) or a "
+                     "NUL character, which would end the header", "put the value on one line")
         return
     if kind == INT_OR_STR:
         if _is_int(value):
@@ -710,10 +743,15 @@ def _check_scalar(value: Any, kind: str, path: str, walk: _Walk) -> None:
                      f'write {name} as a string with a unit, such as "{_seconds(value)}"')
             return
         try:
-            parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError:
             walk.add(path, f'invalid duration "{value}"',
                      f"write {name} with a unit, such as 5s, 0.5s, 100ms, 1m or 1h")
+            return
+        if abs(seconds) > MAX_DURATION_SECONDS:
+            walk.add(path, f'duration "{value}" is out of range: Istio reads durations as Go '
+                     "does, at most 2562047h (about 292 years)",
+                     f"use a shorter {name}, such as 1h or 24h")
         return
     if kind == BASE64:
         if not isinstance(value, str):
@@ -788,6 +826,8 @@ def _check(value: Any, spec: Spec, path: str, walk: _Walk) -> None:
             sub = field_path(path, key)
             if spec.key == PORT:
                 _check_port_key(key, sub, walk)
+            elif spec.key == HEADER_NAME:
+                _check_scalar(key, HEADER_NAME, sub, walk)
             elif not isinstance(key, str):
                 walk.add(sub, f"expected a string key, got {_describe(key)}",
                          f'quote the key: "{key}"')
@@ -881,23 +921,6 @@ def _peer_authentication_rules(body: dict[str, Any]) -> Iterator[_Problem]:
 
 _RULES = {"Service": _service_rules, "PeerAuthentication": _peer_authentication_rules}
 
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-def _name_rules(body: dict[str, Any]) -> Iterator[_Problem]:
-    metadata = body.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if isinstance(name, str) and (len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name)):
-        yield _Problem("metadata.name", f'invalid name "{name}": use lowercase letters, digits, '
-                       '"-" and ".", starting and ending with a letter or digit',
-                       f'rename it, e.g. "{_dns_name(name)}"')
-
-
-def _dns_name(name: str) -> str:
-    cleaned = re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.")
-    return cleaned or "my-resource"
-
-
 # --- Public API --------------------------------------------------------------------------
 
 
@@ -934,7 +957,8 @@ def validate(resource: Resource) -> list[Diagnostic]:
         return [unknown]
     walk = _Walk()
     _check(resource.body, SCHEMAS[resource.kind], "", walk)
-    walk.problems.extend(_name_rules(resource.body))
+    walk.problems.extend(_Problem(*problem) for problem in object_rules(
+        resource.kind, resource.namespace, resource.body))
     rules = _RULES.get(resource.kind)
     if rules:
         walk.problems.extend(rules(resource.body))

@@ -251,7 +251,7 @@ class KubernetesBackend(Backend):
     @_reaching
     def apply(self, source: Source, namespace: str | None = None) -> list[str]:
         """`kubectl apply --server-side`, then wait for rollouts and for the proxies."""
-        resources = load(source, namespace=namespace)
+        resources = load(source, namespace=namespace, verb="apply")
         self._analyze(resources)
         changes, lines = [], []
         # Namespaces first, as `kubectl apply -f folder/` would need them first.
@@ -398,7 +398,7 @@ class KubernetesBackend(Backend):
     def delete(self, source: Source, namespace: str | None = None,
                ignore_missing: bool = True) -> list[str]:
         """`kubectl delete -f`; a deleted namespace is waited for until it is gone."""
-        resources = load(source, namespace=namespace, check_fields=False)
+        resources = load(source, namespace=namespace, check_fields=False, verb="delete")
         lines, changes = [], []
         for r in resources:
             try:

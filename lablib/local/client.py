@@ -258,7 +258,8 @@ class LocalBackend(Backend):
 
     def delete(self, source: Source, namespace: str | None = None,
                ignore_missing: bool = True) -> list[str]:
-        return list(self.call("delete", text=manifest_text(source, check_fields=False),
+        text = manifest_text(source, check_fields=False, verb="delete")
+        return list(self.call("delete", text=text,
                               namespace=namespace,
                               ignore_missing=ignore_missing))
 

@@ -45,10 +45,12 @@ from ..telemetry.service import MeshTelemetry
 from ..telemetry.topology import topology_from_mesh
 from .admin import envoy_live
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
+from .containment import host_env_problems, make_folder_inside, write_inside
 from .identity import MeshCA
 from .images import command_for
 from .outside import start as start_outside_world
 from .ports import PortAllocator, is_address_in_use, port_accepts
+from .rejection import rejection_reason
 from .state import StateDir
 from .supervisor import ProcessStartError, Supervisor
 
@@ -341,6 +343,7 @@ class LocalMesh:
             errors += [d for d in validate(r) if d.severity == "Error"]
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
+                errors += host_env_problems(r)
         if errors:
             raise ConfigError(errors)
         known = {str(d) for d in self._findings(current)}
@@ -488,7 +491,8 @@ class LocalMesh:
             if isinstance(exc, PushError):
                 raise ProxyRejectedError(
                     f"Envoy refused the new configuration, so every proxy keeps the last good "
-                    f"one. {exc.proxy_id} said: {exc.reason}") from None
+                    f"one. {exc.proxy_id} said: "
+                    f"{rejection_reason(exc, snapshots.get(exc.proxy_id))}") from None
             raise
         for port in node_ports(old_store) - node_ports(candidate):
             self.ports.release(port)
@@ -592,7 +596,9 @@ class LocalMesh:
         if pre_injected:
             containers = [c for c in containers if c.get("name") != "istio-proxy"]
         suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
-        name = f"{d.name}-{thash}-{suffix}"
+        # The API server's generateName: the base is cut to 58 characters before the 5 random
+        # ones, so a pod name (a file name here) stays a DNS label however long the Deployment's.
+        name = f"{d.name}-{thash}-"[:58] + suffix
         images = " ".join(str(c.get("image", "")) for c in containers)
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")
@@ -730,14 +736,13 @@ class LocalMesh:
             name = str(source.get("secretName") or source.get("name"))
             found = store.get(kind, pod.namespace, name)
             data = dict((found.body.get("data") or {}) if found else {})
-            folder = self.state.path / "mounts" / f"{pod.namespace}.{pod.name}" / str(
-                mount["name"])
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Names and keys come from manifests: written only inside the pod's folder.
+            folder = make_folder_inside(self.state.path, [
+                "mounts", f"{pod.namespace}.{pod.name}", str(mount["name"])])
             for key, value in data.items():
-                if kind == "Secret":
-                    self.state.write_private(folder / key, base64.b64decode(str(value)))
-                else:
-                    (folder / key).write_text(str(value))
+                secret = kind == "Secret"
+                write_inside(folder, [str(key)], base64.b64decode(str(value)) if secret
+                             else str(value).encode(), 0o600 if secret else 0o644)
             mounts[str(mount["mountPath"])] = str(folder)
         return mounts
 

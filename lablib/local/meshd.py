@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config.loader import load
 from ..errors import ConfigError, LabError
+from .logcap import LogCapper
 from .mesh import LocalMesh
 from .state import StateDir
 from .supervisor import Supervisor, command_line, kill_stale
@@ -139,10 +140,12 @@ class MeshServer(socketserver.ThreadingUnixStreamServer):
         if method == "install":
             return self.mesh.install(params.get("values"), params.get("profile") or "demo")
         if method == "apply":
-            docs = load(params["text"], namespace=params.get("namespace"))
+            docs = load(params["text"], namespace=params.get("namespace"), verb="apply",
+                        read_files=False)
             return self.mesh.apply(docs, params.get("namespace"))
         if method == "delete":
-            docs = load(params["text"], namespace=params.get("namespace"), check_fields=False)
+            docs = load(params["text"], namespace=params.get("namespace"), check_fields=False,
+                        verb="delete", read_files=False)
             return self.mesh.delete(docs, params.get("namespace"),
                                     bool(params.get("ignore_missing")))
         if method == "rotate_certificates":
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state.socket_path.unlink(missing_ok=True)
     supervisor = Supervisor(state)
+    capper = LogCapper(state.logs).start()
     mesh = LocalMesh(state, supervisor)
     server = MeshServer(state, mesh)
     os.chmod(state.socket_path, 0o600)
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        capper.stop()
         server.stop() if not server.stopping.is_set() else None
         server.server_close()
         state.clear(keep_logs=True)  # nothing but the logs outlives the mesh

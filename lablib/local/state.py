@@ -11,9 +11,10 @@ Layout of `<root>/<mesh>/` (mode 0700):
     admin/<n>.sock       each Envoy's admin API
     state.json           what the daemon wants to remember (written atomically)
 
-`<root>` is `$LAB_STATE_DIR`, else `$XDG_RUNTIME_DIR/istio-lab-kit`, else
-`~/.cache/istio-lab-kit/run`; `<mesh>` is `$LAB_MESH` (default "default"), so several meshes
-of one user, and the meshes of different users, never share a file.
+`<root>` is `$LAB_STATE_DIR`, else `$XDG_RUNTIME_DIR/istio-lab-kit` when that (usually
+small) tmpfs has `ROOM` free, else `~/.cache/istio-lab-kit/run`; `<mesh>` is `$LAB_MESH`
+(default "default"), so several meshes of one user, and the meshes of different users, never
+share a file. `lablib doctor` and `lablib status` report the free space where it lives.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 
 from ..errors import BackendError
 
-__all__ = ["StateDir", "StateDirError", "default_root", "explained", "mesh_name"]
+__all__ = ["ROOM", "StateDir", "StateDirError", "default_root", "explained", "free_space",
+           "mesh_name"]
 
 MESH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -40,6 +42,10 @@ FIX = (
     "set LAB_STATE_DIR to a folder you can write on a disk with room "
     "(e.g. /tmp/$USER-istio-lab) before starting the mesh"
 )
+
+
+# What one mesh's logs may reach at their cap (logcap: ~35 logs of at most 2 x 16 MiB).
+ROOM = 1024**3
 
 
 class StateDirError(BackendError):
@@ -52,9 +58,21 @@ def default_root() -> Path:
     if configured:
         return Path(configured).expanduser()
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+    if (runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK)
+            and free_space(Path(runtime)) >= ROOM):
         return Path(runtime) / "istio-lab-kit"
     return Path.home() / ".cache" / "istio-lab-kit" / "run"
+
+
+def free_space(path: Path) -> int:
+    """Bytes free to this user on the disk that holds `path` (or would, once created)."""
+    for folder in (path, *path.parents):
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            continue
+        return stats.f_bavail * stats.f_frsize
+    return 0
 
 
 def mesh_name() -> str:

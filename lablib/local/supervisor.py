@@ -135,6 +135,7 @@ def _read_tail(path: Path, n: int, start: int = 0) -> list[str]:
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
+            start = start if start <= size else 0  # the log was rotated (logcap) since
             begin = max(start, size - 65536)
             f.seek(begin)
             data = f.read()
