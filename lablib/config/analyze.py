@@ -41,6 +41,7 @@ from .hosts import (
     resolve_host,
     service_fqdn,
 )
+from .injection import injected
 from .model import Resource
 from .schema import parse_duration
 from .store import ConfigStore, pod_labels, selector_matches
@@ -840,11 +841,7 @@ def _has_proxy(store: ConfigStore, deployment: Resource) -> bool:
         return True
     annotations = _dict(_dict(_dict(deployment.spec.get("template")).get("metadata"))
                         .get("annotations"))
-    if annotations.get("sidecar.istio.io/inject") == "false":
-        return False
-    choice = labels.get("sidecar.istio.io/inject")
-    return choice == "true" or (choice != "false" and store.namespace_labels(
-        deployment.namespace).get("istio-injection") == "enabled")
+    return injected(store.namespace_labels(deployment.namespace), labels, annotations)
 
 
 def _proxy_mounts(store: ConfigStore, deployment: Resource, path: str) -> bool:

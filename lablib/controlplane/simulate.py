@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ class Result:
     fault: dict[str, Any] | None = None
     timeout: str = ""
     direct_status: int | None = None
+    redirect: dict[str, Any] | None = None
+    envoy_route: dict[str, Any] = field(default_factory=dict)  # the route that matched
 
     @property
     def cluster(self) -> str:
@@ -71,17 +74,22 @@ def string_matches(spec: dict[str, Any], value: str | None) -> bool:
 
 
 def route_matches(match: dict[str, Any], call: Call) -> bool:
-    path = call.path.split("?", 1)[0]
+    path, _, query = call.path.partition("?")
     if "connect_matcher" in match:
         return call.method == "CONNECT"
     if call.method == "CONNECT":
         return False
-    if "path" in match and path != match["path"]:
+    flags = 0 if match.get("case_sensitive", True) else re.IGNORECASE
+    if "path" in match and not re.fullmatch(re.escape(match["path"]), path, flags):
         return False
-    if "prefix" in match and not path.startswith(match["prefix"]):
+    if "prefix" in match and not re.match(re.escape(match["prefix"]), path, flags):
         return False
-    if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path):
+    if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path, flags):
         return False
+    params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    for param in match.get("query_parameters", []):
+        if not string_matches(param.get("string_match", {}), params.get(param["name"])):
+            return False
     headers = {k.lower(): v for k, v in call.headers.items()}
     headers[":method"] = call.method
     headers[":authority"] = call.authority
@@ -143,8 +151,12 @@ def simulate(snapshot: Snapshot, call: Call) -> Result:
             continue
         result = Result(listener["name"], {}, route_config["name"], vhost["name"],
                         route.get("name", ""))
+        result.envoy_route = route
         if "direct_response" in route:
             result.direct_status = int(route["direct_response"]["status"])
+            return result
+        if "redirect" in route:
+            result.redirect = route["redirect"]
             return result
         action = route.get("route") or {}
         if "weighted_clusters" in action:

@@ -29,6 +29,8 @@ from typing import Any
 
 from ..certs import spiffe_id
 from ..config.analyze import analyze
+from ..config.fidelity import diagnostics as fidelity_diagnostics
+from ..config.injection import injected
 from ..config.loader import load
 from ..config.meshconfig import MeshConfig, mesh_config
 from ..config.model import Resource
@@ -215,13 +217,14 @@ class LocalMesh:
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
-                self._check(resources, candidate, old_store)
+                warnings = self._check(resources, candidate, old_store)
                 self._transition(candidate)
             except Exception:
                 for port in new_node_ports:
                     self.ports.release(port)
                 raise
-            lines = []
+            # kubectl prints an admission webhook's warnings before the objects' lines.
+            lines = [f"Warning: {d}" for d in warnings]
             for r in resources:
                 before = old_store.get(r.kind, r.namespace, r.name)
                 word = "created" if before is None else (
@@ -318,11 +321,17 @@ class LocalMesh:
 
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
-               current: ConfigStore) -> None:
-        """Schema, images, then analysis; only findings this change introduces block it."""
+               current: ConfigStore) -> list[Diagnostic]:
+        """Schema, images, the fidelity ledger, then analysis; only findings this change
+        introduces block it. Returns the ledger's warnings about fields without effect."""
         errors: list[Diagnostic] = []
+        warnings: list[Diagnostic] = []
         for r in incoming:
-            errors += [d for d in validate(r) if d.severity == "Error"]
+            schema_errors = [d for d in validate(r) if d.severity == "Error"]
+            errors += schema_errors
+            if not schema_errors:
+                for d in fidelity_diagnostics(r):
+                    (errors if d.severity == "Error" else warnings).append(d)
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
         if not errors:
@@ -331,6 +340,7 @@ class LocalMesh:
                       if d.severity == "Error" and str(d) not in known]
         if errors:
             raise ConfigError(errors)
+        return warnings
 
     def _findings(self, store: ConfigStore) -> list[Diagnostic]:
         """analyze(store), remembered for the last store analysed: the candidate of one apply
@@ -532,13 +542,8 @@ class LocalMesh:
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")
         ns_labels = store.namespace_labels(d.namespace)
-        # Istio's injection: a pod label of "true" or "false" decides; otherwise the
-        # namespace label does (and an annotation of "false" still opts out).
-        pod_choice = labels.get("sidecar.istio.io/inject")
-        inject = role == "app" and (pre_injected or (
-            (pod_choice == "true" or (pod_choice != "false"
-                                      and ns_labels.get("istio-injection") == "enabled"))
-            and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false"))
+        annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
+        inject = role == "app" and (pre_injected or injected(ns_labels, labels, annotations))
         port_names: dict[str, int] = {}
         ports: dict[int, int] = {}
         bind: dict[int, int] = {}
@@ -554,8 +559,7 @@ class LocalMesh:
         workload = Workload(name, d.namespace, labels,
                             str(spec.get("serviceAccountName") or "default"), inject, ports,
                             port_names, declared_ports=tuple(sorted(ports)),
-                            annotations={str(k): str(v) for k, v in
-                                         (meta.get("annotations") or {}).items()})
+                            annotations=annotations)
         pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind,
                   volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":

@@ -368,8 +368,17 @@ def cmd_apply(p: Parsed) -> int:
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
         raise Failure("error: no objects passed to apply")
-    _out("".join(line + "\n" for line in lines))
+    _print_applied(lines)
     return 0
+
+
+def _print_applied(lines: list[str]) -> None:
+    """The objects' lines on stdout; the mesh's warnings on stderr, as kubectl prints an
+    admission webhook's."""
+    for line in lines:
+        if line.startswith("Warning: "):
+            _err(line)
+    _out("".join(line + "\n" for line in lines if not line.startswith("Warning: ")))
 
 
 def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
@@ -397,7 +406,7 @@ def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
     if p.get("output"):
         _out(printers.output(str(p.get("output")), [body], single=True))
     else:
-        _out("".join(line.replace(" configured", " created") + "\n" for line in lines))
+        _print_applied([line.replace(" configured", " created") for line in lines])
     return 0
 
 
@@ -506,7 +515,7 @@ def _create_from_files(p: Parsed) -> int:
             lines = mesh.apply(fresh, namespace=namespace)
         except ConfigError as exc:
             raise _refused(exc, p.get("filename"), "creating") from None
-        _out("".join(line + "\n" for line in lines))
+        _print_applied(lines)
     for message in errors:
         _err(message)
     return 1 if errors else 0
