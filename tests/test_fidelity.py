@@ -13,7 +13,7 @@ import pytest
 from lablib.config import fidelity
 from lablib.config.injection import injected
 from lablib.config.loader import load
-from lablib.config.schema import ISTIO_KINDS, SCHEMAS
+from lablib.config.schema import ISTIO_KINDS, SCHEMAS, check_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,3 +219,25 @@ def test_the_shipped_samples_apply_without_a_word():
                  ROOT / "lablib/local/istio_system.yaml"]:
         for resource in load(str(path)):
             assert fidelity.diagnostics(resource) == [], path
+
+
+@pytest.mark.parametrize("kind, api_version", [
+    ("RequestAuthentication", "security.istio.io/v1"),
+    ("AuthorizationPolicy", "security.istio.io/v1"),
+    ("Gateway", "gateway.networking.k8s.io/v1"),
+    ("HTTPRoute", "gateway.networking.k8s.io/v1"),
+    ("Telemetry", "telemetry.istio.io/v1"),
+])
+def test_kinds_not_served_yet_say_so_without_a_cross_api_suggestion(kind, api_version):
+    found = check_kind(kind, api_version, f"{kind} default/x")
+    assert found is not None and found.code == "LAB0405"
+    assert f"{kind} ({api_version.rpartition('/')[0]}) is not served by the local mesh yet" \
+        in found.message and "LAB_BACKEND=kubernetes" in found.message
+    assert "did you mean" not in found.message and "apiVersion" not in found.fix
+
+
+def test_a_typo_is_suggested_only_within_its_api_group():
+    typo = check_kind("VirtualSerivce", "networking.istio.io/v1", "x")
+    assert typo is not None and 'did you mean "VirtualService"' in typo.message
+    other = check_kind("PeerAuthenticatio", "example.com/v1", "x")
+    assert other is not None and "did you mean" not in other.message
