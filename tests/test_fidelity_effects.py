@@ -7,6 +7,7 @@ import pytest
 from test_translation import GATEWAY, NS, SIDECAR, SUBSETS, snapshot_for
 
 from lablib.config.loader import load
+from lablib.config.meshconfig import mesh_config
 from lablib.config.store import ConfigStore
 from lablib.controlplane.simulate import Call, ErrNoRoute, simulate
 
@@ -178,3 +179,16 @@ def test_an_unrouted_call_still_fails_by_name():
     route: [{destination: {host: reviews, subset: v1}}]""")
     with pytest.raises(ErrNoRoute):
         simulate(snapshot_for(SIDECAR, SUBSETS, vs), Call(15001, "reviews:9080", "/other"))
+
+
+def test_enable_auto_mtls_false_sends_plaintext_unless_a_rule_says_istio_mutual():
+    off = mesh_config("default", {"meshConfig.enableAutoMtls": "false"})
+    cluster = f"outbound|9080|v1|{REVIEWS}"
+    auto = snapshot_for(SIDECAR, SUBSETS, mtls=True).clusters[cluster]
+    assert "transport_socket_matches" in auto
+    plain = snapshot_for(SIDECAR, SUBSETS, mtls=True, mesh_config=off).clusters[cluster]
+    assert "transport_socket_matches" not in plain and "transport_socket" not in plain
+    explicit = SUBSETS.replace("  host: reviews\n", "  host: reviews\n  trafficPolicy:\n"
+                               "    tls: {mode: ISTIO_MUTUAL}\n")
+    ruled = snapshot_for(SIDECAR, explicit, mtls=True, mesh_config=off).clusters[cluster]
+    assert ruled["transport_socket"]["name"] == "envoy.transport_sockets.tls"

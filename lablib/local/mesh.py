@@ -31,8 +31,9 @@ from ..certs import spiffe_id
 from ..config.analyze import analyze
 from ..config.fidelity import diagnostics as fidelity_diagnostics
 from ..config.injection import injected
+from ..config.install import PILOT, install_plan
 from ..config.loader import load
-from ..config.meshconfig import MeshConfig, mesh_config
+from ..config.meshconfig import MeshConfig
 from ..config.model import Resource
 from ..config.schema import validate
 from ..config.store import ConfigStore
@@ -157,14 +158,14 @@ class LocalMesh:
 
     # --- public operations -----------------------------------------------------------------
     def install(self, values: dict[str, str] | None = None, profile: str = "demo") -> list[str]:
-        """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
+        """`istioctl install --set profile=P`: istiod (this control plane) and the gateways the
+        profile and `components.*` ask for; a component now disabled is removed."""
         with self.lock:
-            # Checked first: a refused meshConfig key leaves the mesh as it was.
-            self.mesh_config = mesh_config(profile, values or {})
+            # Checked first: a refused key leaves the mesh as it was.
+            plan = install_plan(profile, values or {})
+            self.mesh_config = plan.mesh_config
             # `--set values.pilot.env.NAME=VALUE` sets istiod's feature flags.
-            self.pilot_env = {key.rsplit(".", 1)[1]: str(value)
-                              for key, value in (values or {}).items()
-                              if key.startswith("values.pilot.env.")}
+            self.pilot_env = dict(plan.pilot_env)
             # istiod reads a plugged-in CA (the `cacerts` Secret) when it starts.
             self.ca = MeshCA.for_install(self.store.get("Secret", "istio-system", "cacerts"),
                                          self.state.certs / "istiod")
@@ -172,10 +173,14 @@ class LocalMesh:
                 self._report("starting kube-proxy", 0, 1)
                 self._start_kube_proxy()
                 self._check_cancelled()
-            self.apply([self._with_pilot_env(r) for r in load(str(ISTIO_SYSTEM_MANIFEST))])
-            self.installed = True
-            return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
-                    "Egress gateways installed", "Installation complete"]
+            manifest = load(str(ISTIO_SYSTEM_MANIFEST))
+            self.apply([self._with_pilot_env(r) for r in manifest if plan.includes(r)])
+            pruned = [r for r in manifest if not plan.includes(r)
+                      and self.store.get(r.kind, r.namespace, r.name) is not None]
+            if pruned:
+                self.delete(pruned)
+            self.installed = PILOT in plan.components
+            return plan.lines()
 
     def apply(self, resources: list[Resource], namespace: str | None = None) -> list[str]:
         """Apply manifests; returns kubectl's lines (`service/details created`).

@@ -17,11 +17,12 @@ from typing import Any
 import yaml
 
 from ..config.analyze import analyze
+from ..config.install import components_text, install_plan
 from ..config.loader import load
 from ..config.model import Resource
 from ..config.schema import KINDS as SCHEMA_KINDS
 from ..config.store import ConfigStore
-from ..errors import Diagnostic
+from ..errors import ConfigError, Diagnostic
 from ..local.client import LocalBackend
 from . import addons, printers
 from .dispatch import Command, Tool
@@ -83,9 +84,15 @@ def cmd_install(p: Parsed) -> int:
             profile = value
         else:
             values[key] = value
-    components = "Istio core, Istiod, Ingress gateways, and Egress gateways"
+    revision = p.get("revision")
+    if revision not in (None, "default"):
+        values["revision"] = str(revision)
+    try:
+        plan = install_plan(profile, values)
+    except ConfigError as exc:
+        raise Failure("Error: " + "\n".join(str(d) for d in exc.diagnostics)) from None
     question = (f'This will install the Istio {ISTIO_VERSION} "{profile}" profile (with '
-                f"components: {components}) into the cluster.")
+                f"components: {components_text(plan)}) into the cluster.")
     if not _confirm(question, bool(p.get("skip-confirmation"))):
         return 1
     mesh = connect(start=True)
