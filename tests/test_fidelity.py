@@ -241,3 +241,34 @@ def test_a_typo_is_suggested_only_within_its_api_group():
     assert typo is not None and 'did you mean "VirtualService"' in typo.message
     other = check_kind("PeerAuthenticatio", "example.com/v1", "x")
     assert other is not None and "did you mean" not in other.message
+
+
+def sidecar_tls_store(with_secrets: bool):
+    from lablib.config import ConfigStore, analyze
+    from lablib.config.loader import load as load_manifests
+    docs = load_manifests(str(ROOT / "samples/tls-termination/httpbin-sidecar-tls.yaml"),
+                          namespace="tls")
+    secrets = [] if not with_secrets else load_manifests("""
+apiVersion: v1
+kind: Secret
+metadata: {name: httpbin-svc-secret}
+stringData: {tls.crt: x, tls.key: y}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ca-secret}
+stringData: {ca.crt: z}
+""", namespace="tls")
+    namespace = load_manifests("apiVersion: v1\nkind: Namespace\nmetadata: {name: tls, labels: "
+                               "{istio-injection: enabled}}\n")
+    store = ConfigStore.with_namespaces([]).with_applied([*namespace, *docs, *secrets])
+    return [d for d in analyze(store) if d.code == "LAB0409"]
+
+
+def test_sidecar_ingress_tls_files_the_proxy_does_not_mount_are_named():
+    found = sidecar_tls_store(with_secrets=False)
+    assert {d.field for d in found} == {"spec.ingress[0].tls.serverCertificate",
+                                        "spec.ingress[0].tls.privateKey",
+                                        "spec.ingress[0].tls.caCertificates"}
+    assert all(d.severity == "Error" and "userVolume" in d.fix for d in found)
+    assert sidecar_tls_store(with_secrets=True) == []
