@@ -4,7 +4,7 @@ protocol, ALPN, source), so TLS and mTLS translation is tested without starting 
 from __future__ import annotations
 
 import pytest
-from test_tls_origination import DB_PROXY, GATEWAY, NGINX_PROXY, WEB_PROXY, snapshot
+from test_tls_origination import CLIENT_PROXY, DB_PROXY, GATEWAY, NGINX_PROXY, WEB_PROXY, snapshot
 
 from lablib.controlplane.mtls import MESH_HTTP_ALPNS
 from lablib.controlplane.simulate import (
@@ -130,3 +130,19 @@ def test_the_most_specific_server_name_wins():
     assert pick("y.example.com") == "wild"
     assert pick("example.org") == "any"
     assert pick("x.a.example.com", tls=False) == "any"  # no SNI without a TLS handshake
+
+
+def test_port_level_disable_opens_one_port_to_plaintext_and_clients_follow():
+    rule = STRICT.replace("spec: {mtls: {mode: STRICT}}", """spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {80: {mode: DISABLE}}""")
+    snap, port = inbound(WEB_PROXY, rule)
+    assert simulate(snap, Call(port, "web")).cluster == "inbound|80||"
+    # auto mTLS sees the DISABLE too: the client's sidecar sends plaintext there
+    def web_endpoint(*docs: str) -> dict:
+        cluster = snapshot(CLIENT_PROXY, *docs).clusters[
+            "outbound|80||web.tls-unit.svc.cluster.local"]
+        return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert "metadata" in web_endpoint(STRICT)  # mTLS where the port is not disabled
+    assert "metadata" not in web_endpoint(rule)

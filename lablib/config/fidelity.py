@@ -531,7 +531,8 @@ SIDECAR_KIND: dict[str, Entry] = {
 
 # --- PeerAuthentication, ServiceEntry ------------------------------------------------------
 
-_PA_TEST = MESH_MTLS + "test_port_level_disable_opens_one_port_to_plaintext"
+_PA_TEST = ("tests/test_simulate_chains.py::test_port_level_disable_opens_one_port_to_"
+            "plaintext_and_clients_follow")
 PEER_AUTHENTICATION: dict[str, Entry] = {
     "spec": translated(f"{MTLS}.peer_authentication_mode", _PA_TEST),
     "spec.selector": translated(f"{MTLS}.peer_authentication_mode", _PA_TEST, whole=True),
