@@ -87,3 +87,31 @@ def test_apply_refuses_an_untranslated_field_and_warns_about_a_knob(term):
     assert warned.code == 0
     assert warned.out.strip() == "destinationrule.networking.istio.io/httpbin created"
     assert "Warning: " in warned.err and "tcpKeepalive" in warned.err
+
+
+def test_istioctl_analyze_names_the_field_the_local_mesh_refuses(term, tmp_path):
+    manifest = tmp_path / "mirror.yaml"
+    manifest.write_text(MIRROR)
+    found = term.run("istioctl", "analyze", "--use-kube=false", str(manifest))
+    assert found.code != 0
+    assert "Error [LAB0401] (VirtualService default/httpbin)" in found.out
+    assert "spec.http[0].mirror" in found.out
+
+
+REV_NAMESPACE = """
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {name}, labels: {{istio.io/rev: {revision}}}}}
+"""
+
+
+def test_a_namespace_labelled_with_the_default_revision_gets_sidecars(term):
+    term.ok("kubectl", "apply", "-f", "-", stdin=REV_NAMESPACE.format(name="rev-test",
+                                                                       revision="default"))
+    term.ok("kubectl", "apply", "-n", "rev-test", "-f", "samples/sleep/sleep.yaml")
+    ready = term.ok("kubectl", "get", "pods", "-n", "rev-test", "-l", "app=sleep",
+                    "-o", "jsonpath={.items[0].spec.containers[*].name}")
+    assert ready.split() == ["sleep", "istio-proxy"]
+    canary = term.run("kubectl", "apply", "-f", "-",
+                      stdin=REV_NAMESPACE.format(name="canary-test", revision="canary"))
+    assert canary.code != 0 and 'metadata.labels["istio.io/rev"]' in canary.err

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..config.analyze import analyze
+from ..config.fidelity import diagnostics as fidelity_diagnostics
 from ..config.install import components_text, install_plan
 from ..config.loader import load
 from ..config.model import Resource
@@ -564,7 +565,9 @@ def cmd_analyze(p: Parsed) -> int:
     else:
         store = ConfigStore.with_namespaces({r.namespace for r in resources if r.namespace})
     store = store.with_applied(resources)
-    findings = [d for d in analyze(store)
+    # What applying the files would say about fields the local mesh refuses or ignores.
+    ledger = [d for r in resources for d in fidelity_diagnostics(r)]
+    findings = [d for d in [*ledger, *analyze(store)]
                 if all_ns or _resource_namespace(d) in (namespace, "")]
     target = "all namespaces" if all_ns else f"namespace: {namespace}"
     if not findings:
