@@ -1,8 +1,9 @@
 """Mesh mTLS on real Envoy: workload identity, PeerAuthentication and auto mTLS.
 
 A client with a sidecar reaches httpbin over mTLS (httpbin sees both SPIFFE identities in
-X-Forwarded-Client-Cert); STRICT refuses a client without a sidecar; portLevelMtls and
-DISABLE open plaintext again; certificates rotate without a failed request.
+X-Forwarded-Client-Cert); STRICT refuses a client without a sidecar; a DestinationRule's
+DISABLE opens plaintext again; certificates rotate without a failed request. (portLevelMtls
+is simulated in test_simulate_chains.py.)
 """
 
 from __future__ import annotations
@@ -50,13 +51,9 @@ def no_policies(mesh):
                   "metadata": {"name": "httpbin", "namespace": NS}}])
 
 
-def peer_authentication(mode: str, port_modes: dict | None = None) -> dict:
-    spec: dict = {"mtls": {"mode": mode}}
-    if port_modes:
-        spec = {"selector": {"matchLabels": {"app": "httpbin"}}, "mtls": {"mode": mode},
-                "portLevelMtls": {str(p): {"mode": m} for p, m in port_modes.items()}}
+def peer_authentication(mode: str) -> dict:
     return {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
-            "metadata": {"name": "default", "namespace": NS}, "spec": spec}
+            "metadata": {"name": "default", "namespace": NS}, "spec": {"mtls": {"mode": mode}}}
 
 
 def curl(mesh, namespace: str):
@@ -93,14 +90,6 @@ def test_strict_refuses_plaintext_and_keeps_mtls(mesh):
     mesh.apply(peer_authentication("STRICT"))
     assert_reset(curl(mesh, PLAIN))
     assert "spiffe://" in xfcc(curl(mesh, NS))
-
-
-def test_port_level_disable_opens_one_port_to_plaintext(mesh):
-    mesh.apply(peer_authentication("STRICT", {80: "DISABLE"}))
-    answer = curl(mesh, PLAIN)
-    assert answer.returncode == 0
-    # auto mTLS sees the DISABLE too: sidecar clients send plaintext there
-    assert xfcc(curl(mesh, NS)) == ""
 
 
 def test_destination_rule_can_turn_mtls_off_toward_a_host(mesh):

@@ -305,6 +305,36 @@ def test_proxy_config_clusters_endpoints_listeners(term: Terminal) -> None:
 
 
 @ENVOY
+def test_proxy_config_filters_as_istioctl_does(term: Terminal) -> None:
+    page = f'{pod(term, "app=productpage", "bookinfo-test")}.bookinfo-test'
+    reviews = "reviews.bookinfo-test.svc.cluster.local"
+    rows = table(term.ok("istioctl", "pc", "clusters", page, "--fqdn", reviews, "--subset",
+                         "v2", "--direction", "outbound", "--port", "9080"))
+    assert [r[:4] + r[5:] for r in rows[1:]] == [[reviews, "9080", "v2", "outbound",
+                                                 "reviews.bookinfo-test"]]
+    cluster = f"outbound|9080|v1|{reviews}"
+    endpoints = table(term.ok("istioctl", "pc", "endpoints", page, "--cluster", cluster,
+                              "--status", "healthy"))
+    assert [r[3] for r in endpoints[1:]] == [cluster]
+    address, _, port = endpoints[1][0].rpartition(":")
+    same = table(term.ok("istioctl", "pc", "endpoints", page, "--address", address,
+                         "--port", port))
+    assert {r[0] for r in same[1:]} == {endpoints[1][0]}  # in the host's and v1's clusters
+    assert cluster in {r[3] for r in same[1:]}
+    assert table(term.ok("istioctl", "pc", "endpoints", page, "--cluster", cluster,
+                         "--status", "UNHEALTHY"))[1:] == []
+    gateway = f'{pod(term, "istio=ingressgateway", "istio-system")}.istio-system'
+    routes = json.loads(term.ok("istioctl", "pc", "routes", gateway, "--name", "http.8080",
+                                "-o", "json"))
+    assert [r["name"] for r in routes] == ["http.8080"]
+    listeners = table(term.ok("istioctl", "pc", "listeners", gateway, "--type", "HTTP"))
+    assert listeners[1:] and all(r[3].startswith("Route: ") for r in listeners[1:])
+    assert table(term.ok("istioctl", "pc", "listeners", gateway, "--type", "TCP"))[1:] == []
+    wrong = term.run("istioctl", "pc", "routes", gateway, "--fqdn", reviews)
+    assert wrong.code != 0 and "unknown flag: --fqdn" in wrong.err
+
+
+@ENVOY
 def test_proxy_config_json_is_istioctls_camel_case(term: Terminal) -> None:
     gateway = pod(term, "istio=ingressgateway", "istio-system")
     routes = json.loads(term.ok("istioctl", "proxy-config", "routes", f"{gateway}.istio-system",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lablib.config.loader import load
+from lablib.config.meshconfig import MeshConfig
 from lablib.config.store import ConfigStore
 from lablib.controlplane.clusters import UNLIMITED
 from lablib.controlplane.context import Proxy, PushContext, Workload
@@ -78,14 +79,15 @@ GATEWAY = Proxy(node_id("router", "istio-ingressgateway-a", "istio-system"), "ro
                 "istio-system", GATEWAY_WORKLOAD)
 
 
-def snapshot_for(proxy: Proxy, *yaml_docs: str, mtls: bool = False) -> Snapshot:
+def snapshot_for(proxy: Proxy, *yaml_docs: str, mtls: bool = False,
+                 mesh_config: MeshConfig | None = None) -> Snapshot:
     resources = []
     for text in (SERVICES, INGRESS_SERVICE, *yaml_docs):
         resources += load(text, namespace=None if "istio-system" in text else NS)
     store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(resources)
     identities = {p.id: ("CHAIN", "KEY") for p in (SIDECAR, GATEWAY)} if mtls else {}
     ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY), {},
-                      identities, "ROOT" if mtls else "")
+                      identities, "ROOT" if mtls else "", mesh_config=mesh_config or MeshConfig())
     return build_snapshot(proxy, ctx)
 
 

@@ -20,6 +20,7 @@ LAB0208 duplicate subset name                 LAB0220 TLS server credential not 
                                                LAB0225 DestinationRule tls incomplete/mixed
                                                LAB0226 DR tls file not mounted in any proxy
                                                LAB0227 DR credentialName ignored at sidecars
+                                               LAB0409 Sidecar ingress tls file not mounted
 
 Severity "Error" refuses an apply, except IST0101 for a route destination that is no Service
 (Istio accepts it and the route answers 503; the apply prints it as a warning); "Warning"
@@ -44,6 +45,7 @@ from .hosts import (
     resolve_host,
     service_fqdn,
 )
+from .injection import injected
 from .model import Resource
 from .schema import parse_duration
 from .store import ConfigStore, pod_labels, selector_matches
@@ -852,11 +854,7 @@ def _has_proxy(store: ConfigStore, deployment: Resource) -> bool:
         return True
     annotations = _dict(_dict(_dict(deployment.spec.get("template")).get("metadata"))
                         .get("annotations"))
-    if annotations.get("sidecar.istio.io/inject") == "false":
-        return False
-    choice = labels.get("sidecar.istio.io/inject")
-    return choice == "true" or (choice != "false" and store.namespace_labels(
-        deployment.namespace).get("istio-injection") == "enabled")
+    return injected(store.namespace_labels(deployment.namespace), labels, annotations)
 
 
 def _proxy_mounts(store: ConfigStore, deployment: Resource, path: str) -> bool:
@@ -964,9 +962,43 @@ def _service_pods(store: ConfigStore, service: Resource) -> list[Resource]:
     return store.workloads(service.namespace, selector) if selector else []
 
 
+def _sidecar_ingress_tls(store: ConfigStore, sidecar: Resource) -> Iterator[Diagnostic]:
+    """LAB0409: an ingress `tls` naming a file the selected workloads' proxies do not mount
+    (their listener could not load it)."""
+    selector = _dict(_dict(sidecar.spec.get("workloadSelector")).get("labels"))
+    workloads = [d for d in store.workloads(sidecar.namespace, selector or None)
+                 if _has_proxy(store, d)]
+    for i, listener in enumerate(_list(sidecar.spec.get("ingress"))):
+        tls = _dict(_dict(listener).get("tls"))
+        mode = str(tls.get("mode", "")).upper()
+        if mode not in ("SIMPLE", "MUTUAL"):
+            continue
+        fields = ["serverCertificate", "privateKey"] + (["caCertificates"] if mode == "MUTUAL"
+                                                        else [])
+        for field in fields:
+            file = tls.get(field)
+            path = f"spec.ingress[{i}].tls.{field}"
+            if not isinstance(file, str) or not file:
+                yield Diagnostic("LAB0409", ERROR, sidecar.ref,
+                                 f"tls mode {mode} needs {field}", path,
+                                 f"set {field} to a file mounted into the proxy "
+                                 f"({_MOUNT_EXAMPLE})")
+                continue
+            missing = [d for d in workloads if not _proxy_mounts(store, d, file)]
+            if missing:
+                names = ", ".join(f"{d.namespace}/{d.name}" for d in missing[:3])
+                yield Diagnostic(
+                    "LAB0409", ERROR, sidecar.ref,
+                    f'{field} "{file}" is not a file in the proxy of {names}: the port\'s '
+                    "listener could not load it", path,
+                    f"mount the Secret holding it into the pods' istio-proxy with the "
+                    f"annotations {_MOUNT_EXAMPLE} (the path is mountPath/key)")
+
+
 def _sidecars(store: ConfigStore) -> Iterator[Diagnostic]:
-    """LAB0210/LAB0211 in a Sidecar's connection pools."""
+    """LAB0210/LAB0211 in a Sidecar's connection pools; LAB0409 its ingress TLS files."""
     for sidecar in store.list("Sidecar"):
+        yield from _sidecar_ingress_tls(store, sidecar)
         yield from _connection_pool(sidecar, _dict(sidecar.spec.get("inboundConnectionPool")),
                                     "spec.inboundConnectionPool")
         for i, listener in enumerate(_list(sidecar.spec.get("ingress"))):

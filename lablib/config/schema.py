@@ -929,11 +929,48 @@ def schema_code(kind: str) -> str:
     return SCHEMA_CODE_ISTIO if kind in ISTIO_KINDS else SCHEMA_CODE_KUBE
 
 
+# Kinds of Istio's and the Gateway API's groups the local mesh does not serve (yet): named
+# honestly instead of "unknown" or "did you mean" another API's kind.
+NOT_SERVED_CODE = "LAB0405"
+NOT_SERVED: dict[str, frozenset[str]] = {
+    "security.istio.io": frozenset({"AuthorizationPolicy", "RequestAuthentication"}),
+    "networking.istio.io": frozenset({"EnvoyFilter", "WorkloadEntry", "WorkloadGroup",
+                                      "ProxyConfig"}),
+    "telemetry.istio.io": frozenset({"Telemetry"}),
+    "extensions.istio.io": frozenset({"WasmPlugin"}),
+    "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute",
+                                            "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute",
+                                            "ReferenceGrant", "BackendTLSPolicy"}),
+}
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def _not_served(kind: str, api_version: str, ref: str) -> Diagnostic | None:
+    group = _group(api_version)
+    if kind not in NOT_SERVED.get(group, frozenset()):
+        return None
+    return Diagnostic(
+        NOT_SERVED_CODE, "Error", ref,
+        f"{kind} ({group}) is not served by the local mesh yet; a real cluster with Istio "
+        "serves it (LAB_BACKEND=kubernetes)", "kind",
+        "run this part with LAB_BACKEND=kubernetes, or leave this resource out")
+
+
 def check_kind(kind: str, api_version: str, ref: str) -> Diagnostic | None:
-    """An LAB0102 Diagnostic if the kit does not know this kind/apiVersion, else None."""
+    """An LAB0102 Diagnostic if the kit does not know this kind/apiVersion (LAB0405 for a kind
+    of Istio or the Gateway API the local mesh does not serve), else None."""
     supported = ", ".join(sorted(KINDS))
+    not_served = _not_served(kind, api_version, ref)
+    if not_served:
+        return not_served
     if kind not in KINDS:
-        guess = _suggest(kind, KINDS)
+        # Only a kind of the same API group is a plausible typo.
+        group = _group(api_version)
+        guess = _suggest(kind, [k for k, versions in KINDS.items()
+                                if any(_group(v) == group for v in versions)])
         hint = f'; did you mean "{guess}"?' if guess else ""
         return Diagnostic(
             UNKNOWN_KIND_CODE, "Error", ref,

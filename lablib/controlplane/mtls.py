@@ -324,6 +324,8 @@ def apply_upstream_tls(cluster: dict[str, Any], proxy: Proxy, ctx: PushContext, 
         cluster["transport_socket"] = upstream_mtls(ctx, svc, subset, port, names,
                                                     settings.get("sni"))
         return
+    if not ctx.mesh_config.enable_auto_mtls:
+        return  # meshConfig.enableAutoMtls=false: plaintext unless a rule says ISTIO_MUTUAL
     tls_socket = upstream_mtls(ctx, svc, subset, port, identities)
     lb_endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     for lb_endpoint, (_, workload) in zip(lb_endpoints, endpoints, strict=True):

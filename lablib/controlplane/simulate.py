@@ -1,6 +1,7 @@
 """Simulate a call through a proxy's generated config without starting Envoy.
 
-Like Istio's pilot/pkg/simulation: listener (by port) -> filter chain -> HTTP connection
+Like Istio's pilot/pkg/simulation: listener (by port) -> filter chain (matched as Envoy
+matches it) -> HTTP connection
 manager -> route configuration -> virtual host (by authority) -> route (by match) -> cluster.
 A call that would fail says why with a named error instead of a result.
 """
@@ -8,7 +9,9 @@ A call that would fail says why with a named error instead of a result.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,15 @@ class ErrNoCluster(SimulationError):
     pass
 
 
+class ErrNoFilterChain(SimulationError):
+    """Envoy closes the connection: no filter chain of the listener matches it."""
+
+
+class ErrTLSHandshake(SimulationError):
+    """The chain's TLS handshake fails: plaintext to a TLS chain, or no client certificate
+    where one is required."""
+
+
 @dataclass
 class Call:
     port: int  # the loopback port the client connects to
@@ -38,6 +50,14 @@ class Call:
     path: str = "/"
     method: str = "GET"
     headers: dict[str, str] = field(default_factory=dict)
+    # The connection as the listener's filters see it. `tls`: the client starts a TLS
+    # handshake offering `sni` and `alpn`, with a client certificate when `client_cert`.
+    tls: bool = False
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
+    client_cert: bool = False
+    source_ip: str = "127.0.0.1"
+    destination_port: int | None = None  # the port the client dialled, if not `port`
 
 
 @dataclass
@@ -50,6 +70,9 @@ class Result:
     fault: dict[str, Any] | None = None
     timeout: str = ""
     direct_status: int | None = None
+    redirect: dict[str, Any] | None = None
+    envoy_route: dict[str, Any] = field(default_factory=dict)  # the route that matched
+    filter_chain: dict[str, Any] = field(default_factory=dict)  # the chain that matched
 
     @property
     def cluster(self) -> str:
@@ -71,17 +94,22 @@ def string_matches(spec: dict[str, Any], value: str | None) -> bool:
 
 
 def route_matches(match: dict[str, Any], call: Call) -> bool:
-    path = call.path.split("?", 1)[0]
+    path, _, query = call.path.partition("?")
     if "connect_matcher" in match:
         return call.method == "CONNECT"
     if call.method == "CONNECT":
         return False
-    if "path" in match and path != match["path"]:
+    flags = 0 if match.get("case_sensitive", True) else re.IGNORECASE
+    if "path" in match and not re.fullmatch(re.escape(match["path"]), path, flags):
         return False
-    if "prefix" in match and not path.startswith(match["prefix"]):
+    if "prefix" in match and not re.match(re.escape(match["prefix"]), path, flags):
         return False
-    if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path):
+    if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path, flags):
         return False
+    params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    for param in match.get("query_parameters", []):
+        if not string_matches(param.get("string_match", {}), params.get(param["name"])):
+            return False
     headers = {k.lower(): v for k, v in call.headers.items()}
     headers[":method"] = call.method
     headers[":authority"] = call.authority
@@ -120,19 +148,92 @@ def pick_virtual_host(route_config: dict[str, Any], authority: str) -> dict[str,
     raise ErrNoRoute(f"no virtual host in {route_config.get('name')} for {authority!r}")
 
 
+def _server_name_rank(names: list[str], sni: str) -> int:
+    """How specifically `names` match `sni`: exact beats the longest wildcard suffix; 0 none."""
+    best = 0
+    for name in names:
+        if name == sni:
+            return 1 << 16
+        if name.startswith("*.") and sni.endswith(name[1:]):
+            best = max(best, len(name))
+    return best
+
+
+def _narrow(chains: list[dict[str, Any]], criterion: str,
+            rank: Any) -> list[dict[str, Any]]:
+    """Envoy's rule at one step: of the chains that set `criterion`, keep those matching best
+    (rank > 0); if none does, keep the chains that leave it unset."""
+    scored = [(rank(c["filter_chain_match"][criterion]), c) for c in chains
+              if c.get("filter_chain_match", {}).get(criterion)]
+    best = max((score for score, _ in scored), default=0)
+    if best > 0:
+        return [c for score, c in scored if score == best]
+    return [c for c in chains if not c.get("filter_chain_match", {}).get(criterion)]
+
+
+def _in_ranges(ranges: list[dict[str, Any]], address: str) -> int:
+    network = ipaddress.ip_address(address)
+    lengths = [int(r.get("prefix_len", 32)) for r in ranges
+               if network in ipaddress.ip_network(
+                   f"{r['address_prefix']}/{r.get('prefix_len', 32)}", strict=False)]
+    return max(lengths, default=-1) + 1
+
+
+def select_filter_chain(listener: dict[str, Any], call: Call) -> dict[str, Any]:
+    """The filter chain Envoy picks for `call`'s connection, in Envoy's order: destination
+    port, server names, transport protocol, application protocols, source addresses. SNI,
+    ALPN and the transport protocol are seen only through a TLS inspector; without one a
+    connection is `raw_buffer`."""
+    inspects = any(f.get("name") == "envoy.filters.listener.tls_inspector"
+                   for f in listener.get("listener_filters", []))
+    tls_seen = call.tls and inspects
+    transport = "tls" if tls_seen else "raw_buffer"
+    port = call.destination_port or call.port
+    chains = list(listener.get("filter_chains", []))
+    steps: list[tuple[str, Any]] = [
+        ("destination_port", lambda p: int(p == port)),
+        ("server_names", lambda names: _server_name_rank(names, call.sni) if tls_seen else 0),
+        ("transport_protocol", lambda t: int(t == transport)),
+        ("application_protocols",
+         lambda protocols: int(tls_seen and any(a in protocols for a in call.alpn))),
+        ("source_prefix_ranges", lambda ranges: _in_ranges(ranges, call.source_ip)),
+    ]
+    for criterion, rank in steps:
+        chains = _narrow(chains, criterion, rank)
+    if chains:
+        return chains[0]
+    if "default_filter_chain" in listener:
+        return dict(listener["default_filter_chain"])
+    raise ErrNoFilterChain(f"no filter chain of {listener.get('name')} matches a "
+                           f"{transport} connection (sni {call.sni!r}, alpn {list(call.alpn)})")
+
+
+def _handshake(chain: dict[str, Any], call: Call) -> None:
+    socket = chain.get("transport_socket") or {}
+    if socket.get("name") != "envoy.transport_sockets.tls":
+        return
+    if not call.tls:
+        raise ErrTLSHandshake("the chain terminates TLS and the client sent plaintext")
+    if socket.get("typed_config", {}).get("require_client_certificate") and not call.client_cert:
+        raise ErrTLSHandshake("the chain requires a client certificate and the client sent "
+                              "none")
+
+
 def simulate(snapshot: Snapshot, call: Call) -> Result:
     """Follow `call` through `snapshot`; raise a SimulationError where Envoy would fail it."""
     listener = next((lis for lis in snapshot.listeners.values()
                      if lis["address"]["socket_address"]["port_value"] == call.port), None)
     if listener is None:
         raise ErrNoListener(f"no listener on port {call.port}")
-    config = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    chain = select_filter_chain(listener, call)
+    _handshake(chain, call)
+    config = chain["filters"][0]["typed_config"]
     if "stat_prefix" in config and "http_filters" not in config:  # tcp_proxy
         weighted = {c["name"]: c["weight"] for c in
                     (config.get("weighted_clusters") or {}).get("clusters", [])}
         clusters = weighted or {config["cluster"]: 100}
         _check_clusters(snapshot, clusters)
-        return Result(listener["name"], clusters)
+        return Result(listener["name"], clusters, filter_chain=chain)
     route_config = (snapshot.routes.get(config["rds"]["route_config_name"]) if "rds" in config
                     else config.get("route_config"))
     if route_config is None:
@@ -142,9 +243,13 @@ def simulate(snapshot: Snapshot, call: Call) -> Result:
         if not route_matches(route.get("match", {}), call):
             continue
         result = Result(listener["name"], {}, route_config["name"], vhost["name"],
-                        route.get("name", ""))
+                        route.get("name", ""), filter_chain=chain)
+        result.envoy_route = route
         if "direct_response" in route:
             result.direct_status = int(route["direct_response"]["status"])
+            return result
+        if "redirect" in route:
+            result.redirect = route["redirect"]
             return result
         action = route.get("route") or {}
         if "weighted_clusters" in action:

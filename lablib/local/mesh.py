@@ -30,8 +30,11 @@ from typing import Any
 from ..certs import spiffe_id
 from ..config.analyze import analyze, dangling_destination
 from ..config.analyze import errors as blocking
+from ..config.fidelity import diagnostics as fidelity_diagnostics
+from ..config.injection import injected
+from ..config.install import PILOT, install_plan
 from ..config.loader import load
-from ..config.meshconfig import MeshConfig, mesh_config
+from ..config.meshconfig import MeshConfig
 from ..config.model import Resource
 from ..config.schema import validate
 from ..config.store import ConfigStore
@@ -163,14 +166,14 @@ class LocalMesh:
 
     # --- public operations -----------------------------------------------------------------
     def install(self, values: dict[str, str] | None = None, profile: str = "demo") -> list[str]:
-        """`istioctl install --set profile=demo`: istiod (this control plane) and gateways."""
+        """`istioctl install --set profile=P`: istiod (this control plane) and the gateways the
+        profile and `components.*` ask for; a component now disabled is removed."""
         with self.lock:
-            # Checked first: a refused meshConfig key leaves the mesh as it was.
-            self.mesh_config = mesh_config(profile, values or {})
+            # Checked first: a refused key leaves the mesh as it was.
+            plan = install_plan(profile, values or {})
+            self.mesh_config = plan.mesh_config
             # `--set values.pilot.env.NAME=VALUE` sets istiod's feature flags.
-            self.pilot_env = {key.rsplit(".", 1)[1]: str(value)
-                              for key, value in (values or {}).items()
-                              if key.startswith("values.pilot.env.")}
+            self.pilot_env = dict(plan.pilot_env)
             # istiod reads a plugged-in CA (the `cacerts` Secret) when it starts.
             self.ca = MeshCA.for_install(self.store.get("Secret", "istio-system", "cacerts"),
                                          self.state.certs / "istiod")
@@ -182,10 +185,14 @@ class LocalMesh:
                 self._report("starting the outside world", 0, 1)
                 self.outside = start_outside_world(self.supervisor, self.ports,
                                                    self.state.certs / "public")
-            self.apply([self._with_pilot_env(r) for r in load(str(ISTIO_SYSTEM_MANIFEST))])
-            self.installed = True
-            return ["Istio core installed", "Istiod installed", "Ingress gateways installed",
-                    "Egress gateways installed", "Installation complete"]
+            manifest = load(str(ISTIO_SYSTEM_MANIFEST))
+            self.apply([self._with_pilot_env(r) for r in manifest if plan.includes(r)])
+            pruned = [r for r in manifest if not plan.includes(r)
+                      and self.store.get(r.kind, r.namespace, r.name) is not None]
+            if pruned:
+                self.delete(pruned)
+            self.installed = PILOT in plan.components
+            return plan.lines()
 
     def apply(self, resources: list[Resource], namespace: str | None = None) -> list[str]:
         """Apply manifests; returns kubectl's lines (`service/details created`).
@@ -235,7 +242,8 @@ class LocalMesh:
                 for port in new_node_ports:
                     self.ports.release(port)
                 raise
-            lines = []
+            # kubectl prints an admission webhook's warnings before the objects' lines.
+            lines = [f"Warning: {d}" for d in warnings if not dangling_destination(d)]
             for r in resources:
                 before = old_store.get(r.kind, r.namespace, r.name)
                 word = "created" if before is None else (
@@ -243,7 +251,7 @@ class LocalMesh:
                 lines.append(f"{kube_word(r.kind)}/{r.name} {word}")
             # As kubectl shows an admission warning; the route answers 503 meanwhile.
             return lines + [f"Warning: {str(d).splitlines()[0]} (its route answers 503 until "
-                            f"the Service exists)" for d in warnings]
+                            f"the Service exists)" for d in warnings if dangling_destination(d)]
 
     def _with_root_certs(self, store: ConfigStore) -> ConfigStore:
         """`store` with what istiod's namespace controller publishes once Istio is installed:
@@ -335,12 +343,17 @@ class LocalMesh:
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
                current: ConfigStore) -> list[Diagnostic]:
-        """Schema, images, then analysis; only findings this change introduces block it.
-        Returns the new findings that let it through but deserve a warning (a route to a
-        Service that does not exist)."""
+        """Schema, images, the fidelity ledger, then analysis; only findings this change
+        introduces block it. Returns the warnings that let it through: the ledger's fields
+        without local effect, and routes to a Service that does not exist."""
         errors: list[Diagnostic] = []
+        warnings: list[Diagnostic] = []
         for r in incoming:
-            errors += [d for d in validate(r) if d.severity == "Error"]
+            schema_errors = [d for d in validate(r) if d.severity == "Error"]
+            errors += schema_errors
+            if not schema_errors:
+                for d in fidelity_diagnostics(r):
+                    (errors if d.severity == "Error" else warnings).append(d)
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
                 errors += host_env_problems(r)
@@ -350,7 +363,7 @@ class LocalMesh:
         introduced = [d for d in self._findings(candidate) if str(d) not in known]
         if blocking(introduced):
             raise ConfigError(blocking(introduced))
-        return [d for d in introduced if dangling_destination(d)]
+        return warnings + [d for d in introduced if dangling_destination(d)]
 
     def _claim_node_ports(self, chosen: list[tuple[Resource, int, int]],
                           candidate: ConfigStore, current: ConfigStore) -> list[int]:
@@ -603,13 +616,8 @@ class LocalMesh:
         role = ("gateway" if GATEWAY_IMAGE in images else
                 "control-plane" if PILOT_IMAGE in images else "app")
         ns_labels = store.namespace_labels(d.namespace)
-        # Istio's injection: a pod label of "true" or "false" decides; otherwise the
-        # namespace label does (and an annotation of "false" still opts out).
-        pod_choice = labels.get("sidecar.istio.io/inject")
-        inject = role == "app" and (pre_injected or (
-            (pod_choice == "true" or (pod_choice != "false"
-                                      and ns_labels.get("istio-injection") == "enabled"))
-            and (meta.get("annotations") or {}).get("sidecar.istio.io/inject") != "false"))
+        annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
+        inject = role == "app" and (pre_injected or injected(ns_labels, labels, annotations))
         port_names: dict[str, int] = {}
         ports: dict[int, int] = {}
         bind: dict[int, int] = {}
@@ -625,8 +633,7 @@ class LocalMesh:
         workload = Workload(name, d.namespace, labels,
                             str(spec.get("serviceAccountName") or "default"), inject, ports,
                             port_names, declared_ports=tuple(sorted(ports)),
-                            annotations={str(k): str(v) for k, v in
-                                         (meta.get("annotations") or {}).items()})
+                            annotations=annotations)
         pod = Pod(name, d.namespace, d.name, thash, role, workload, containers, bind_ports=bind,
                   volumes={str(v["name"]): v for v in spec.get("volumes") or []})
         if inject or role == "gateway":

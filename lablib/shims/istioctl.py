@@ -17,11 +17,13 @@ from typing import Any
 import yaml
 
 from ..config.analyze import analyze
+from ..config.fidelity import diagnostics as fidelity_diagnostics
+from ..config.install import components_text, install_plan
 from ..config.loader import load
 from ..config.model import Resource
 from ..config.schema import KINDS as SCHEMA_KINDS
 from ..config.store import ConfigStore
-from ..errors import Diagnostic
+from ..errors import ConfigError, Diagnostic
 from ..local.client import LocalBackend
 from . import addons, printers
 from .dispatch import Command, Tool
@@ -83,9 +85,15 @@ def cmd_install(p: Parsed) -> int:
             profile = value
         else:
             values[key] = value
-    components = "Istio core, Istiod, Ingress gateways, and Egress gateways"
+    revision = p.get("revision")
+    if revision not in (None, "default"):
+        values["revision"] = str(revision)
+    try:
+        plan = install_plan(profile, values)
+    except ConfigError as exc:
+        raise Failure("Error: " + "\n".join(str(d) for d in exc.diagnostics)) from None
     question = (f'This will install the Istio {ISTIO_VERSION} "{profile}" profile (with '
-                f"components: {components}) into the cluster.")
+                f"components: {components_text(plan)}) into the cluster.")
     if not _confirm(question, bool(p.get("skip-confirmation"))):
         return 1
     mesh = connect(start=True)
@@ -285,12 +293,17 @@ def _listeners_table(configs: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
-def _endpoints_table(mesh: LocalBackend, pod: str, namespace: str) -> str:
+def _endpoints_table(mesh: LocalBackend, pod: str, namespace: str,
+                     filters: dict[str, str]) -> str:
     from .. import proxyconfig  # pandas: imported only for this table
 
     rows = [["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"]]
     frame = proxyconfig.endpoints(mesh, pod, namespace)
     for row in frame.sort_values(["cluster", "endpoint"]).itertuples(index=False):
+        address, _, port = str(row.endpoint).rpartition(":")
+        if not _endpoint_selected(str(row.cluster), address, int(port),
+                                  row.status == "HEALTHY", filters):
+            continue
         rows.append([str(row.endpoint), str(row.status), str(row.outlier_check),
                      str(row.cluster)])
     return _table(rows)
@@ -320,6 +333,115 @@ PROXY_CONFIG_KINDS = {
 }
 
 
+# The filter flags each proxy-config subcommand takes, as istioctl has them.
+PROXY_CONFIG_FILTERS = {
+    "listeners": ("port", "type", "address"),
+    "routes": ("name",),
+    "clusters": ("fqdn", "port", "subset", "direction"),
+    "endpoints": ("cluster", "port", "status", "address"),
+    "secret": (), "all": (), "bootstrap": (),
+}
+FILTER_FLAGS = ("name", "fqdn", "port", "subset", "direction", "type", "address", "cluster",
+                "status")
+
+
+def _filters(p: Parsed, kind: str) -> dict[str, str]:
+    """The filter flags given, refusing one this subcommand does not take (as istioctl's
+    per-command flags do) and a port that is not a number."""
+    given = {flag: str(p.get(flag)) for flag in FILTER_FLAGS if p.get(flag) is not None}
+    for flag in given:
+        if flag not in PROXY_CONFIG_FILTERS[kind]:
+            raise UsageError(f"unknown flag: --{flag}")
+    if "port" in given and not given["port"].isdigit():
+        raise UsageError(f'invalid argument "{given["port"]}" for "--port" flag: '
+                         "strconv.ParseInt: parsing: invalid syntax")
+    return given
+
+
+def _listener_type(listener: dict[str, Any]) -> str:
+    """istioctl's TYPE of a listener: HTTP, TCP or HTTP+TCP, from its chains' filters."""
+    names = {f.get("name", "") for chain in listener.get("filter_chains") or []
+             for f in chain.get("filters") or []}
+    http = "envoy.filters.network.http_connection_manager" in names
+    tcp = "envoy.filters.network.tcp_proxy" in names
+    return "HTTP+TCP" if http and tcp else "HTTP" if http else "TCP" if tcp else ""
+
+
+def _listener_selected(listener: dict[str, Any], filters: dict[str, str]) -> bool:
+    address = (listener.get("address") or {}).get("socket_address") or {}
+    return (("address" not in filters or address.get("address") == filters["address"])
+            and ("port" not in filters or address.get("port_value") == int(filters["port"]))
+            and ("type" not in filters
+                 or _listener_type(listener).upper() == filters["type"].upper()))
+
+
+def _cluster_selected(cluster: dict[str, Any], filters: dict[str, str]) -> bool:
+    """istioctl's ClusterFilter: the name's direction, port, subset and FQDN, each exact."""
+    parts = str(cluster.get("name", "")).split("|")
+    if not filters:
+        return True
+    if len(parts) != 4:
+        return False
+    direction, port, subset, fqdn = parts
+    return (filters.get("fqdn", fqdn) == fqdn and filters.get("direction", direction) == direction
+            and filters.get("subset", subset) == subset and filters.get("port", port) == port)
+
+
+def _filtered_dump(configs: list[dict[str, Any]], kind: str,
+                   filters: dict[str, str]) -> list[dict[str, Any]]:
+    """The config dump with only the listeners, routes or clusters the filters select."""
+    if not filters:
+        return configs
+    keep: dict[str, Any] = {
+        "ListenersConfigDump": ("dynamic_listeners", lambda item: _listener_selected(
+            (item.get("active_state") or {}).get("listener") or {}, filters)),
+        "RoutesConfigDump": ("dynamic_route_configs", lambda item: (
+            (item.get("route_config") or {}).get("name") == filters.get("name"))),
+        "ClustersConfigDump": ("dynamic_active_clusters", lambda item: _cluster_selected(
+            item.get("cluster") or {}, filters)),
+    }
+    section = {"listeners": "ListenersConfigDump", "routes": "RoutesConfigDump",
+               "clusters": "ClustersConfigDump"}[kind]
+    out = []
+    for config in configs:
+        if str(config.get("@type", "")).endswith("." + section):
+            field, selected = keep[section]
+            config = {**config, field: [i for i in config.get(field) or [] if selected(i)]}
+            if section == "ClustersConfigDump":
+                config["static_clusters"] = [i for i in config.get("static_clusters") or []
+                                             if _cluster_selected(i.get("cluster") or {},
+                                                                  filters)]
+        out.append(config)
+    return out
+
+
+def _endpoint_selected(cluster: str, address: str, port: int, healthy: bool,
+                       filters: dict[str, str]) -> bool:
+    """istioctl's EndpointFilter: address, port, cluster exact; status HEALTHY/UNHEALTHY."""
+    status = "HEALTHY" if healthy else "UNHEALTHY"
+    return (filters.get("cluster", cluster) == cluster
+            and filters.get("address", address) == address
+            and int(filters.get("port", port)) == port
+            and filters.get("status", status).upper() == status)
+
+
+def _endpoints_json(data: dict[str, Any], filters: dict[str, str]) -> dict[str, Any]:
+    statuses = []
+    for status in data.get("cluster_statuses") or []:
+        hosts = []
+        for host in status.get("host_statuses") or []:
+            address = (host.get("address") or {}).get("socket_address") or {}
+            health = host.get("health_status") or {}
+            healthy = health.get("eds_health_status", "HEALTHY") == "HEALTHY" and not any(
+                v for k, v in health.items() if k.startswith("failed"))
+            if _endpoint_selected(str(status.get("name")), str(address.get("address")),
+                                  int(address.get("port_value", 0)), healthy, filters):
+                hosts.append(host)
+        if hosts:
+            statuses.append({**status, "host_statuses": hosts})
+    return {**data, "cluster_statuses": statuses}
+
+
 def cmd_proxy_config(p: Parsed) -> int:
     if not p.args:
         raise UsageError('requires a subcommand: listeners, routes, clusters, endpoints, '
@@ -327,6 +449,9 @@ def cmd_proxy_config(p: Parsed) -> int:
     kind = PROXY_CONFIG_KINDS.get(p.args[0])
     if kind is None:
         raise UsageError(f'unknown command "{p.args[0]}" for "istioctl proxy-config"')
+    if p.get("file"):
+        raise Failure("Error: --file (a saved config dump) is not supported by the local mesh; "
+                      "give the pod name, or run with LAB_BACKEND=kubernetes")
     if len(p.args) != 2:
         raise UsageError(f"proxy-config {kind} requires pod name or --file parameter")
     pod, namespace = _pod_and_namespace(p, p.args[1])
@@ -334,10 +459,13 @@ def cmd_proxy_config(p: Parsed) -> int:
     fmt = str(p.get("output") or "short")
     if fmt not in ("short", "json", "yaml"):
         raise UsageError(f'output format "{fmt}" not supported')
+    filters = _filters(p, kind)
     if kind == "endpoints" and fmt == "short":
-        _out(_endpoints_table(mesh, pod, namespace))
+        _out(_endpoints_table(mesh, pod, namespace, filters))
         return 0
     configs = json.loads(mesh.proxy_admin(pod, namespace, "config_dump"))["configs"]
+    if kind in ("listeners", "routes", "clusters"):
+        configs = _filtered_dump(configs, kind, filters)
     if fmt == "short":
         tables = {"routes": lambda: _routes_table(configs),
                   "clusters": lambda: _clusters_table(configs, _destination_rules(mesh)),
@@ -353,8 +481,8 @@ def cmd_proxy_config(p: Parsed) -> int:
         "listeners": lambda: _listeners(configs), "secret": lambda: _secrets(configs),
         "bootstrap": lambda: _section(configs, "BootstrapConfigDump"),
         "all": lambda: {"configs": configs},
-        "endpoints": lambda: json.loads(mesh.proxy_admin(pod, namespace,
-                                                         "clusters?format=json")),
+        "endpoints": lambda: _endpoints_json(json.loads(mesh.proxy_admin(
+            pod, namespace, "clusters?format=json")), filters),
     }[kind]()
     data = _camel(data)
     _out(json.dumps(data, indent=4) + "\n" if fmt == "json" else yaml.safe_dump(data))
@@ -437,7 +565,9 @@ def cmd_analyze(p: Parsed) -> int:
     else:
         store = ConfigStore.with_namespaces({r.namespace for r in resources if r.namespace})
     store = store.with_applied(resources)
-    findings = [d for d in analyze(store)
+    # What applying the files would say about fields the local mesh refuses or ignores.
+    ledger = [d for r in resources for d in fidelity_diagnostics(r)]
+    findings = [d for d in [*ledger, *analyze(store)]
                 if all_ns or _resource_namespace(d) in (namespace, "")]
     target = "all namespaces" if all_ns else f"namespace: {namespace}"
     if not findings:
@@ -642,8 +772,8 @@ COMMANDS: dict[str, Command] = {
     "uninstall": Command(cmd_uninstall, [Flag("purge", kind="bool"), YES, Flag("revision", "r"),
                                          Flag("filename", "f", "list")],
                          "istioctl uninstall --purge [-y]"),
-    "proxy-config": Command(cmd_proxy_config, [OUTPUT, Flag("name"), Flag("fqdn"),
-                                               Flag("port"), Flag("file")],
+    "proxy-config": Command(cmd_proxy_config, [OUTPUT, *[Flag(f) for f in FILTER_FLAGS],
+                                               Flag("file")],
                             "istioctl proxy-config listeners|routes|clusters|endpoints|secret "
                             "POD[.NS] [-o json]"),
     "proxy-status": Command(cmd_proxy_status, [Flag("revision", "r")],

@@ -392,11 +392,12 @@ def cmd_apply(p: Parsed) -> int:
 
 
 def _print_applied(lines: list[str]) -> None:
-    """What apply did on stdout; the API server's warnings on stderr, as kubectl prints them."""
-    _out("".join(line + "\n" for line in lines if not line.startswith("Warning: ")))
+    """The objects' lines on stdout; the mesh's warnings on stderr, as kubectl prints an
+    admission webhook's."""
     for line in lines:
         if line.startswith("Warning: "):
             _err(line)
+    _out("".join(line + "\n" for line in lines if not line.startswith("Warning: ")))
 
 
 def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
@@ -424,7 +425,7 @@ def _create_object(p: Parsed, body: Item, kind: Kind) -> int:
     if p.get("output"):
         _out(printers.output(str(p.get("output")), [body], single=True))
     else:
-        _out("".join(line.replace(" configured", " created") + "\n" for line in lines))
+        _print_applied([line.replace(" configured", " created") for line in lines])
     return 0
 
 
