@@ -115,10 +115,10 @@ def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
     """The Service port's cluster and one per DestinationRule subset, with their policy and
     their transport: the rule's `tls` (SIMPLE, MUTUAL, ISTIO_MUTUAL, DISABLE) where it sets
     one, else auto mTLS toward the endpoints that take it."""
-    dr = ctx.destination_rules.get(svc.fqdn)
+    dr = ctx.destination_rule(proxy, svc.fqdn)
     host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
     subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
-                                   s.get("trafficPolicy")) for s in ctx.subsets(svc.fqdn)]
+                                   s.get("trafficPolicy")) for s in ctx.subsets(proxy, svc.fqdn)]
     clusters = []
     for subset, labels, subset_policy in subsets:
         endpoints = ctx.endpoint_workloads(svc, port, labels)

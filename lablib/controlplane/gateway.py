@@ -21,6 +21,7 @@ from ..config.model import Resource
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
 from .mtls import SECRET_TYPE, TLS_INSPECTOR, has_identity, san_matchers, sds
+from .route_policies import exported_to
 from .routes import ROUTE_TYPE, destination_cluster, http_routes
 
 TLS_TYPE = ("type.googleapis.com/"
@@ -75,10 +76,11 @@ def gateway_servers(proxy: Proxy, ctx: PushContext) -> dict[int, list[Server]]:
 
 
 def bound_virtual_services(ctx: PushContext, gw: Resource, server: dict[str, Any]):
-    """VirtualServices bound to this Gateway with a host this server accepts."""
+    """VirtualServices bound to this Gateway, exported to its namespace, with a host this
+    server accepts."""
     gw_name = f"{gw.namespace}/{gw.name}"
     for vs in ctx.virtual_services:
-        if gw_name in ctx.vs_gateways(vs) and any(
+        if gw_name in ctx.vs_gateways(vs) and exported_to(vs, gw.namespace) and any(
                 server_hosts_match(server.get("hosts") or [], str(h), vs.namespace)
                 for h in vs.spec.get("hosts") or []):
             yield vs
@@ -125,13 +127,29 @@ def secret_name(credential: str) -> str:
     return f"kubernetes://{credential}"
 
 
+TLS_VERSIONS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_1",
+                "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
+
+
+def tls_params(tls: dict[str, Any]) -> dict[str, Any]:
+    """`minProtocolVersion` (Istio's default TLS 1.2), `maxProtocolVersion`, `cipherSuites`."""
+    params: dict[str, Any] = {"tls_minimum_protocol_version": TLS_VERSIONS[
+        str(tls.get("minProtocolVersion", "TLSV1_2")).upper()]}
+    if "maxProtocolVersion" in tls:
+        params["tls_maximum_protocol_version"] = TLS_VERSIONS[
+            str(tls["maxProtocolVersion"]).upper()]
+    if tls.get("cipherSuites"):
+        params["cipher_suites"] = [str(c) for c in tls["cipherSuites"]]
+    return params
+
+
 def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
     """The DownstreamTlsContext of a terminating server: its certificate over SDS and, for
     MUTUAL, the client CA (Istio reads `ca.crt` of the secret or of `<name>-cacert`)."""
     tls = server["tls"]
     credential = str(tls.get("credentialName", ""))
     common: dict[str, Any] = {
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "tls_params": tls_params(tls),
         "alpn_protocols": ["h2", "http/1.1"],
         "tls_certificate_sds_secret_configs": [
             {"name": secret_name(credential), "sds_config": ADS}],
@@ -149,8 +167,15 @@ def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
         context["require_client_certificate"] = True
         return {"name": "envoy.transport_sockets.tls", "typed_config": context}
     if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-        common["validation_context_sds_secret_config"] = {
-            "name": secret_name(credential) + "-cacert", "sds_config": ADS}
+        client_ca = {"name": secret_name(credential) + "-cacert", "sds_config": ADS}
+        names = [str(n) for n in tls.get("subjectAltNames") or []]
+        if names:
+            common["combined_validation_context"] = {
+                "default_validation_context": {"match_typed_subject_alt_names":
+                                               san_matchers(names)},
+                "validation_context_sds_secret_config": client_ca}
+        else:
+            common["validation_context_sds_secret_config"] = client_ca
         context["require_client_certificate"] = mode == "MUTUAL"
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
@@ -234,21 +259,31 @@ def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return listeners
 
 
-def route_config(name: str, port: int, servers: list[Server], ctx: PushContext) -> dict:
-    """Virtual hosts for every VirtualService host bound to these servers."""
+def route_config(name: str, port: int, servers: list[Server], ctx: PushContext,
+                 proxy: Proxy | None = None) -> dict:
+    """Virtual hosts for every VirtualService host bound to these servers. A server with
+    `tls.httpsRedirect` makes its hosts answer plain HTTP with a 301 to https (Envoy's
+    `require_tls: ALL`, as Istio sets it)."""
     by_domain: dict[str, list[dict[str, Any]]] = {}
+    redirected: set[str] = set()
     for gw, server in servers:
         gw_name = f"{gw.namespace}/{gw.name}"
         for vs in bound_virtual_services(ctx, gw, server):
             # A route's `match.port` means the Gateway server's port, as in Istio.
-            routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]))
+            routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]),
+                                 proxy=proxy)
             for host in vs.spec.get("hosts") or []:
                 if server_hosts_match(server.get("hosts") or [], str(host), vs.namespace):
                     by_domain.setdefault(str(host), []).extend(routes)
+                    if (server.get("tls") or {}).get("httpsRedirect"):
+                        redirected.add(str(host))
     vhosts = []
     for host, routes in sorted(by_domain.items()):
         domains = ["*"] if host == "*" else [host, f"{host}:*"]
-        vhosts.append({"name": f"{host}:{port}", "domains": domains, "routes": routes})
+        vhost = {"name": f"{host}:{port}", "domains": domains, "routes": routes}
+        if host in redirected:
+            vhost["require_tls"] = "ALL"
+        vhosts.append(vhost)
     return {"@type": ROUTE_TYPE, "name": name, "virtual_hosts": vhosts,
             "validate_clusters": False}
 
@@ -259,11 +294,11 @@ def gateway_route_configs(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]
     for port, servers in sorted(gateway_servers(proxy, ctx).items()):
         plain = [s for s in servers if server_kind(s[1]) == "http"]
         if plain:
-            configs.append(route_config(f"http.{port}", port, plain, ctx))
+            configs.append(route_config(f"http.{port}", port, plain, ctx, proxy))
         for gw, server in servers:
             if server_kind(server) == "https":
                 configs.append(route_config(https_route_name(port, gw, server), port,
-                                            [(gw, server)], ctx))
+                                            [(gw, server)], ctx, proxy))
     return configs
 
 
