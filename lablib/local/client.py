@@ -296,6 +296,14 @@ class LocalBackend(Backend):
         return subprocess.run(argv, env=env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
 
+    def logs(self, pod: str, namespace: str = "default", container: str | None = None) -> str:
+        info = self.pod_info(pod, namespace)
+        container = container or info["containers"][0]
+        if container not in info["containers"]:
+            raise BackendError(f"error: container {container} is not valid for pod {pod}")
+        path = self.state.log_path(f"{namespace}.{pod}.{container}")
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)
         if not info["admin_port"]:
