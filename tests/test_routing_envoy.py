@@ -5,6 +5,7 @@ answered by the sidecar, consistent hashing, and a gateway's httpsRedirect."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import httpx
@@ -208,3 +209,50 @@ def test_https_redirect_answers_plain_http_with_a_301(mesh):
                        trust_env=False, follow_redirects=False)
     assert answer.status_code == 301
     assert answer.headers["location"] == "https://httpbin.example.com/get"
+
+
+TCP_RULES = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9000, sourceLabels: {app: sleep}}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}, subset: v2}}]
+  - route: [{destination: {host: tcp-echo, port: {number: 9000}, subset: v1}}]
+"""
+
+
+def tunnel_answer(mesh, app: str) -> str:
+    """Open `CONNECT tcp-echo:9000` through the app's sidecar, send a line, read the echo."""
+    proxy = httpx.URL(mesh.proxy_url(mesh.pod_name({"app": app}, NS), NS))
+    with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+        sock.sendall(b"CONNECT tcp-echo:9000 HTTP/1.1\r\nHost: tcp-echo:9000\r\n\r\n")
+        stream = sock.makefile("rb")
+        assert stream.readline().split()[1] == b"200"
+        while stream.readline() not in (b"\r\n", b""):
+            pass
+        sock.sendall(b"hello\n")
+        return stream.readline().decode().strip()
+
+
+def test_mesh_tcp_rules_route_sidecar_tunnels_by_source(mesh):
+    mesh.apply("samples/tcp-echo/tcp-echo-services.yaml", NS)
+    mesh.apply(TCP_RULES, NS)
+    try:
+        mesh.wait_ready(NS)
+        assert {tunnel_answer(mesh, "sleep") for _ in range(5)} == {"two hello"}
+        assert {tunnel_answer(mesh, "other") for _ in range(5)} == {"one hello"}
+    finally:
+        mesh.delete(TCP_RULES, NS)
+        mesh.delete("samples/tcp-echo/tcp-echo-services.yaml", NS)

@@ -443,3 +443,99 @@ def test_gateway_tls_versions_ciphers_and_client_san():
         "kubernetes://cred-cacert"
     assert validation["default_validation_context"]["match_typed_subject_alt_names"][0][
         "matcher"] == {"exact": "client.example.com"}
+
+
+# --- tcp and tls rules at sidecars (CONNECT tunnels) --------------------------------------
+
+
+TCP_ECHO = "tcp-echo.bookinfo-test.svc.cluster.local"
+TCP_SUBSETS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+def tcp_vs(rules: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+{rules}"""
+
+
+def test_mesh_tcp_weights_split_a_sidecar_tunnel():
+    rules = """  tcp:
+  - match: [{port: 9000}]
+    route:
+    - {destination: {host: tcp-echo, subset: v1}, weight: 80}
+    - {destination: {host: tcp-echo, subset: v2}, weight: 20}
+"""
+    snap = snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(rules))
+    result = simulate(snap, Call(15001, "tcp-echo:9000", method="CONNECT"))
+    assert result.clusters == {f"outbound|9000|v1|{TCP_ECHO}": 80,
+                               f"outbound|9000|v2|{TCP_ECHO}": 20}
+
+
+def test_mesh_tcp_rule_on_another_port_or_for_other_clients_is_not_applied():
+    other_port = """  tcp:
+  - match: [{port: 9001}]
+    route: [{destination: {host: tcp-echo, subset: v2}}]
+"""
+    snap = snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(other_port))
+    assert simulate(snap, Call(15001, "tcp-echo:9000", method="CONNECT")).cluster == \
+        f"outbound|9000||{TCP_ECHO}"
+    for_sleep = other_port.replace("port: 9001", "sourceLabels: {app: sleep}")
+    assert simulate(snapshot(SLEEP, TCP_SUBSETS, tcp_vs(for_sleep)),
+                    Call(15003, "tcp-echo:9000", method="CONNECT")).cluster == \
+        f"outbound|9000|v2|{TCP_ECHO}"
+    assert simulate(snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(for_sleep)),
+                    Call(15001, "tcp-echo:9000", method="CONNECT")).cluster == \
+        f"outbound|9000||{TCP_ECHO}"
+
+
+def test_mesh_tls_rule_matches_the_tunnel_host_as_its_sni():
+    rules = """  tls:
+  - match: [{sniHosts: [tcp-echo], port: 9000}]
+    route: [{destination: {host: tcp-echo, subset: v2}}]
+  tcp:
+  - route: [{destination: {host: tcp-echo, subset: v1}}]
+"""
+    snap = snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(rules))
+    assert simulate(snap, Call(15001, "tcp-echo.bookinfo-test:9000", method="CONNECT")
+                    ).cluster == f"outbound|9000|v2|{TCP_ECHO}"
+    no_sni = rules.replace("sniHosts: [tcp-echo]", "sniHosts: [other.example.com]")
+    snap = snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(no_sni))
+    assert simulate(snap, Call(15001, "tcp-echo:9000", method="CONNECT")).cluster == \
+        f"outbound|9000|v1|{TCP_ECHO}"
+
+
+def test_gateway_tcp_rule_honours_source_labels():
+    gateway = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 31400, name: tcp, protocol: TCP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo, namespace: {NS}}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - match: [{{sourceLabels: {{app: nobody}}}}]
+    route: [{{destination: {{host: tcp-echo, subset: v2}}}}]
+  - route: [{{destination: {{host: tcp-echo, subset: v1}}}}]
+"""
+    result = simulate(snapshot(GATEWAY, TCP_SUBSETS, gateway), Call(31400))
+    assert result.cluster == f"outbound|9000|v1|{TCP_ECHO}"

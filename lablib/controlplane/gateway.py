@@ -21,8 +21,8 @@ from ..config.model import Resource
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
 from .mtls import SECRET_TYPE, TLS_INSPECTOR, has_identity, san_matchers, sds
-from .route_policies import exported_to
-from .routes import ROUTE_TYPE, destination_cluster, http_routes
+from .route_policies import exported_to, l4_matches, weighted
+from .routes import ROUTE_TYPE, http_routes
 
 TLS_TYPE = ("type.googleapis.com/"
             "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
@@ -86,28 +86,26 @@ def bound_virtual_services(ctx: PushContext, gw: Resource, server: dict[str, Any
             yield vs
 
 
-def weighted(ctx: PushContext, vs: Resource, route: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    """(cluster, weight) of a route's destinations; a 0% destination is left out, as Istio
-    does (Envoy refuses a weight of 0)."""
-    out = [(destination_cluster(ctx, d["destination"], vs.namespace),
-            int(d.get("weight", 100 if len(route) == 1 else 0))) for d in route]
-    kept = [(cluster, weight) for cluster, weight in out if weight > 0]
-    return kept or out[:1]
-
-
-def tcp_route_clusters(port: int, servers: list[Server], ctx: PushContext) -> list[tuple[str, int]]:
-    """Weighted clusters of the first VirtualService `tcp` route bound here that matches."""
+def tcp_route_clusters(proxy: Proxy, port: int, servers: list[Server],
+                       ctx: PushContext) -> list[tuple[str, int]]:
+    """Weighted clusters of the first VirtualService `tcp` route bound here that matches
+    (port, and `sourceLabels`/`sourceNamespace`/`gateways` selecting this gateway)."""
     for gw, server in servers:
         number = int(server["port"]["number"])
         for vs in bound_virtual_services(ctx, gw, server):
             for tcp in vs.spec.get("tcp") or []:
                 if any(int(m.get("port", number)) in (number, port)
-                       for m in tcp.get("match") or [{}]):
+                       for m in l4_matches(tcp.get("match"), proxy, gw_ref(gw, vs))):
                     return weighted(ctx, vs, tcp.get("route") or [])
     return []
 
 
-def passthrough_routes(port: int, servers: list[Server],
+def gw_ref(gw: Resource, vs: Resource) -> tuple[str, str]:
+    """(the gateway as `ns/name`, the VirtualService's namespace for short names)."""
+    return f"{gw.namespace}/{gw.name}", vs.namespace
+
+
+def passthrough_routes(proxy: Proxy, port: int, servers: list[Server],
                        ctx: PushContext) -> list[tuple[list[str], list[tuple[str, int]]]]:
     """(SNI names, weighted clusters) for each `tls` route bound to passthrough servers."""
     out = []
@@ -115,7 +113,7 @@ def passthrough_routes(port: int, servers: list[Server],
         number = int(server["port"]["number"])
         for vs in bound_virtual_services(ctx, gw, server):
             for tls in vs.spec.get("tls") or []:
-                for match in tls.get("match") or []:
+                for match in l4_matches(tls.get("match"), proxy, gw_ref(gw, vs)):
                     if int(match.get("port", number)) not in (number, port):
                         continue
                     out.append((sorted(str(h) for h in match.get("sniHosts") or []),
@@ -219,11 +217,11 @@ def filter_chains(proxy: Proxy, ctx: PushContext, port: int,
             chain["filter_chain_match"] = {"server_names": names}
         chains.append(chain)
     passthrough = [s for s in servers if server_kind(s[1]) == "passthrough"]
-    for names, clusters in passthrough_routes(port, passthrough, ctx):
+    for names, clusters in passthrough_routes(proxy, port, passthrough, ctx):
         chains.append({"filter_chain_match": {"server_names": names},
                        "filters": [tcp_proxy(name, clusters, proxy, ctx)]})
     tcp = [s for s in servers if server_kind(s[1]) == "tcp"]
-    clusters = tcp_route_clusters(port, tcp, ctx) if tcp else []
+    clusters = tcp_route_clusters(proxy, port, tcp, ctx) if tcp else []
     if clusters:
         chains.append({"filters": [tcp_proxy(name, clusters, proxy, ctx)]})
     return chains

@@ -53,9 +53,50 @@ def selects_source(match: dict[str, Any], proxy: Proxy) -> bool:
     return namespace is None or str(namespace) == proxy.namespace
 
 
-def source_matches(matches: list[dict[str, Any]], proxy: Proxy) -> list[dict[str, Any]]:
-    """The matches of a rule that apply to this proxy; a rule without matches applies to all."""
-    return [m for m in matches or [{}] if selects_source(m, proxy)]
+def l4_matches(matches: list[dict[str, Any]] | None, proxy: Proxy,
+               gateway: tuple[str, str]) -> list[dict[str, Any]]:
+    """The matches of a `tcp` or `tls` rule that apply to this proxy seen through `gateway`
+    (`mesh` or `ns/name`, and the VirtualService's namespace): `sourceLabels`,
+    `sourceNamespace` and `gateways` select; a rule without matches applies to all."""
+    name, namespace = gateway
+    out = []
+    for match in matches or [{}]:
+        bound = [g if g == "mesh" or "/" in g else f"{namespace}/{g}"
+                 for g in match.get("gateways") or []]
+        if (not bound or name in bound) and selects_source(match, proxy):
+            out.append(match)
+    return out
+
+
+def weighted(ctx: PushContext, vs: Resource, route: list[dict[str, Any]]
+             ) -> list[tuple[str, int]]:
+    """(cluster, weight) of an L4 route's destinations; a 0% destination is left out, as
+    Istio does (Envoy refuses a weight of 0)."""
+    out = [(routes.destination_cluster(ctx, d["destination"], vs.namespace),
+            int(d.get("weight", 100 if len(route) == 1 else 0))) for d in route]
+    kept = [(cluster, weight) for cluster, weight in out if weight > 0]
+    return kept or out[:1]
+
+
+def mesh_l4_clusters(ctx: PushContext, proxy: Proxy, vses: list[Resource], svc_fqdn: str,
+                     port: int) -> list[tuple[str, int]]:
+    """Where a sidecar sends a TCP connection to a Service port, by the mesh's `tls` rules
+    (first `sniHosts` naming the Service) then `tcp` rules (first match on the port), as
+    Istio's outbound TCP filter chains do. Without a pod network the sidecar sees only the
+    tunnels it is asked to open (`CONNECT host:port`), so the SNI is taken to be the host
+    the client asked for."""
+    for vs in vses:
+        for tls in vs.spec.get("tls") or []:
+            for match in l4_matches(tls.get("match"), proxy, ("mesh", vs.namespace)):
+                names = {ctx.host_fqdn(str(h), vs.namespace) for h in match.get("sniHosts") or []}
+                if svc_fqdn in names and int(match.get("port", port)) == port:
+                    return weighted(ctx, vs, tls.get("route") or [])
+    for vs in vses:
+        for tcp in vs.spec.get("tcp") or []:
+            if any(int(m.get("port", port)) == port
+                   for m in l4_matches(tcp.get("match"), proxy, ("mesh", vs.namespace))):
+                return weighted(ctx, vs, tcp.get("route") or [])
+    return []
 
 
 # --- mirroring --------------------------------------------------------------------------

@@ -272,13 +272,18 @@ def default_route(cluster: str, hash_policy: list[dict[str, Any]] | None = None
     return {"name": "default", "match": {"prefix": "/"}, "route": action}
 
 
-def connect_route(cluster: str) -> dict[str, Any]:
-    """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster."""
-    return {
-        "match": {"connect_matcher": {}},
-        "route": {"cluster": cluster, "upgrade_configs": [
-            {"upgrade_type": "CONNECT", "connect_config": {}}]},
-    }
+def connect_route(cluster: str, weighted: list[tuple[str, int]] | None = None
+                  ) -> dict[str, Any]:
+    """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster,
+    or split over `weighted` (cluster, weight) pairs."""
+    action: dict[str, Any] = {"upgrade_configs": [
+        {"upgrade_type": "CONNECT", "connect_config": {}}]}
+    if weighted and len(weighted) > 1:
+        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": weight}
+                                                    for name, weight in weighted]}
+    else:
+        action["cluster"] = weighted[0][0] if weighted else cluster
+    return {"match": {"connect_matcher": {}}, "route": action}
 
 
 def mesh_virtual_services(ctx: PushContext, svc: Service, proxy: Proxy) -> list[Resource]:
@@ -299,7 +304,9 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
         vses = mesh_virtual_services(ctx, svc, proxy)
         for port in svc.ports:
             default_cluster = outbound_cluster(port.port, "", svc.fqdn)
-            routes: list[dict[str, Any]] = [connect_route(default_cluster)]
+            routes: list[dict[str, Any]] = [connect_route(
+                default_cluster,
+                route_policies.mesh_l4_clusters(ctx, proxy, vses, svc.fqdn, port.port))]
             if port.protocol == "HTTP":
                 found = [r for vs in vses[:1] for r in http_routes(ctx, vs, gateway="mesh",
                                                                    port=port.port, proxy=proxy)]
