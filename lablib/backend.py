@@ -102,6 +102,10 @@ class Backend(abc.ABC):
         sidecar."""
 
     @abc.abstractmethod
+    def logs(self, pod: str, namespace: str = "default", container: str | None = None) -> str:
+        """`kubectl logs POD -c C`: what the container wrote to stdout and stderr."""
+
+    @abc.abstractmethod
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         """`pilot-agent request GET PATH` in the pod's istio-proxy (config_dump, stats...)."""
 

@@ -11,6 +11,7 @@ import httpx
 import pandas as pd
 
 from .backend import Backend
+from .errors import BackendError
 from .progress import Progress
 
 BOOKINFO_PATH = "/productpage"
@@ -119,3 +120,26 @@ def check_shares(frame: pd.DataFrame, expected: dict[str, float], column: str = 
     bad = table[~table["ok"]]
     assert bad.empty, f"observed shares outside the binomial bound over {n} requests:\n{bad}"
     return table
+
+
+def curl(mesh: Backend, pod: str, url: str, n: int = 1, *, namespace: str = "default",
+         method: str = "GET", headers: dict[str, str] | None = None,
+         show: tuple[str, ...] = ()) -> pd.DataFrame:
+    """`kubectl exec POD -- curl URL`, `n` requests in one curl run, on either backend: one
+    row per request with its `status`, `latency_ms` and each response header in `show`."""
+    columns = ["%{http_code}", "%{time_total}", *(f"%header{{{h}}}" for h in show)]
+    argv = ["curl", "-s", "-X", method, "-w", "\t".join(columns) + "\n"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    for _ in range(n):
+        argv += ["-o", "/dev/null", url]
+    done = mesh.exec(pod, argv, namespace, timeout=30.0 + 5.0 * n)
+    rows = []
+    for line in done.stdout.splitlines():
+        status, seconds, *values = line.split("\t")
+        rows.append({"status": int(status), "latency_ms": round(float(seconds) * 1000, 2),
+                     **dict(zip(show, values, strict=True))})
+    if len(rows) != n:
+        raise BackendError(f"curl in {pod} answered {len(rows)} of {n} requests: "
+                           f"{done.stderr.strip() or done.stdout.strip()}")
+    return pd.DataFrame(rows, columns=["status", "latency_ms", *show])

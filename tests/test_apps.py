@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -566,6 +567,18 @@ def test_httpbin_image_serves_status_418(spawn: Spawn) -> None:
     assert answer.status == 418
     assert b"teapot" in answer.body
     assert httpbin.process.poll() is None
+
+
+def test_httpbin_logs_each_request_as_gunicorn_does(spawn: Spawn) -> None:
+    # Istio's mirroring task reads `kubectl logs` of httpbin for `GET /headers` lines.
+    port = free_port()
+    argv = command_for("docker.io/kennethreitz/httpbin", port_map={80: port}, env={})
+    httpbin = spawn(argv, ready=lambda app: _http_ready_at(port, "/status/200"))
+    assert call(port, "/headers?a=1").status == 200
+    lines = [line for line in httpbin.output().splitlines() if "/headers" in line]
+    assert len(lines) == 1, httpbin.output()
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+                        r'"GET /headers\?a=1 HTTP/1\.1" 200 \d+ "-" "[^"]*"', lines[0]), lines
 
 
 def _http_ready_at(port: int, path: str) -> bool:

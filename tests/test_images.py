@@ -48,20 +48,9 @@ def test_bookinfo_images_run_lablib_apps_on_the_mapped_port(
         ("kong/httpbin@sha256:" + "0" * 64, 80),
     ],
 )
-def test_httpbin_images_run_httpbin_under_waitress(image: str, container_port: int) -> None:
+def test_httpbin_images_run_httpbin_with_an_access_log(image: str, container_port: int) -> None:
     argv = command_for(image, port_map={container_port: 20002, 15090: 20003}, env={})
-    assert argv == [
-        PY,
-        "-m",
-        "waitress",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "20002",
-        "--threads",
-        "8",
-        "httpbin:app",
-    ]
+    assert argv == [PY, "-m", "lablib.apps.httpbin", "--port", "20002"]
 
 
 def test_a_single_declared_port_is_the_one_the_container_listens_on() -> None:

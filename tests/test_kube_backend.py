@@ -95,6 +95,7 @@ class FakeCluster:
     forbidden: bool = False
     exec_handler: Callable[[ExecCall], tuple[str, str, int]] = lambda call: ("", "", 0)
     forward_handler: Callable[[bytes], bytes] = lambda data: b"echo:" + data
+    logs: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (ns, pod, container)
     _reads: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     _version: int = 100
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -273,6 +274,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, discovery_list(group, version))
         if rest[-1] in ("exec", "portforward") and len(rest) == 5:
             return self._websocket(request, rest[1], rest[3], rest[4])
+        if rest[-1] == "log" and len(rest) == 5:
+            container = request.query.get("container", [""])[0]
+            return self._send(200, self.cluster.logs[(rest[1], rest[3], container)])
         namespace, plural, name = self._parse(rest)
         if name is None:
             return self._list(group, version, plural, namespace, request)
@@ -998,6 +1002,17 @@ def test_exec_checks_the_pod_and_container(cluster):
     with pytest.raises(NotFoundError, match='pods "ghost" not found'):
         backend.exec("ghost", ["true"], "default")
     assert not state.execs
+
+
+def test_logs_read_the_container_log_through_the_api(cluster):
+    state, config = cluster
+    state.add_pod("httpbin-1", "default", {"app": "httpbin"}, containers=("httpbin", "istio-proxy"))
+    line = '127.0.0.6 - - [04/Dec/2026:15:40:00 +0000] "GET /headers HTTP/1.1" 200 5 "-" "curl"\n'
+    state.logs[("default", "httpbin-1", "httpbin")] = line
+    backend = connect(config)
+    assert backend.logs("httpbin-1", "default") == line
+    with pytest.raises(BackendError, match="container nope is not valid for pod httpbin-1"):
+        backend.logs("httpbin-1", "default", container="nope")
 
 
 def test_proxy_admin_runs_pilot_agent_in_istio_proxy(cluster):

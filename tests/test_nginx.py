@@ -297,3 +297,21 @@ def test_a_client_that_hangs_up_before_the_handshake_disturbs_nobody(run, volume
         assert response.status == 200
     finally:
         silent.close()
+
+
+def test_a_server_level_return_answers_every_request_with_that_status(run, tmp_path):
+    # The resilience lab's failing httpbin replica: nginx with `return 503;`.
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "nginx.conf").write_text("events {}\nhttp { server { listen 80; return 503; } }\n")
+    server = run({"/etc/nginx": str(conf)})
+    for method, path in (("GET", "/headers"), ("POST", "/post"), ("GET", "/")):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request(method, path)
+        response = conn.getresponse()
+        assert response.status == 503 and b"503 Service Temporarily Unavailable" in response.read()
+
+
+def test_a_return_of_an_unknown_status_is_refused_by_name():
+    with pytest.raises(nginx.NginxConfigError, match='"return 200"'):
+        nginx.load_servers("http { server { listen 80; return 200; } }", nginx.Mounts({}))

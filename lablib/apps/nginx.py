@@ -5,7 +5,9 @@
 It reads the container's `/etc/nginx/nginx.conf` through the pod's mounted volumes (the env
 variable LAB_MOUNTS maps each mountPath to a local folder; any absolute path under a mountPath
 is read from that folder) and honours, per `server` block: `listen` (port, `ssl`,
-`default_server`), `server_name`, `root`, `index`, `ssl_certificate` and `ssl_certificate_key`.
+`default_server`), `server_name`, `root`, `index`, `ssl_certificate`, `ssl_certificate_key`
+and a server-level `return CODE;` (every request answered with that error status, as a
+stand-in for a failing replica).
 Other directives are accepted and ignored. Without a mounted nginx.conf it runs the image's
 default configuration: plain HTTP, `root /usr/share/nginx/html`. A root folder that does not
 exist here gets nginx's "Welcome to nginx!" page at `/`, as the image ships it.
@@ -79,7 +81,9 @@ Commercial support is available at
 </body>
 </html>
 """
-STATUS_TEXT = {403: "403 Forbidden", 404: "404 Not Found", 405: "405 Not Allowed"}
+STATUS_TEXT = {403: "403 Forbidden", 404: "404 Not Found", 405: "405 Not Allowed",
+               500: "500 Internal Server Error", 502: "502 Bad Gateway",
+               503: "503 Service Temporarily Unavailable", 504: "504 Gateway Time-out"}
 # Peers that connect and hang up without a handshake (readiness probes, port checks).
 QUIET_HANDSHAKE_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError,
                           socket.timeout)
@@ -216,6 +220,7 @@ class Server:
     certificate: Path | None = None
     key: Path | None = None
     context: ssl.SSLContext | None = field(default=None, repr=False)
+    status: int | None = None  # a server-level `return CODE;`
 
     def matches(self, host: str) -> bool:
         """Does `host` match one of `server_name`'s names (exact, `*.suffix`, `.domain`)?"""
@@ -286,10 +291,12 @@ def load_servers(text: str, mounts: Mounts, where: str = CONFIG_PATH) -> list[Se
             names = [n for d in block.children("server_name") for n in d.args]
             container_root = _absolute(str(root))
             local_root = mounts.local(container_root)
+            status = _return_status(block, where)
             for listen in listens:
                 server = Server(_listen_port(listen, where), ssl_on or "ssl" in listen.args,
                                 "default_server" in listen.args or "default" in listen.args,
-                                names, container_root, local_root, list(index))
+                                names, container_root, local_root, list(index),
+                                status=status)
                 if server.ssl:
                     cert, cert_line = _directive_arg(block, "ssl_certificate",
                                                  _directive_arg(http, "ssl_certificate")[0])
@@ -309,6 +316,18 @@ def load_servers(text: str, mounts: Mounts, where: str = CONFIG_PATH) -> list[Se
         raise NginxConfigError(f"{where} has no `server` block inside `http {{ }}`: nothing "
                                "to serve")
     return servers
+
+
+def _return_status(block: Directive, where: str) -> int | None:
+    """The status of a server-level `return CODE;`, for the error codes the stand-in knows."""
+    code, line = _directive_arg(block, "return")
+    if code is None:
+        return None
+    if not code.isdigit() or int(code) not in STATUS_TEXT:
+        raise NginxConfigError(
+            f'the local stand-in supports `return CODE;` only for {sorted(STATUS_TEXT)} '
+            f'("return {code}" in {where}:{line})')
+    return int(code)
 
 
 def pick_port(servers: list[Server], wanted: int | None) -> int:
@@ -394,10 +413,14 @@ class NginxHandler(AppHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         """nginx answers 405 to a POST of a static file."""
-        self._error(405, head=False)
+        site = self.server.sites.by_name(self.headers.get("Host"))
+        self._error(site.status or 405, head=False)
 
     def _serve(self, head: bool) -> None:
         site = self.server.sites.by_name(self.headers.get("Host"))
+        if site.status is not None:
+            self._error(site.status, head)
+            return
         path = unquote(urlsplit(self.path).path) or "/"
         parts = [p for p in PurePosixPath(path).parts if p not in ("/", ".")]
         if ".." in parts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.schema import parse_duration
 from .context import Proxy, PushContext, Service, ServicePort
 from .mtls import apply_upstream_tls
 from .naming import inbound_cluster, kube_cluster, outbound_cluster
@@ -77,9 +78,12 @@ def merge_policy(base: dict[str, Any] | None, override: dict[str, Any] | None,
 
 def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> None:
     """DestinationRule trafficPolicy: loadBalancer, connectionPool, outlierDetection."""
-    simple = (policy.get("loadBalancer") or {}).get("simple")
+    balancer = policy.get("loadBalancer") or {}
+    simple = balancer.get("simple")
     if simple in LB_POLICIES:
         cluster["lb_policy"] = LB_POLICIES[simple]
+    if isinstance(balancer.get("consistentHash"), dict):
+        apply_consistent_hash(cluster, balancer["consistentHash"])
     pool = policy.get("connectionPool") or {}
     tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
     thresholds: dict[str, Any] = dict(DEFAULT_THRESHOLDS)
@@ -87,6 +91,12 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         thresholds["max_connections"] = int(tcp["maxConnections"])
     if "connectTimeout" in tcp:
         cluster["connect_timeout"] = duration(tcp["connectTimeout"])
+    keepalive = tcp.get("tcpKeepalive")
+    if isinstance(keepalive, dict):
+        cluster["upstream_connection_options"] = {"tcp_keepalive": {
+            name: int(parse_duration(keepalive[key])) if key != "probes" else int(keepalive[key])
+            for key, name in (("probes", "keepalive_probes"), ("time", "keepalive_time"),
+                              ("interval", "keepalive_interval")) if key in keepalive}}
     if "http1MaxPendingRequests" in http:
         thresholds["max_pending_requests"] = int(http["http1MaxPendingRequests"])
     if "http2MaxRequests" in http:
@@ -99,6 +109,8 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         common["max_requests_per_connection"] = int(http["maxRequestsPerConnection"])
     if "idleTimeout" in http:
         common["idle_timeout"] = duration(http["idleTimeout"])
+    if "maxConnectionDuration" in tcp:
+        common["max_connection_duration"] = duration(tcp["maxConnectionDuration"])
     if common:
         holder = cluster.setdefault("typed_extension_protocol_options", {}).setdefault(
             HTTP_OPTIONS, {"@type": HTTP_OPTIONS_TYPE,
@@ -118,6 +130,12 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         if "consecutiveGatewayErrors" in outlier:
             od["consecutive_gateway_failure"] = int(outlier["consecutiveGatewayErrors"])
             od["enforcing_consecutive_gateway_failure"] = 100
+        if outlier.get("splitExternalLocalOriginErrors"):
+            # Connection failures and timeouts count apart from the upstream's 5xx answers.
+            od["split_external_local_origin_errors"] = True
+            od["consecutive_local_origin_failure"] = int(
+                outlier.get("consecutiveLocalOriginFailures", 5))
+            od["enforcing_consecutive_local_origin_failure"] = 100
         cluster["outlier_detection"] = od
         # Istio: below minHealthPercent healthy hosts, ignore ejections (Envoy's panic mode);
         # its default of 0 means never panic.
@@ -125,15 +143,30 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
             "healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}}
 
 
+def apply_consistent_hash(cluster: dict[str, Any], consistent_hash: dict[str, Any]) -> None:
+    """`consistentHash`: a Maglev table or a hash ring (Istio's default, 1024 entries at
+    least); the key itself is the route's hash_policy (route_policies.hash_policy)."""
+    if "maglev" in consistent_hash:
+        cluster["lb_policy"] = "MAGLEV"
+        size = (consistent_hash["maglev"] or {}).get("tableSize")
+        if size:
+            cluster["maglev_lb_config"] = {"table_size": str(int(size))}
+        return
+    cluster["lb_policy"] = "RING_HASH"
+    ring = consistent_hash.get("ringHash") or {}
+    size = ring.get("minimumRingSize", consistent_hash.get("minimumRingSize", 1024))
+    cluster["ring_hash_lb_config"] = {"minimum_ring_size": str(int(size))}
+
+
 def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
                           ctx: PushContext) -> list[dict]:
     """The Service port's cluster and one per DestinationRule subset, with their policy and
     their transport: the rule's `tls` (SIMPLE, MUTUAL, ISTIO_MUTUAL, DISABLE) where it sets
     one, else auto mTLS toward the endpoints that take it."""
-    dr = ctx.destination_rules.get(svc.fqdn)
+    dr = ctx.destination_rule(proxy, svc.fqdn)
     host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
     subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
-                                   s.get("trafficPolicy")) for s in ctx.subsets(svc.fqdn)]
+                                   s.get("trafficPolicy")) for s in ctx.subsets(proxy, svc.fqdn)]
     clusters = []
     for subset, labels, subset_policy in subsets:
         endpoints = ctx.endpoint_workloads(svc, port, labels)

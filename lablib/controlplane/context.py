@@ -206,8 +206,42 @@ class PushContext:
             out.setdefault(self.host_fqdn(str(res.spec.get("host", "")), res.namespace), res)
         return out
 
-    def subsets(self, host_fqdn: str) -> list[dict[str, Any]]:
-        dr = self.destination_rules.get(host_fqdn)
+    @cached_property
+    def _rules_by_host(self) -> dict[str, list[Resource]]:
+        """Every DestinationRule of each host FQDN, oldest first."""
+        out: dict[str, list[Resource]] = {}
+        for res in self.store.list("DestinationRule"):
+            out.setdefault(self.host_fqdn(str(res.spec.get("host", "")), res.namespace),
+                           []).append(res)
+        return out
+
+    def destination_rule(self, proxy: Proxy | None, host_fqdn: str) -> Resource | None:
+        """The DestinationRule a client proxy uses for a host, chosen as Istio chooses: in the
+        client's namespace one whose `workloadSelector` selects it, else one without a
+        selector; then one in the host's namespace, then in istio-system, exported
+        (`exportTo`) to the client's namespace. A rule with a selector never applies to
+        workloads it does not select."""
+        from .route_policies import exported_to
+
+        rules = self._rules_by_host.get(host_fqdn, [])
+        if proxy is None:
+            return next((r for r in rules if not r.spec.get("workloadSelector")), None)
+        client_ns = proxy.namespace
+        local = [r for r in rules if r.namespace == client_ns]
+        for rule in local:
+            labels = dict((rule.spec.get("workloadSelector") or {}).get("matchLabels") or {})
+            if labels and proxy.kind == "sidecar" and selector_matches(labels, proxy.labels):
+                return rule
+        host_ns = host_fqdn.split(".")[1] if host_fqdn.count(".") >= 2 else ""
+        for namespaces in ([client_ns], [host_ns], ["istio-system"]):
+            for rule in rules:
+                if rule.namespace in namespaces and not rule.spec.get("workloadSelector") \
+                        and exported_to(rule, client_ns):
+                    return rule
+        return None
+
+    def subsets(self, proxy: Proxy | None, host_fqdn: str) -> list[dict[str, Any]]:
+        dr = self.destination_rule(proxy, host_fqdn)
         return list(dr.spec.get("subsets") or []) if dr else []
 
     @cached_property

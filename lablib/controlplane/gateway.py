@@ -21,7 +21,8 @@ from ..config.model import Resource
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
 from .mtls import SECRET_TYPE, TLS_INSPECTOR, has_identity, san_matchers, sds
-from .routes import ROUTE_TYPE, destination_cluster, http_routes
+from .route_policies import exported_to, l4_matches, weighted
+from .routes import ROUTE_TYPE, http_routes
 
 TLS_TYPE = ("type.googleapis.com/"
             "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
@@ -75,45 +76,36 @@ def gateway_servers(proxy: Proxy, ctx: PushContext) -> dict[int, list[Server]]:
 
 
 def bound_virtual_services(ctx: PushContext, gw: Resource, server: dict[str, Any]):
-    """VirtualServices bound to this Gateway with a host this server accepts."""
+    """VirtualServices bound to this Gateway, exported to its namespace, with a host this
+    server accepts."""
     gw_name = f"{gw.namespace}/{gw.name}"
     for vs in ctx.virtual_services:
-        if gw_name in ctx.vs_gateways(vs) and any(
+        if gw_name in ctx.vs_gateways(vs) and exported_to(vs, gw.namespace) and any(
                 server_hosts_match(server.get("hosts") or [], str(h), vs.namespace)
                 for h in vs.spec.get("hosts") or []):
             yield vs
 
 
-def weighted(ctx: PushContext, vs: Resource, route: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    """(cluster, weight) of a route's destinations; a 0% destination is left out, as Istio
-    does (Envoy refuses a weight of 0)."""
-    out = [(destination_cluster(ctx, d["destination"], vs.namespace),
-            int(d.get("weight", 100 if len(route) == 1 else 0))) for d in route]
-    kept = [(cluster, weight) for cluster, weight in out if weight > 0]
-    return kept or out[:1]
-
-
-def match_binds(ctx: PushContext, vs: Resource, match: dict[str, Any], gw: Resource) -> bool:
-    """A route match's own `gateways` (if any) name this Gateway: the egress pattern binds
-    one VirtualService to `mesh` and to the gateway with a match for each."""
-    bound = match.get("gateways")
-    return not bound or f"{gw.namespace}/{gw.name}" in [
-        g if g == "mesh" or "/" in g else f"{vs.namespace}/{g}" for g in bound]
-
-
-def tcp_route_clusters(port: int, servers: list[Server], ctx: PushContext) -> list[tuple[str, int]]:
-    """Weighted clusters of the first VirtualService `tcp` route bound here that matches."""
+def tcp_route_clusters(proxy: Proxy, port: int, servers: list[Server],
+                       ctx: PushContext) -> list[tuple[str, int]]:
+    """Weighted clusters of the first VirtualService `tcp` route bound here that matches
+    (port, and `sourceLabels`/`sourceNamespace`/`gateways` selecting this gateway)."""
     for gw, server in servers:
         number = int(server["port"]["number"])
         for vs in bound_virtual_services(ctx, gw, server):
             for tcp in vs.spec.get("tcp") or []:
                 if any(int(m.get("port", number)) in (number, port)
-                       and match_binds(ctx, vs, m, gw) for m in tcp.get("match") or [{}]):
+                       for m in l4_matches(tcp.get("match"), proxy, gw_ref(gw, vs))):
                     return weighted(ctx, vs, tcp.get("route") or [])
     return []
 
 
-def passthrough_routes(port: int, servers: list[Server],
+def gw_ref(gw: Resource, vs: Resource) -> tuple[str, str]:
+    """(the gateway as `ns/name`, the VirtualService's namespace for short names)."""
+    return f"{gw.namespace}/{gw.name}", vs.namespace
+
+
+def passthrough_routes(proxy: Proxy, port: int, servers: list[Server],
                        ctx: PushContext) -> list[tuple[list[str], list[tuple[str, int]]]]:
     """(SNI names, weighted clusters) for each `tls` route bound to passthrough servers."""
     out = []
@@ -121,9 +113,8 @@ def passthrough_routes(port: int, servers: list[Server],
         number = int(server["port"]["number"])
         for vs in bound_virtual_services(ctx, gw, server):
             for tls in vs.spec.get("tls") or []:
-                for match in tls.get("match") or []:
-                    if int(match.get("port", number)) not in (number, port) \
-                            or not match_binds(ctx, vs, match, gw):
+                for match in l4_matches(tls.get("match"), proxy, gw_ref(gw, vs)):
+                    if int(match.get("port", number)) not in (number, port):
                         continue
                     out.append((sorted(str(h) for h in match.get("sniHosts") or []),
                                 weighted(ctx, vs, tls.get("route") or [])))
@@ -134,13 +125,29 @@ def secret_name(credential: str) -> str:
     return f"kubernetes://{credential}"
 
 
+TLS_VERSIONS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_1",
+                "TLSV1_2": "TLSv1_2", "TLSV1_3": "TLSv1_3"}
+
+
+def tls_params(tls: dict[str, Any]) -> dict[str, Any]:
+    """`minProtocolVersion` (Istio's default TLS 1.2), `maxProtocolVersion`, `cipherSuites`."""
+    params: dict[str, Any] = {"tls_minimum_protocol_version": TLS_VERSIONS[
+        str(tls.get("minProtocolVersion", "TLSV1_2")).upper()]}
+    if "maxProtocolVersion" in tls:
+        params["tls_maximum_protocol_version"] = TLS_VERSIONS[
+            str(tls["maxProtocolVersion"]).upper()]
+    if tls.get("cipherSuites"):
+        params["cipher_suites"] = [str(c) for c in tls["cipherSuites"]]
+    return params
+
+
 def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
     """The DownstreamTlsContext of a terminating server: its certificate over SDS and, for
     MUTUAL, the client CA (Istio reads `ca.crt` of the secret or of `<name>-cacert`)."""
     tls = server["tls"]
     credential = str(tls.get("credentialName", ""))
     common: dict[str, Any] = {
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "tls_params": tls_params(tls),
         "alpn_protocols": ["h2", "http/1.1"],
         "tls_certificate_sds_secret_configs": [
             {"name": secret_name(credential), "sds_config": ADS}],
@@ -158,8 +165,15 @@ def downstream_tls(server: dict[str, Any]) -> dict[str, Any]:
         context["require_client_certificate"] = True
         return {"name": "envoy.transport_sockets.tls", "typed_config": context}
     if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-        common["validation_context_sds_secret_config"] = {
-            "name": secret_name(credential) + "-cacert", "sds_config": ADS}
+        client_ca = {"name": secret_name(credential) + "-cacert", "sds_config": ADS}
+        names = [str(n) for n in tls.get("subjectAltNames") or []]
+        if names:
+            common["combined_validation_context"] = {
+                "default_validation_context": {"match_typed_subject_alt_names":
+                                               san_matchers(names)},
+                "validation_context_sds_secret_config": client_ca}
+        else:
+            common["validation_context_sds_secret_config"] = client_ca
         context["require_client_certificate"] = mode == "MUTUAL"
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
@@ -203,11 +217,11 @@ def filter_chains(proxy: Proxy, ctx: PushContext, port: int,
             chain["filter_chain_match"] = {"server_names": names}
         chains.append(chain)
     passthrough = [s for s in servers if server_kind(s[1]) == "passthrough"]
-    for names, clusters in passthrough_routes(port, passthrough, ctx):
+    for names, clusters in passthrough_routes(proxy, port, passthrough, ctx):
         chains.append({"filter_chain_match": {"server_names": names},
                        "filters": [tcp_proxy(name, clusters, proxy, ctx)]})
     tcp = [s for s in servers if server_kind(s[1]) == "tcp"]
-    clusters = tcp_route_clusters(port, tcp, ctx) if tcp else []
+    clusters = tcp_route_clusters(proxy, port, tcp, ctx) if tcp else []
     if clusters:
         chains.append({"filters": [tcp_proxy(name, clusters, proxy, ctx)]})
     return chains
@@ -243,21 +257,31 @@ def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     return listeners
 
 
-def route_config(name: str, port: int, servers: list[Server], ctx: PushContext) -> dict:
-    """Virtual hosts for every VirtualService host bound to these servers."""
+def route_config(name: str, port: int, servers: list[Server], ctx: PushContext,
+                 proxy: Proxy | None = None) -> dict:
+    """Virtual hosts for every VirtualService host bound to these servers. A server with
+    `tls.httpsRedirect` makes its hosts answer plain HTTP with a 301 to https (Envoy's
+    `require_tls: ALL`, as Istio sets it)."""
     by_domain: dict[str, list[dict[str, Any]]] = {}
+    redirected: set[str] = set()
     for gw, server in servers:
         gw_name = f"{gw.namespace}/{gw.name}"
         for vs in bound_virtual_services(ctx, gw, server):
             # A route's `match.port` means the Gateway server's port, as in Istio.
-            routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]))
+            routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]),
+                                 proxy=proxy)
             for host in vs.spec.get("hosts") or []:
                 if server_hosts_match(server.get("hosts") or [], str(host), vs.namespace):
                     by_domain.setdefault(str(host), []).extend(routes)
+                    if (server.get("tls") or {}).get("httpsRedirect"):
+                        redirected.add(str(host))
     vhosts = []
     for host, routes in sorted(by_domain.items()):
         domains = ["*"] if host == "*" else [host, f"{host}:*"]
-        vhosts.append({"name": f"{host}:{port}", "domains": domains, "routes": routes})
+        vhost = {"name": f"{host}:{port}", "domains": domains, "routes": routes}
+        if host in redirected:
+            vhost["require_tls"] = "ALL"
+        vhosts.append(vhost)
     return {"@type": ROUTE_TYPE, "name": name, "virtual_hosts": vhosts,
             "validate_clusters": False}
 
@@ -268,11 +292,11 @@ def gateway_route_configs(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]
     for port, servers in sorted(gateway_servers(proxy, ctx).items()):
         plain = [s for s in servers if server_kind(s[1]) == "http"]
         if plain:
-            configs.append(route_config(f"http.{port}", port, plain, ctx))
+            configs.append(route_config(f"http.{port}", port, plain, ctx, proxy))
         for gw, server in servers:
             if server_kind(server) == "https":
                 configs.append(route_config(https_route_name(port, gw, server), port,
-                                            [(gw, server)], ctx))
+                                            [(gw, server)], ctx, proxy))
     return configs
 
 

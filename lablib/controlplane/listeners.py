@@ -16,6 +16,7 @@ from .accesslog import FILE_LOG_TYPE, mesh_access_log
 from .context import Proxy, PushContext, selector_matches
 from .mtls import TLS_INSPECTOR, XFCC, inbound_chains
 from .naming import inbound_cluster
+from .route_policies import cors_filter
 from .routes import FAULT_FILTER
 from .sidecar import InboundPort, downstream_file_tls, ingress_ports
 
@@ -77,9 +78,11 @@ def peer_id_filter(proxy: Proxy) -> dict[str, Any]:
 
 
 def http_filters(proxy: Proxy | None = None) -> list[dict[str, Any]]:
-    """Fault injection, then routing; a client-side proxy first names itself."""
+    """CORS (idle unless a route sets a policy), fault injection, then routing, in Istio's
+    order; a client-side proxy first names itself."""
     return [
         *([peer_id_filter(proxy)] if proxy is not None else []),
+        cors_filter(),
         {"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}},
         {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
     ]

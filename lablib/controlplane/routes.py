@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config.model import Resource
 from ..config.schema import parse_duration
+from . import route_policies
 from .context import Proxy, PushContext, Service
 from .naming import host_aliases, kube_cluster, outbound_cluster
 
@@ -87,13 +88,19 @@ def route_match(match: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def destination_cluster(ctx: PushContext, dest: dict[str, Any], namespace: str) -> str:
+def destination_key(ctx: PushContext, dest: dict[str, Any], namespace: str
+                    ) -> tuple[int, str, str]:
+    """(port, subset, host FQDN) of an Istio Destination."""
     host = ctx.host_fqdn(str(dest["host"]), namespace)
     svc = ctx.services.get(host)
     port = (dest.get("port") or {}).get("number")
     if port is None and svc and len(svc.ports) == 1:
         port = svc.ports[0].port
-    return outbound_cluster(int(port or 80), str(dest.get("subset", "")), host)
+    return int(port or 80), str(dest.get("subset", "")), host
+
+
+def destination_cluster(ctx: PushContext, dest: dict[str, Any], namespace: str) -> str:
+    return outbound_cluster(*destination_key(ctx, dest, namespace))
 
 
 def percentage(spec: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +123,7 @@ def fault_config(fault: dict[str, Any]) -> dict[str, Any]:
         }
     if "abort" in fault:
         abort = fault["abort"]
-        out["abort"] = {"http_status": int(abort.get("httpStatus", 500)),
-                        "percentage": percentage(abort)}
+        out["abort"] = {**route_policies.abort_status(abort), "percentage": percentage(abort)}
     return out
 
 
@@ -128,6 +134,11 @@ def retry_policy(retries: dict[str, Any] | None) -> dict[str, Any] | None:
     if attempts == 0:
         return None
     policy = dict(DEFAULT_RETRY_POLICY, num_retries=attempts)
+    if retries.get("retryIgnorePreviousHosts") is False:
+        policy.pop("retry_host_predicate")
+        policy.pop("host_selection_retry_max_attempts")
+    if "backoff" in retries:
+        policy["retry_back_off"] = {"base_interval": duration(retries["backoff"])}
     if "retryOn" in retries:
         codes = [int(c) for c in str(retries["retryOn"]).split(",") if c.strip().isdigit()]
         named = [c for c in str(retries["retryOn"]).split(",") if c and not c.strip().isdigit()]
@@ -158,8 +169,10 @@ def header_operations(headers: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def http_route_action(ctx: PushContext, http: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """One Istio HTTPRoute's action part (shared by all its matches)."""
+def http_route_action(ctx: PushContext, http: dict[str, Any], namespace: str,
+                      proxy: Proxy | None = None, port: int | None = None) -> dict[str, Any]:
+    """One Istio HTTPRoute's action part (shared by all its matches), as `proxy` sees it on
+    `port`."""
     if "directResponse" in http:
         body = (http["directResponse"].get("body") or {}).get("string")
         resp: dict[str, Any] = {"status": int(http["directResponse"]["status"])}
@@ -167,28 +180,20 @@ def http_route_action(ctx: PushContext, http: dict[str, Any], namespace: str) ->
             resp["body"] = {"inline_string": body}
         return {"direct_response": resp}
     if "redirect" in http:
-        redirect = http["redirect"]
-        out: dict[str, Any] = {"response_code": {301: "MOVED_PERMANENTLY", 302: "FOUND",
-                                                 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
-                                                 308: "PERMANENT_REDIRECT"}[
-            int(redirect.get("redirectCode", 301))]}
-        if "uri" in redirect:
-            out["path_redirect"] = redirect["uri"]
-        if "authority" in redirect:
-            out["host_redirect"] = redirect["authority"]
-        return {"redirect": out}
+        return {"redirect": route_policies.redirect_action(http["redirect"], port)}
 
     destinations = [d for d in http.get("route") or [] if d.get("weight", 1) != 0 or
                     len(http.get("route") or []) == 1]
     action: dict[str, Any] = {"timeout": duration(http["timeout"]) if "timeout" in http else "0s"}
+    keys = [destination_key(ctx, d["destination"], namespace) for d in destinations]
     if len(destinations) == 1:
-        action["cluster"] = destination_cluster(ctx, destinations[0]["destination"], namespace)
+        action["cluster"] = outbound_cluster(*keys[0])
     else:
         action["weighted_clusters"] = {
             "clusters": [
-                {"name": destination_cluster(ctx, d["destination"], namespace),
-                 "weight": int(d.get("weight", 0))}
-                for d in destinations
+                {"name": outbound_cluster(*key), "weight": int(d.get("weight", 0)),
+                 **header_operations(d.get("headers"))}
+                for key, d in zip(keys, destinations, strict=True)
             ]
         }
     policy = retry_policy(http.get("retries"))
@@ -197,22 +202,38 @@ def http_route_action(ctx: PushContext, http: dict[str, Any], namespace: str) ->
     rewrite = http.get("rewrite") or {}
     if "uri" in rewrite:
         action["prefix_rewrite"] = rewrite["uri"]
+    if "uriRegexRewrite" in rewrite:
+        action["regex_rewrite"] = route_policies.regex_rewrite(rewrite["uriRegexRewrite"])
     if "authority" in rewrite:
         action["host_rewrite_literal"] = rewrite["authority"]
+    mirrors = route_policies.mirror_policies(ctx, http, namespace)
+    if mirrors:
+        action["request_mirror_policies"] = mirrors
+    hashing = route_policies.route_hash_policy(ctx, proxy, keys)
+    if hashing:
+        action["hash_policy"] = hashing
     route: dict[str, Any] = {"route": action}
     route.update(header_operations(http.get("headers")))
+    if len(destinations) == 1:
+        # Istio adds a single destination's own header operations to the route's.
+        for key, ops in header_operations(destinations[0].get("headers")).items():
+            route[key] = route.get(key, []) + ops
     return route
 
 
 def http_routes(
-    ctx: PushContext, vs: Resource, *, gateway: str, port: int | None
+    ctx: PushContext, vs: Resource, *, gateway: str, port: int | None, proxy: Proxy | None = None
 ) -> list[dict[str, Any]]:
-    """Envoy routes for one VirtualService as seen by `gateway` (`mesh` or `ns/name`) on `port`."""
+    """Envoy routes for one VirtualService as `proxy` sees it through `gateway` (`mesh` or
+    `ns/name`) on `port`; matches whose `sourceLabels`/`sourceNamespace` do not select the
+    proxy are left out."""
     routes = []
     for i, http in enumerate(vs.spec.get("http") or []):
         matches = http.get("match") or [{}]
-        action = http_route_action(ctx, http, vs.namespace)
+        action = http_route_action(ctx, http, vs.namespace, proxy, port)
         for j, match in enumerate(matches):
+            if proxy is not None and not route_policies.selects_source(match, proxy):
+                continue
             if "port" in match and port is not None and int(match["port"]) != port:
                 continue
             bound = match.get("gateways")
@@ -226,8 +247,14 @@ def http_routes(
                 "metadata": {"filter_metadata": {"istio": {"config": vs_path(vs)}}},
                 **action,
             }
+            per_filter: dict[str, Any] = {}
             if "fault" in http:
-                route["typed_per_filter_config"] = {FAULT_FILTER: fault_config(http["fault"])}
+                per_filter[FAULT_FILTER] = fault_config(http["fault"])
+            if "corsPolicy" in http:
+                per_filter[route_policies.CORS_FILTER] = route_policies.cors_policy(
+                    http["corsPolicy"])
+            if per_filter:
+                route["typed_per_filter_config"] = per_filter
             routes.append(route)
     return routes
 
@@ -236,28 +263,35 @@ def vs_path(vs: Resource) -> str:
     return f"/apis/networking.istio.io/v1/namespaces/{vs.namespace}/virtual-service/{vs.name}"
 
 
-def default_route(cluster: str) -> dict[str, Any]:
-    return {
-        "name": "default",
-        "match": {"prefix": "/"},
-        "route": {"cluster": cluster, "timeout": "0s", "retry_policy": DEFAULT_RETRY_POLICY},
-    }
+def default_route(cluster: str, hash_policy: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": cluster, "timeout": "0s",
+                              "retry_policy": DEFAULT_RETRY_POLICY}
+    if hash_policy:
+        action["hash_policy"] = hash_policy
+    return {"name": "default", "match": {"prefix": "/"}, "route": action}
 
 
-def connect_route(cluster: str) -> dict[str, Any]:
-    """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster."""
-    return {
-        "match": {"connect_matcher": {}},
-        "route": {"cluster": cluster, "upgrade_configs": [
-            {"upgrade_type": "CONNECT", "connect_config": {}}]},
-    }
+def connect_route(cluster: str, weighted: list[tuple[str, int]] | None = None
+                  ) -> dict[str, Any]:
+    """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster,
+    or split over `weighted` (cluster, weight) pairs."""
+    action: dict[str, Any] = {"upgrade_configs": [
+        {"upgrade_type": "CONNECT", "connect_config": {}}]}
+    if weighted and len(weighted) > 1:
+        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": weight}
+                                                    for name, weight in weighted]}
+    else:
+        action["cluster"] = weighted[0][0] if weighted else cluster
+    return {"match": {"connect_matcher": {}}, "route": action}
 
 
-def mesh_virtual_services(ctx: PushContext, svc: Service) -> list[Resource]:
-    """VirtualServices bound to the mesh whose hosts name this Service."""
+def mesh_virtual_services(ctx: PushContext, svc: Service, proxy: Proxy) -> list[Resource]:
+    """VirtualServices bound to the mesh, exported to the proxy's namespace, whose hosts name
+    this Service."""
     return [
         vs for vs in ctx.virtual_services
-        if "mesh" in ctx.vs_gateways(vs)
+        if "mesh" in ctx.vs_gateways(vs) and route_policies.exported_to(vs, proxy.namespace)
         and any(ctx.host_fqdn(str(h), vs.namespace) == svc.fqdn
                 for h in vs.spec.get("hosts") or [])
     ]
@@ -271,14 +305,18 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
     for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
         if not in_egress_scope(proxy, ctx, svc.fqdn, svc.namespace):
             continue  # the Sidecar's egress hosts leave it out
-        vses = mesh_virtual_services(ctx, svc)
+        vses = mesh_virtual_services(ctx, svc, proxy)
         for port in svc.ports:
             default_cluster = outbound_cluster(port.port, "", svc.fqdn)
-            routes: list[dict[str, Any]] = [connect_route(default_cluster)]
+            routes: list[dict[str, Any]] = [connect_route(
+                default_cluster,
+                route_policies.mesh_l4_clusters(ctx, proxy, vses, svc.fqdn, port.port))]
             if port.protocol == "HTTP":
                 found = [r for vs in vses[:1] for r in http_routes(ctx, vs, gateway="mesh",
-                                                                   port=port.port)]
-                routes += found or [default_route(default_cluster)]
+                                                                   port=port.port, proxy=proxy)]
+                hashing = route_policies.route_hash_policy(ctx, proxy,
+                                                           [(port.port, "", svc.fqdn)])
+                routes += found or [default_route(default_cluster, hashing)]
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
                 "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),

@@ -12,6 +12,7 @@ import fnmatch
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,9 @@ class Result:
     redirect: dict[str, Any] | None = None
     envoy_route: dict[str, Any] = field(default_factory=dict)  # the route that matched
     filter_chain: dict[str, Any] = field(default_factory=dict)  # the chain that matched
+    mirrors: dict[str, float] = field(default_factory=dict)  # cluster -> percent of requests
+    hash_policy: list[dict[str, Any]] = field(default_factory=list)
+    cors: dict[str, Any] | None = None  # the route's CorsPolicy
 
     @property
     def cluster(self) -> str:
@@ -251,21 +255,56 @@ def simulate(snapshot: Snapshot, call: Call) -> Result:
         if "redirect" in route:
             result.redirect = route["redirect"]
             return result
+        per_filter = route.get("typed_per_filter_config") or {}
+        result.cors = per_filter.get("envoy.filters.http.cors")
         action = route.get("route") or {}
         if "weighted_clusters" in action:
             result.clusters = {c["name"]: int(c["weight"])
                                for c in action["weighted_clusters"]["clusters"]}
         else:
             result.clusters = {action["cluster"]: 100}
-        _check_clusters(snapshot, result.clusters)
-        fault = (route.get("typed_per_filter_config") or {}).get("envoy.filters.http.fault")
-        result.fault = fault
+        result.mirrors = {m["cluster"]: mirror_percent(m)
+                          for m in action.get("request_mirror_policies", [])}
+        result.hash_policy = list(action.get("hash_policy", []))
+        _check_clusters(snapshot, [*result.clusters, *result.mirrors])
+        result.fault = per_filter.get("envoy.filters.http.fault")
         result.timeout = action.get("timeout", "")
         return result
     raise ErrNoRoute(f"no route in virtual host {vhost['name']} matches {call.path}")
 
 
-def _check_clusters(snapshot: Snapshot, clusters: dict[str, int]) -> None:
+def mirror_percent(policy: dict[str, Any]) -> float:
+    """The share of requests a mirror policy copies, in percent (all when unset)."""
+    value = (policy.get("runtime_fraction") or {}).get("default_value")
+    if value is None:
+        return 100.0
+    scale = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[
+        value.get("denominator", "HUNDRED")]
+    return 100.0 * int(value.get("numerator", 0)) / scale
+
+
+def cors_preflight(result: Result, origin: str, method: str) -> dict[str, str] | None:
+    """The headers the proxy's cors filter answers a preflight (`OPTIONS` with `Origin` and
+    `Access-Control-Request-Method`) with, or None when it passes the request on."""
+    policy = result.cors
+    if policy is None or not any(string_matches(m, origin)
+                                 for m in policy.get("allow_origin_string_match", [])):
+        return None
+    methods = [m.strip() for m in policy.get("allow_methods", "").split(",") if m.strip()]
+    if methods and method not in methods:
+        return None
+    headers = {"access-control-allow-origin": origin,
+               "access-control-allow-methods": policy.get("allow_methods", "")}
+    for field_name, header in (("allow_headers", "access-control-allow-headers"),
+                               ("max_age", "access-control-max-age")):
+        if field_name in policy:
+            headers[header] = str(policy[field_name])
+    if policy.get("allow_credentials"):
+        headers["access-control-allow-credentials"] = "true"
+    return headers
+
+
+def _check_clusters(snapshot: Snapshot, clusters: Iterable[str]) -> None:
     for name in clusters:
         if name not in snapshot.clusters:
             raise ErrNoCluster(f"route points at missing cluster {name}")

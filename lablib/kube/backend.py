@@ -806,6 +806,19 @@ class KubernetesBackend(Backend):
             raise BackendError(f"error: container {container} is not valid for pod {pod}")
         return self._exec(pod, ns, str(container), [str(a) for a in command], timeout)
 
+    def logs(self, pod: str, namespace: str = "default", container: str | None = None) -> str:
+        """`kubectl logs POD -c C` through the API."""
+        ns = self.prefix.to_cluster(namespace)
+        manifest = self._pod(pod, ns)
+        names = [c["name"] for c in manifest["spec"]["containers"]]
+        if container is None:
+            annotations = manifest["metadata"].get("annotations") or {}
+            container = annotations.get("kubectl.kubernetes.io/default-container") or names[0]
+        elif container not in names:
+            raise BackendError(f"error: container {container} is not valid for pod {pod}")
+        core = k8s.CoreV1Api(k8s.ApiClient(self.configuration))
+        return str(core.read_namespaced_pod_log(pod, ns, container=container))
+
     def _pod(self, pod: str, cluster_ns: str) -> dict[str, Any]:
         found = self._read(self._resource("v1", "Pod"), pod, cluster_ns)
         if found is None:

@@ -342,6 +342,14 @@ class LocalBackend(Backend):
                 return random.choice(ports) if ports else None
         return None
 
+    def logs(self, pod: str, namespace: str = "default", container: str | None = None) -> str:
+        info = self.pod_info(pod, namespace)
+        container = container or info["containers"][0]
+        if container not in info["containers"]:
+            raise BackendError(f"error: container {container} is not valid for pod {pod}")
+        path = self.state.log_path(f"{namespace}.{pod}.{container}")
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
         info = self.pod_info(pod, namespace)
         if not info["admin_socket"]:

@@ -34,10 +34,9 @@ def _bookinfo(module: str, *extra: str) -> _Image:
 
 
 def _httpbin(port: int) -> _Image:
-    """An httpbin image, served by the same httpbin app from PyPI (psf/httpbin) under waitress."""
-    # waitress's default 4 threads would queue concurrent /delay calls.
-    argv = ("-m", "waitress", "--host", "127.0.0.1", "--port", "{port}", "--threads", "8")
-    return _Image(port, (*argv, "httpbin:app"))
+    """An httpbin image: the same httpbin app from PyPI (psf/httpbin), with gunicorn's access
+    log (lablib.apps.httpbin)."""
+    return _Image(port, ("-m", "lablib.apps.httpbin", "--port", "{port}"))
 
 
 def _nginx() -> _Image:

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ..config.loader import KIT_ROOT, load
-from ..errors import ConfigError, NotFoundError
+from ..errors import BackendError, ConfigError, NotFoundError
 from ..local.client import LocalBackend
 from ..local.state import StateDir
 from . import addons as addons_
@@ -985,12 +985,11 @@ def cmd_logs(p: Parsed) -> int:
     mesh = connect()
     namespace = _namespace(p)
     pod = _pod_of(mesh, p.args[0], namespace)
-    info = mesh.pod_info(pod, namespace)
-    container = p.get("container") or (p.args[1] if len(p.args) > 1 else info["containers"][0])
-    if container not in info["containers"]:
-        raise Failure(f"error: container {container} is not valid for pod {pod}")
-    path = mesh.state.log_path(f"{namespace}.{pod}.{container}")
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    container = p.get("container") or (p.args[1] if len(p.args) > 1 else None)
+    try:
+        lines = mesh.logs(pod, namespace, container).splitlines()
+    except BackendError as exc:
+        raise Failure(str(exc)) from None
     tail = int(p.get("tail") or -1)
     if tail >= 0:
         lines = lines[-tail:] if tail else []
