@@ -171,8 +171,9 @@ def external_clusters(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     for external in visible_hosts(proxy, ctx):
         dr = ctx.destination_rule(proxy, external.host)
         host_policy = (dr.spec.get("trafficPolicy") if dr else None) or {}
-        subsets = [("", {}, None)] + [(str(s["name"]), dict(s.get("labels") or {}),
-                                       s.get("trafficPolicy")) for s in ctx.subsets(proxy, external.host)]
+        subsets = [("", {}, None)] + [
+            (str(s["name"]), dict(s.get("labels") or {}), s.get("trafficPolicy"))
+            for s in ctx.subsets(proxy, external.host)]
         for port in external.ports:
             for subset, labels, subset_policy in subsets:
                 cluster = static_cluster(outbound_cluster(port.port, subset, external.host),
