@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import Diagnostic
+from .analyze_routing import analyze_routing
 from .hosts import (
     HTTP_PROTOCOLS,
     canonical_host,
@@ -976,6 +977,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _destination_rules,
     _destination_rule_tls,
     _sidecars,
+    analyze_routing,
 )
 
 
