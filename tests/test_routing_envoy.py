@@ -4,6 +4,7 @@ answered by the sidecar, consistent hashing, and a gateway's httpsRedirect."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -256,3 +257,61 @@ def test_mesh_tcp_rules_route_sidecar_tunnels_by_source(mesh):
     finally:
         mesh.delete(TCP_RULES, NS)
         mesh.delete("samples/tcp-echo/tcp-echo-services.yaml", NS)
+
+
+def test_rewrites_redirects_grpc_aborts_and_mirror_lists_on_envoy(mesh):
+    mesh.apply(SUBSETS + "---\n" + vs("""\
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uriRegexRewrite: {match: "^/old/(.*)$", rewrite: "/anything/new/\\\\1"}}
+    route: [{destination: {host: httpbin, subset: v1}}]
+    mirrors:
+    - destination: {host: httpbin, subset: v2}
+      percentage: {value: 100}
+    retries: {attempts: 1, retryOn: 5xx, backoff: 10ms, retryIgnorePreviousHosts: false}
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /get, scheme: https, port: 8443, redirectCode: 308}
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: httpbin}}]
+"""), NS)
+    before = headers_lines(mesh, "v2")
+    with client(mesh, "sleep") as http:
+        rewritten = http.get(f"{URL}/old/path")
+        moved = http.get(f"{URL}/moved", follow_redirects=False)
+        # A gRPC client's request: Envoy answers it gRPC's way, the status in a header.
+        aborted = http.post(f"{URL}/grpc", headers={"content-type": "application/grpc"})
+    assert rewritten.status_code == 200 and rewritten.json()["url"].endswith("/anything/new/path")
+    assert (moved.status_code, moved.headers["location"]) == (308, "https://httpbin:8443/get")
+    assert aborted.headers.get("grpc-status") == "14"
+    deadline = time.monotonic() + 5
+    log = ""
+    while time.monotonic() < deadline and "/anything/new/path" not in log:
+        log = mesh.logs(mesh.pod_name({"app": "httpbin", "version": "v2"}, NS), NS)
+        time.sleep(0.1)
+    assert '"GET /anything/new/path HTTP/1.1" 200' in log
+    assert headers_lines(mesh, "v2") == before
+
+
+def test_export_to_and_a_client_scoped_destination_rule_on_envoy(mesh):
+    scoped = SUBSETS.replace("  host: httpbin\n", "  host: httpbin\n  workloadSelector: "
+                             "{matchLabels: {app: sleep}}\n  trafficPolicy: "
+                             "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n")
+    mesh.apply(scoped, NS)
+
+    def lb_policy(app: str) -> str:
+        pod = mesh.pod_name({"app": app}, NS)
+        dump = json.loads(mesh.proxy_admin(pod, NS, "config_dump?resource=dynamic_active_clusters"))
+        return next(c["cluster"].get("lb_policy", "ROUND_ROBIN") for c in dump["configs"]
+                    if c["cluster"]["name"] == f"outbound|8000||httpbin.{NS}.svc.cluster.local")
+
+    assert lb_policy("sleep") == "RING_HASH" and lb_policy("other") == "LEAST_REQUEST"
+    hidden = vs("  - route: [{destination: {host: httpbin, subset: v2}}]\n").replace(
+        "  hosts: [httpbin]\n", "  hosts: [httpbin]\n  exportTo: [istio-system]\n")
+    mesh.apply(SUBSETS + "---\n" + hidden, NS)
+    with client(mesh, "sleep") as http:  # not exported to its own namespace: no v2 rule
+        http.get(f"{URL}/get")
+        before = {v: headers_lines(mesh, v) for v in ("v1", "v2")}
+        for _ in range(20):
+            http.get(f"{URL}/headers")
+    grown = {v: headers_lines(mesh, v) - before[v] for v in ("v1", "v2")}
+    assert grown["v1"] > 0 and grown["v2"] < 20, grown
