@@ -315,3 +315,17 @@ def test_export_to_and_a_client_scoped_destination_rule_on_envoy(mesh):
             http.get(f"{URL}/headers")
     grown = {v: headers_lines(mesh, v) - before[v] for v in ("v1", "v2")}
     assert grown["v1"] > 0 and grown["v2"] < 20, grown
+
+
+def test_pool_outlier_warmup_and_budget_settings_are_accepted_by_envoy(mesh):
+    # Envoy refuses config it cannot use (apply would raise ProxyRejectedError).
+    mesh.apply(SUBSETS.replace("  host: httpbin\n", """  host: httpbin
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 5s, aggression: 1.5}}
+    retryBudget: {percent: 30, minRetryConcurrency: 2}
+    connectionPool:
+      tcp: {tcpKeepalive: {probes: 3, time: 60s, interval: 10s}, maxConnectionDuration: 1h}
+    outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+"""), NS)
+    with client(mesh, "sleep") as http:
+        assert {http.get(f"{URL}/get").status_code for _ in range(5)} == {200}

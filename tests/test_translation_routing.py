@@ -5,6 +5,8 @@ settings. Simulated calls through generated config (controlplane/simulate.py).""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_translation import (
     GATEWAY,
@@ -423,15 +425,19 @@ def test_https_redirect_requires_tls_on_the_plain_port():
         c for name, c in snap.routes.items() if name.startswith("https."))["virtual_hosts"][0]
 
 
-def test_gateway_tls_versions_ciphers_and_client_san():
-    gw_workload = GATEWAY_WORKLOAD.__class__(**{**GATEWAY_WORKLOAD.__dict__,
-                                                "ports": {8080: 30080, 443: 30443}})
+def gateway_tls_snapshot() -> Snapshot:
+    """GATEWAY_TLS on a gateway that also listens on 443."""
+    gw_workload = replace(GATEWAY_WORKLOAD, ports={8080: 30080, 443: 30443})
     proxy = Proxy(GATEWAY.id, "router", "istio-system", gw_workload)
     resources = []
     for text in (SERVICES, INGRESS_SERVICE, GATEWAY_TLS):
         resources += load(text, namespace=None if "namespace:" in text else NS)
     store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(resources)
-    snap = build_snapshot(proxy, PushContext(store, (*WORKLOADS, gw_workload), (proxy,)))
+    return build_snapshot(proxy, PushContext(store, (*WORKLOADS, gw_workload), (proxy,)))
+
+
+def test_gateway_tls_versions_ciphers_and_client_san():
+    snap = gateway_tls_snapshot()
     chain = next(c for c in snap.listeners["0.0.0.0_443"]["filter_chains"]
                  if "transport_socket" in c)
     common = chain["transport_socket"]["typed_config"]["common_tls_context"]
@@ -539,3 +545,53 @@ spec:
 """
     result = simulate(snapshot(GATEWAY, TCP_SUBSETS, gateway), Call(31400))
     assert result.cluster == f"outbound|9000|v1|{TCP_ECHO}"
+
+
+def test_warmup_becomes_slow_start_and_retry_budget_a_threshold():
+    rule = SUBSETS.replace("  host: reviews\n", """  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmup: {duration: 30s, aggression: 2.0, minimumPercent: 10}
+    retryBudget: {percent: 25, minRetryConcurrency: 5}
+""")
+    cluster = snapshot(SIDECAR, rule).clusters[f"outbound|9080||{REVIEWS}"]
+    assert cluster["round_robin_lb_config"]["slow_start_config"] == {
+        "slow_start_window": "30s",
+        "aggression": {"default_value": 2.0, "runtime_key": "istio.warmup.aggression"},
+        "min_weight_percent": {"value": 10.0}}
+    assert cluster["circuit_breakers"]["thresholds"][0]["retry_budget"] == {
+        "budget_percent": {"value": 25.0}, "min_retry_concurrency": 5}
+    older = SUBSETS.replace("  host: reviews\n", "  host: reviews\n  trafficPolicy:\n"
+                            "    loadBalancer: {warmupDurationSecs: 10s}\n")
+    cluster = snapshot(SIDECAR, older).clusters[f"outbound|9080||{REVIEWS}"]
+    assert cluster["least_request_lb_config"]["slow_start_config"] == {
+        "slow_start_window": "10s"}
+
+
+def test_every_new_field_parses_as_envoy_protobuf():
+    """Mirrors, CORS, hashing, rewrites, redirects, per-destination headers, warmup, retry
+    budgets, keepalives and gateway TLS settings are all valid Envoy config."""
+    from lablib.controlplane.ads import to_any
+
+    rule = SUBSETS.replace("  host: reviews\n", """  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpCookie: {name: u, ttl: 5s, path: /}, maglev: {}}}
+    retryBudget: {percent: 25}
+    connectionPool: {tcp: {tcpKeepalive: {time: 60s}, maxConnectionDuration: 1h}}
+    outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+""")
+    http = CORS.replace("    corsPolicy:", """    mirror: {host: reviews, subset: v2}
+    mirrors: [{destination: {host: reviews, subset: v3}, percentage: {value: 5}}]
+    rewrite: {uriRegexRewrite: {match: ^/a(.*), rewrite: /b\\\\1}}
+    retries: {attempts: 2, backoff: 25ms}
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}
+    corsPolicy:""") + """  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50, headers: {request: {set: {a: b}}}}
+    - {destination: {host: reviews, subset: v2}, weight: 50}
+  - redirect: {scheme: https, port: 8443, redirectCode: 307}
+"""
+    for snap in (snapshot(SIDECAR, rule, vs(http)), gateway_tls_snapshot()):
+        for by_name in snap.resources.values():
+            for resource in by_name.values():
+                assert to_any(resource).type_url == resource["@type"]
