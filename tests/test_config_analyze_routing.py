@@ -62,3 +62,16 @@ def test_an_empty_workload_selector_is_refused() -> None:
     rule = DESTINATION_RULES.split("---")[0].replace("  subsets:",
                                                      "  workloadSelector: {}\n  subsets:")
     assert find(bookinfo(rule), "LAB0244").field == "spec.workloadSelector.matchLabels"
+
+
+def test_a_subset_only_a_scoped_rule_defines_warns_of_503_for_the_others() -> None:
+    scoped = DESTINATION_RULES.split("---")[0].replace(
+        "  subsets:", "  workloadSelector: {matchLabels: {app: productpage}}\n  subsets:")
+    route = reviews_http("  - route: [{destination: {host: reviews, subset: v1}}]\n")
+    found = find(bookinfo(scoped, route), "LAB0245")
+    assert (found.severity, found.field) == ("Warning", "spec.http[0].route[0].destination.subset")
+    # A rule applies in its own namespace whatever its exportTo.
+    local = DESTINATION_RULES.split("---")[0].replace("  subsets:", "  exportTo: [istio-system]"
+                                                      "\n  subsets:")
+    assert "LAB0245" not in codes(bookinfo(local, route))
+    assert "LAB0245" not in codes(bookinfo(DESTINATION_RULES, route))

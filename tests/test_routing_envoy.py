@@ -329,3 +329,13 @@ def test_pool_outlier_warmup_and_budget_settings_are_accepted_by_envoy(mesh):
 """), NS)
     with client(mesh, "sleep") as http:
         assert {http.get(f"{URL}/get").status_code for _ in range(5)} == {200}
+
+
+def test_a_subset_hidden_from_a_client_answers_it_503(mesh):
+    scoped = SUBSETS.replace("  host: httpbin\n", "  host: httpbin\n  workloadSelector: "
+                             "{matchLabels: {app: sleep}}\n")
+    mesh.apply(scoped + "---\n" + vs("  - route: [{destination: {host: httpbin, subset: v1}}]\n"),
+               NS)
+    with client(mesh, "sleep") as sleep, client(mesh, "other") as other:
+        assert sleep.get(f"{URL}/get").status_code == 200
+        assert other.get(f"{URL}/get").status_code == 503

@@ -186,6 +186,12 @@ def test_export_to_dot_hides_a_destination_rule_from_other_namespaces():
     other = snapshot(OTHER, rule).clusters
     assert other[f"outbound|9080||{REVIEWS}"]["lb_policy"] == "LEAST_REQUEST"
     assert f"outbound|9080|v1|{REVIEWS}" not in other
+    # In its own namespace a rule applies whatever its exportTo, as in Istio.
+    elsewhere = rule.replace("exportTo: [.]", f"exportTo: [{OTHER_NS}]")
+    assert snapshot(SIDECAR, elsewhere).clusters[f"outbound|9080||{REVIEWS}"]["lb_policy"] == \
+        "RANDOM"
+    assert snapshot(OTHER, elsewhere).clusters[f"outbound|9080||{REVIEWS}"]["lb_policy"] == \
+        "RANDOM"
 
 
 def test_a_destination_rule_with_a_workload_selector_applies_only_to_selected_clients():
@@ -595,3 +601,16 @@ def test_every_new_field_parses_as_envoy_protobuf():
         for by_name in snap.resources.values():
             for resource in by_name.values():
                 assert to_any(resource).type_url == resource["@type"]
+
+
+def test_a_subset_whose_rule_does_not_apply_to_the_client_is_a_missing_cluster():
+    # As in Istio: the route names the subset's cluster, which this client does not have,
+    # so Envoy answers 503 (NC) instead of sending the request anywhere else.
+    scoped = SUBSETS.replace("  host: reviews\n",
+                             "  host: reviews\n  workloadSelector: {matchLabels: {app: sleep}}\n")
+    snap = snapshot(SIDECAR, scoped, vs(TO_V1))
+    route = next(r for vh in snap.routes["outbound_http"]["virtual_hosts"]
+                 for r in vh["routes"] if r.get("name") == f"{NS}.reviews.0.0")
+    assert route["route"]["cluster"] == f"outbound|9080|v1|{REVIEWS}"
+    assert f"outbound|9080|v1|{REVIEWS}" not in snap.clusters
+    assert f"outbound|9080|v1|{REVIEWS}" in snapshot(SLEEP, scoped, vs(TO_V1)).clusters

@@ -4,6 +4,7 @@
 LAB0240 redirectCode Envoy cannot send        LAB0243 useSourceIp: every local pod is 127.0.0.1
 LAB0241 grpcStatus that names no gRPC status  LAB0244 a DestinationRule workloadSelector that
 LAB0242 a fault Istio does not implement              names no labels
+LAB0245 a subset whose only DestinationRules do not apply to every client of the route
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Diagnostic
+from .hosts import canonical_host
 from .model import Resource
 from .store import ConfigStore
 
@@ -98,9 +100,48 @@ def _destination_rules(rule: Resource) -> Iterator[Diagnostic]:
             "add the labels of the client pods this rule is for, or drop workloadSelector")
 
 
+def _applies_in(rule: Resource, namespace: str) -> bool:
+    """A DestinationRule applies in its own namespace whatever its `exportTo` (as in
+    Istio), elsewhere where it is exported."""
+    targets = [str(t) for t in rule.spec.get("exportTo") or ["*"]]
+    return rule.namespace == namespace or any(t in ("*", namespace) for t in targets)
+
+
+def _scoped_subsets(store: ConfigStore, vs: Resource) -> Iterator[Diagnostic]:
+    """LAB0245: a route to a subset that only DestinationRules with a workloadSelector, or
+    not exported to the route's namespace, define: the clients they leave out have no such
+    cluster and get 503 (NC), on a cluster as here."""
+    for section in ("http", "tcp", "tls"):
+        for i, rule in enumerate(vs.spec.get(section) or []):
+            for j, weighted in enumerate(_dict(rule).get("route") or []):
+                dest = _dict(_dict(weighted).get("destination"))
+                subset = dest.get("subset")
+                if not subset or not dest.get("host"):
+                    continue
+                host = canonical_host(store, str(dest["host"]), vs.namespace)
+                defining = [r for r in store.list("DestinationRule")
+                            if canonical_host(store, str(r.spec.get("host", "")), r.namespace)
+                            == host and any(_dict(s).get("name") == subset
+                                            for s in r.spec.get("subsets") or [])]
+                if not defining or any(not r.spec.get("workloadSelector")
+                                       and _applies_in(r, vs.namespace) for r in defining):
+                    continue
+                names = ", ".join(r.ref for r in defining)
+                yield Diagnostic(
+                    "LAB0245", WARNING, vs.ref,
+                    f'subset "{subset}" is defined only by {names}, whose workloadSelector '
+                    f"or exportTo leaves out some clients of this route: they have no such "
+                    "cluster and get 503 (NC), as in Istio",
+                    f"spec.{section}[{i}].route[{j}].destination.subset",
+                    "define the subset in a DestinationRule without workloadSelector, "
+                    f"exported to {vs.namespace}, or limit the route to the selected clients "
+                    "with match.sourceLabels")
+
+
 def analyze_routing(store: ConfigStore) -> Iterator[Diagnostic]:
-    """LAB0240-LAB0244 for every VirtualService and DestinationRule."""
+    """LAB0240-LAB0245 for every VirtualService and DestinationRule."""
     for vs in store.list("VirtualService"):
         yield from _redirect_and_faults(vs)
+        yield from _scoped_subsets(store, vs)
     for rule in store.list("DestinationRule"):
         yield from _destination_rules(rule)

@@ -110,6 +110,14 @@ def referenced_route_names(listener: dict[str, Any]) -> list[str]:
     return names
 
 
+def hidden_subset(snapshot: Snapshot, cluster: str) -> bool:
+    """A subset cluster of a host this proxy knows, whose DestinationRule does not apply to
+    it (`workloadSelector`, `exportTo`): as in Istio the route names it anyway and Envoy
+    answers 503 (no cluster, flag NC)."""
+    kind, port, subset, host = (cluster.split("|") + ["", "", ""])[:4]
+    return kind == "outbound" and bool(subset) and f"outbound|{port}||{host}" in snapshot.clusters
+
+
 def route_clusters(route_config: dict[str, Any]) -> list[str]:
     names = []
     for vhost in route_config.get("virtual_hosts", []):
@@ -177,7 +185,7 @@ def check(snapshot: Snapshot) -> None:
                 problems.append(f"cluster {cluster_config['name']} uses missing secret {name}")
     for route_config in snapshot.routes.values():
         for cluster in route_clusters(route_config):
-            if cluster not in snapshot.clusters:
+            if cluster not in snapshot.clusters and not hidden_subset(snapshot, cluster):
                 problems.append(f"routes {route_config['name']} use missing cluster {cluster}")
     if problems:
         raise InconsistentSnapshot(f"snapshot for {snapshot.proxy_id}: " + "; ".join(problems))
