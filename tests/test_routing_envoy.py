@@ -132,6 +132,11 @@ def test_mirrored_copies_reach_v2_and_only_v1_answers(mesh):
         time.sleep(0.1)  # a mirror is fire-and-forget: its copy may land after the answer
     assert headers_lines(mesh, "v2") - before["v2"] == 5
     assert headers_lines(mesh, "v1") - before["v1"] == 5
+    # httpbin's /headers echoes the Host: the copies' answers are longer by exactly
+    # "-shadow", the suffix Istio's mirrors carry (httpbin-shadow:8000).
+    sizes = {v: int(re.findall(r'"GET /headers HTTP/1\.1" 200 (\d+)', mesh.logs(
+        mesh.pod_name({"app": "httpbin", "version": v}, NS), NS))[-1]) for v in ("v1", "v2")}
+    assert sizes["v2"] - sizes["v1"] == len("-shadow"), sizes
 
 
 def test_source_labels_route_only_the_selected_client(mesh):
