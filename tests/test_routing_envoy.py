@@ -344,3 +344,15 @@ def test_a_subset_hidden_from_a_client_answers_it_503(mesh):
     with client(mesh, "sleep") as sleep, client(mesh, "other") as other:
         assert sleep.get(f"{URL}/get").status_code == 200
         assert other.get(f"{URL}/get").status_code == 503
+
+
+def test_kubectl_logs_of_the_deployment_shows_its_access_log(mesh, capsys):
+    # Istio's mirroring task: `kubectl logs deploy/httpbin-v1 -c httpbin`.
+    from lablib.shims import kubectl_main
+
+    mesh.apply(SUBSETS + "---\n" + vs(SERVED_BY), NS)
+    with client(mesh, "sleep") as http:
+        assert http.get(f"{URL}/headers").status_code == 200
+    capsys.readouterr()
+    assert kubectl_main(["logs", "-n", NS, "deploy/httpbin-v1", "-c", "httpbin"]) == 0
+    assert '"GET /headers HTTP/1.1" 200' in capsys.readouterr().out
