@@ -614,3 +614,30 @@ def test_a_subset_whose_rule_does_not_apply_to_the_client_is_a_missing_cluster()
     assert route["route"]["cluster"] == f"outbound|9080|v1|{REVIEWS}"
     assert f"outbound|9080|v1|{REVIEWS}" not in snap.clusters
     assert f"outbound|9080|v1|{REVIEWS}" in snapshot(SLEEP, scoped, vs(TO_V1)).clusters
+
+
+def test_a_gateway_sees_virtual_services_exported_to_its_own_namespace():
+    # The ingress gateway runs in istio-system: a VirtualService exported only to its own
+    # namespace (".") is invisible to it, as in Istio.
+    bound = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: {NS}}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  exportTo: [EXPORT]
+  http:
+  - route: [{{destination: {{host: reviews}}}}]
+"""
+    private = snapshot(GATEWAY, bound.replace("EXPORT", "."))
+    assert private.routes["http.8080"]["virtual_hosts"] == []
+    shared = snapshot(GATEWAY, bound.replace("EXPORT", "istio-system"))
+    assert simulate(shared, Call(30080, "x.example.com")).cluster == f"outbound|9080||{REVIEWS}"
