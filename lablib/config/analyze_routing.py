@@ -49,9 +49,7 @@ def _redirect_and_faults(vs: Resource) -> Iterator[Diagnostic]:
                 f"use one of {', '.join(map(str, REDIRECT_CODES))} (301 when unset)")
         abort = _dict(_dict(rule.get("fault")).get("abort"))
         status = abort.get("grpcStatus")
-        if status is not None and not (str(status).isdigit() and
-                                       int(status) < len(GRPC_STATUS)) and \
-                str(status).upper() not in GRPC_STATUS:
+        if status is not None and str(status) not in GRPC_STATUS:
             yield Diagnostic(
                 "LAB0241", ERROR, vs.ref, f'grpcStatus "{status}" is not a gRPC status',
                 f"{path}.fault.abort.grpcStatus",

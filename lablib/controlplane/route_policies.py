@@ -225,9 +225,7 @@ def regex_rewrite(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def abort_status(abort: dict[str, Any]) -> dict[str, Any]:
-    """`httpStatus`, or `grpcStatus` by its name (`UNAVAILABLE`) or number."""
+    """`httpStatus`, or `grpcStatus` by its name (`UNAVAILABLE`), as Istio takes it."""
     if "grpcStatus" in abort:
-        status = str(abort["grpcStatus"])
-        code = int(status) if status.isdigit() else GRPC_STATUS.index(status.upper())
-        return {"grpc_status": code}
+        return {"grpc_status": GRPC_STATUS.index(str(abort["grpcStatus"]))}
     return {"http_status": int(abort.get("httpStatus", 500))}
