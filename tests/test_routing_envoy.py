@@ -356,3 +356,24 @@ def test_kubectl_logs_of_the_deployment_shows_its_access_log(mesh, capsys):
     capsys.readouterr()
     assert kubectl_main(["logs", "-n", NS, "deploy/httpbin-v1", "-c", "httpbin"]) == 0
     assert '"GET /headers HTTP/1.1" 200' in capsys.readouterr().out
+
+
+def test_mesh_tls_rules_route_sidecar_tunnels_by_the_host_asked_for(mesh):
+    rules = TCP_RULES.split("---\n")[0] + """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tls:
+  - match: [{sniHosts: [tcp-echo], port: 9000}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}, subset: v2}}]
+"""
+    mesh.apply("samples/tcp-echo/tcp-echo-services.yaml", NS)
+    mesh.apply(rules, NS)
+    try:
+        mesh.wait_ready(NS)
+        assert {tunnel_answer(mesh, "other") for _ in range(5)} == {"two hello"}
+    finally:
+        mesh.delete(rules, NS)
+        mesh.delete("samples/tcp-echo/tcp-echo-services.yaml", NS)
