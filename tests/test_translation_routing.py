@@ -131,8 +131,9 @@ def test_source_namespace_selects_clients_by_namespace():
         f"outbound|9080|v1|{REVIEWS}"
 
 
-def test_source_labels_at_a_gateway_match_the_gateway_workload():
-    gateway_vs = f"""
+def gateway_vs(spec: str) -> str:
+    """A Gateway `gw` for every host on port 80 and a VirtualService bound to it."""
+    return f"""
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: {NS}}}
@@ -146,13 +147,17 @@ metadata: {{name: reviews, namespace: {NS}}}
 spec:
   hosts: ["*"]
   gateways: [gw]
-  http:
+{spec}"""
+
+
+def test_source_labels_at_a_gateway_match_the_gateway_workload():
+    bound = gateway_vs("""  http:
   - match:
-    - sourceLabels: {{istio: ingressgateway}}
+    - sourceLabels: {istio: ingressgateway}
     route:
-    - destination: {{host: reviews, subset: v3}}
-"""
-    result = simulate(snapshot(GATEWAY, SUBSETS, gateway_vs), Call(30080, "x.example.com"))
+    - destination: {host: reviews, subset: v3}
+""")
+    result = simulate(snapshot(GATEWAY, SUBSETS, bound), Call(30080, "x.example.com"))
     assert result.cluster == f"outbound|9080|v3|{REVIEWS}"
 
 
@@ -619,24 +624,10 @@ def test_a_subset_whose_rule_does_not_apply_to_the_client_is_a_missing_cluster()
 def test_a_gateway_sees_virtual_services_exported_to_its_own_namespace():
     # The ingress gateway runs in istio-system: a VirtualService exported only to its own
     # namespace (".") is invisible to it, as in Istio.
-    bound = f"""
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: {NS}}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  exportTo: [EXPORT]
+    bound = gateway_vs("""  exportTo: [EXPORT]
   http:
-  - route: [{{destination: {{host: reviews}}}}]
-"""
+  - route: [{destination: {host: reviews}}]
+""")
     private = snapshot(GATEWAY, bound.replace("EXPORT", "."))
     assert private.routes["http.8080"]["virtual_hosts"] == []
     shared = snapshot(GATEWAY, bound.replace("EXPORT", "istio-system"))
