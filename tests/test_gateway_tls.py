@@ -201,3 +201,28 @@ def test_a_certificate_for_another_name_is_refused_by_the_client(mesh, pki):
     mesh.apply([wrong, *gateway("SIMPLE", "wrong-name")])
     answer = curl(mesh, pki)
     assert answer.returncode == 60  # curl: SSL peer certificate or SSH remote key was not OK
+
+
+def gateway_with(mode: str, credential: str, **tls: object) -> list[dict]:
+    found = gateway(mode, credential)
+    found[0]["spec"]["servers"][0]["tls"].update(tls)
+    return found
+
+
+def test_protocol_versions_ciphers_and_client_names_are_enforced(mesh, pki):
+    make_leaf(pki, "root", "other-client.example.com", "clientAuth")
+    client = ("--cert", str(pki / "client.example.com.crt"),
+              "--key", str(pki / "client.example.com.key"))
+    other = ("--cert", str(pki / "other-client.example.com.crt"),
+             "--key", str(pki / "other-client.example.com.key"))
+    mesh.apply([tls_secret(pki, "httpbin-versions", with_ca=True),
+                *gateway_with("MUTUAL", "httpbin-versions", minProtocolVersion="TLSV1_3",
+                              subjectAltNames=["client.example.com"])])
+    assert curl(mesh, pki, *client).stdout == "418"
+    assert curl(mesh, pki, *client, "--tls-max", "1.2").returncode != 0
+    assert curl(mesh, pki, *other).stdout in ("000", "")  # a name the server does not accept
+    mesh.apply(gateway_with("SIMPLE", "httpbin-versions", maxProtocolVersion="TLSV1_2",
+                            cipherSuites=["ECDHE-RSA-AES128-GCM-SHA256"]))
+    assert curl(mesh, pki, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256").stdout == "418"
+    assert curl(mesh, pki, "--ciphers", "ECDHE-RSA-AES256-GCM-SHA384").returncode != 0
+    assert curl(mesh, pki, "--tlsv1.3").returncode != 0

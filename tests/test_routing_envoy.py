@@ -4,6 +4,7 @@ answered by the sidecar, consistent hashing, and a gateway's httpsRedirect."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -131,6 +132,11 @@ def test_mirrored_copies_reach_v2_and_only_v1_answers(mesh):
         time.sleep(0.1)  # a mirror is fire-and-forget: its copy may land after the answer
     assert headers_lines(mesh, "v2") - before["v2"] == 5
     assert headers_lines(mesh, "v1") - before["v1"] == 5
+    # httpbin's /headers echoes the Host: the copies' answers are longer by exactly
+    # "-shadow", the suffix Istio's mirrors carry (httpbin-shadow:8000).
+    sizes = {v: int(re.findall(r'"GET /headers HTTP/1\.1" 200 (\d+)', mesh.logs(
+        mesh.pod_name({"app": "httpbin", "version": v}, NS), NS))[-1]) for v in ("v1", "v2")}
+    assert sizes["v2"] - sizes["v1"] == len("-shadow"), sizes
 
 
 def test_source_labels_route_only_the_selected_client(mesh):
@@ -255,4 +261,119 @@ def test_mesh_tcp_rules_route_sidecar_tunnels_by_source(mesh):
         assert {tunnel_answer(mesh, "other") for _ in range(5)} == {"one hello"}
     finally:
         mesh.delete(TCP_RULES, NS)
+        mesh.delete("samples/tcp-echo/tcp-echo-services.yaml", NS)
+
+
+def test_rewrites_redirects_grpc_aborts_and_mirror_lists_on_envoy(mesh):
+    mesh.apply(SUBSETS + "---\n" + vs("""\
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uriRegexRewrite: {match: "^/old/(.*)$", rewrite: "/anything/new/\\\\1"}}
+    route: [{destination: {host: httpbin, subset: v1}}]
+    mirrors:
+    - destination: {host: httpbin, subset: v2}
+      percentage: {value: 100}
+    retries: {attempts: 1, retryOn: 5xx, backoff: 10ms, retryIgnorePreviousHosts: false}
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /get, scheme: https, port: 8443, redirectCode: 308}
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: httpbin}}]
+"""), NS)
+    before = headers_lines(mesh, "v2")
+    with client(mesh, "sleep") as http:
+        rewritten = http.get(f"{URL}/old/path")
+        moved = http.get(f"{URL}/moved", follow_redirects=False)
+        # A gRPC client's request: Envoy answers it gRPC's way, the status in a header.
+        aborted = http.post(f"{URL}/grpc", headers={"content-type": "application/grpc"})
+    assert rewritten.status_code == 200 and rewritten.json()["url"].endswith("/anything/new/path")
+    assert (moved.status_code, moved.headers["location"]) == (308, "https://httpbin:8443/get")
+    assert aborted.headers.get("grpc-status") == "14"
+    deadline = time.monotonic() + 5
+    log = ""
+    while time.monotonic() < deadline and "/anything/new/path" not in log:
+        log = mesh.logs(mesh.pod_name({"app": "httpbin", "version": "v2"}, NS), NS)
+        time.sleep(0.1)
+    assert '"GET /anything/new/path HTTP/1.1" 200' in log
+    assert headers_lines(mesh, "v2") == before
+
+
+def test_export_to_and_a_client_scoped_destination_rule_on_envoy(mesh):
+    scoped = SUBSETS.replace("  host: httpbin\n", "  host: httpbin\n  workloadSelector: "
+                             "{matchLabels: {app: sleep}}\n  trafficPolicy: "
+                             "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n")
+    mesh.apply(scoped, NS)
+
+    def lb_policy(app: str) -> str:
+        pod = mesh.pod_name({"app": app}, NS)
+        dump = json.loads(mesh.proxy_admin(pod, NS, "config_dump?resource=dynamic_active_clusters"))
+        return next(c["cluster"].get("lb_policy", "ROUND_ROBIN") for c in dump["configs"]
+                    if c["cluster"]["name"] == f"outbound|8000||httpbin.{NS}.svc.cluster.local")
+
+    assert lb_policy("sleep") == "RING_HASH" and lb_policy("other") == "LEAST_REQUEST"
+    hidden = vs("  - route: [{destination: {host: httpbin, subset: v2}}]\n").replace(
+        "  hosts: [httpbin]\n", "  hosts: [httpbin]\n  exportTo: [istio-system]\n")
+    mesh.apply(SUBSETS + "---\n" + hidden, NS)
+    with client(mesh, "sleep") as http:  # not exported to its own namespace: no v2 rule
+        http.get(f"{URL}/get")
+        before = {v: headers_lines(mesh, v) for v in ("v1", "v2")}
+        for _ in range(20):
+            http.get(f"{URL}/headers")
+    grown = {v: headers_lines(mesh, v) - before[v] for v in ("v1", "v2")}
+    assert grown["v1"] > 0 and grown["v2"] < 20, grown
+
+
+def test_pool_outlier_warmup_and_budget_settings_are_accepted_by_envoy(mesh):
+    # Envoy refuses config it cannot use (apply would raise ProxyRejectedError).
+    mesh.apply(SUBSETS.replace("  host: httpbin\n", """  host: httpbin
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 5s, aggression: 1.5}}
+    retryBudget: {percent: 30, minRetryConcurrency: 2}
+    connectionPool:
+      tcp: {tcpKeepalive: {probes: 3, time: 60s, interval: 10s}, maxConnectionDuration: 1h}
+    outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+"""), NS)
+    with client(mesh, "sleep") as http:
+        assert {http.get(f"{URL}/get").status_code for _ in range(5)} == {200}
+
+
+def test_a_subset_hidden_from_a_client_answers_it_503(mesh):
+    scoped = SUBSETS.replace("  host: httpbin\n", "  host: httpbin\n  workloadSelector: "
+                             "{matchLabels: {app: sleep}}\n")
+    mesh.apply(scoped + "---\n" + vs("  - route: [{destination: {host: httpbin, subset: v1}}]\n"),
+               NS)
+    with client(mesh, "sleep") as sleep, client(mesh, "other") as other:
+        assert sleep.get(f"{URL}/get").status_code == 200
+        assert other.get(f"{URL}/get").status_code == 503
+
+
+def test_kubectl_logs_of_the_deployment_shows_its_access_log(mesh, capsys):
+    # Istio's mirroring task: `kubectl logs deploy/httpbin-v1 -c httpbin`.
+    from lablib.shims import kubectl_main
+
+    mesh.apply(SUBSETS + "---\n" + vs(SERVED_BY), NS)
+    with client(mesh, "sleep") as http:
+        assert http.get(f"{URL}/headers").status_code == 200
+    capsys.readouterr()
+    assert kubectl_main(["logs", "-n", NS, "deploy/httpbin-v1", "-c", "httpbin"]) == 0
+    assert '"GET /headers HTTP/1.1" 200' in capsys.readouterr().out
+
+
+def test_mesh_tls_rules_route_sidecar_tunnels_by_the_host_asked_for(mesh):
+    rules = TCP_RULES.split("---\n")[0] + """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tls:
+  - match: [{sniHosts: [tcp-echo], port: 9000}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}, subset: v2}}]
+"""
+    mesh.apply("samples/tcp-echo/tcp-echo-services.yaml", NS)
+    mesh.apply(rules, NS)
+    try:
+        mesh.wait_ready(NS)
+        assert {tunnel_answer(mesh, "other") for _ in range(5)} == {"two hello"}
+    finally:
+        mesh.delete(rules, NS)
         mesh.delete("samples/tcp-echo/tcp-echo-services.yaml", NS)

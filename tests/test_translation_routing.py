@@ -5,6 +5,8 @@ settings. Simulated calls through generated config (controlplane/simulate.py).""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_translation import (
     GATEWAY,
@@ -129,8 +131,9 @@ def test_source_namespace_selects_clients_by_namespace():
         f"outbound|9080|v1|{REVIEWS}"
 
 
-def test_source_labels_at_a_gateway_match_the_gateway_workload():
-    gateway_vs = f"""
+def gateway_vs(spec: str) -> str:
+    """A Gateway `gw` for every host on port 80 and a VirtualService bound to it."""
+    return f"""
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: {NS}}}
@@ -144,13 +147,17 @@ metadata: {{name: reviews, namespace: {NS}}}
 spec:
   hosts: ["*"]
   gateways: [gw]
-  http:
+{spec}"""
+
+
+def test_source_labels_at_a_gateway_match_the_gateway_workload():
+    bound = gateway_vs("""  http:
   - match:
-    - sourceLabels: {{istio: ingressgateway}}
+    - sourceLabels: {istio: ingressgateway}
     route:
-    - destination: {{host: reviews, subset: v3}}
-"""
-    result = simulate(snapshot(GATEWAY, SUBSETS, gateway_vs), Call(30080, "x.example.com"))
+    - destination: {host: reviews, subset: v3}
+""")
+    result = simulate(snapshot(GATEWAY, SUBSETS, bound), Call(30080, "x.example.com"))
     assert result.cluster == f"outbound|9080|v3|{REVIEWS}"
 
 
@@ -184,6 +191,12 @@ def test_export_to_dot_hides_a_destination_rule_from_other_namespaces():
     other = snapshot(OTHER, rule).clusters
     assert other[f"outbound|9080||{REVIEWS}"]["lb_policy"] == "LEAST_REQUEST"
     assert f"outbound|9080|v1|{REVIEWS}" not in other
+    # In its own namespace a rule applies whatever its exportTo, as in Istio.
+    elsewhere = rule.replace("exportTo: [.]", f"exportTo: [{OTHER_NS}]")
+    assert snapshot(SIDECAR, elsewhere).clusters[f"outbound|9080||{REVIEWS}"]["lb_policy"] == \
+        "RANDOM"
+    assert snapshot(OTHER, elsewhere).clusters[f"outbound|9080||{REVIEWS}"]["lb_policy"] == \
+        "RANDOM"
 
 
 def test_a_destination_rule_with_a_workload_selector_applies_only_to_selected_clients():
@@ -423,15 +436,19 @@ def test_https_redirect_requires_tls_on_the_plain_port():
         c for name, c in snap.routes.items() if name.startswith("https."))["virtual_hosts"][0]
 
 
-def test_gateway_tls_versions_ciphers_and_client_san():
-    gw_workload = GATEWAY_WORKLOAD.__class__(**{**GATEWAY_WORKLOAD.__dict__,
-                                                "ports": {8080: 30080, 443: 30443}})
+def gateway_tls_snapshot() -> Snapshot:
+    """GATEWAY_TLS on a gateway that also listens on 443."""
+    gw_workload = replace(GATEWAY_WORKLOAD, ports={8080: 30080, 443: 30443})
     proxy = Proxy(GATEWAY.id, "router", "istio-system", gw_workload)
     resources = []
     for text in (SERVICES, INGRESS_SERVICE, GATEWAY_TLS):
         resources += load(text, namespace=None if "namespace:" in text else NS)
     store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(resources)
-    snap = build_snapshot(proxy, PushContext(store, (*WORKLOADS, gw_workload), (proxy,)))
+    return build_snapshot(proxy, PushContext(store, (*WORKLOADS, gw_workload), (proxy,)))
+
+
+def test_gateway_tls_versions_ciphers_and_client_san():
+    snap = gateway_tls_snapshot()
     chain = next(c for c in snap.listeners["0.0.0.0_443"]["filter_chains"]
                  if "transport_socket" in c)
     common = chain["transport_socket"]["typed_config"]["common_tls_context"]
@@ -539,3 +556,79 @@ spec:
 """
     result = simulate(snapshot(GATEWAY, TCP_SUBSETS, gateway), Call(31400))
     assert result.cluster == f"outbound|9000|v1|{TCP_ECHO}"
+
+
+def test_warmup_becomes_slow_start_and_retry_budget_a_threshold():
+    rule = SUBSETS.replace("  host: reviews\n", """  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmup: {duration: 30s, aggression: 2.0, minimumPercent: 10}
+    retryBudget: {percent: 25, minRetryConcurrency: 5}
+""")
+    cluster = snapshot(SIDECAR, rule).clusters[f"outbound|9080||{REVIEWS}"]
+    assert cluster["round_robin_lb_config"]["slow_start_config"] == {
+        "slow_start_window": "30s",
+        "aggression": {"default_value": 2.0, "runtime_key": "istio.warmup.aggression"},
+        "min_weight_percent": {"value": 10.0}}
+    assert cluster["circuit_breakers"]["thresholds"][0]["retry_budget"] == {
+        "budget_percent": {"value": 25.0}, "min_retry_concurrency": 5}
+    older = SUBSETS.replace("  host: reviews\n", "  host: reviews\n  trafficPolicy:\n"
+                            "    loadBalancer: {warmupDurationSecs: 10s}\n")
+    cluster = snapshot(SIDECAR, older).clusters[f"outbound|9080||{REVIEWS}"]
+    assert cluster["least_request_lb_config"]["slow_start_config"] == {
+        "slow_start_window": "10s"}
+
+
+def test_every_new_field_parses_as_envoy_protobuf():
+    """Mirrors, CORS, hashing, rewrites, redirects, per-destination headers, warmup, retry
+    budgets, keepalives and gateway TLS settings are all valid Envoy config."""
+    from lablib.controlplane.ads import to_any
+
+    rule = SUBSETS.replace("  host: reviews\n", """  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpCookie: {name: u, ttl: 5s, path: /}, maglev: {}}}
+    retryBudget: {percent: 25}
+    connectionPool: {tcp: {tcpKeepalive: {time: 60s}, maxConnectionDuration: 1h}}
+    outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+""")
+    http = CORS.replace("    corsPolicy:", """    mirror: {host: reviews, subset: v2}
+    mirrors: [{destination: {host: reviews, subset: v3}, percentage: {value: 5}}]
+    rewrite: {uriRegexRewrite: {match: ^/a(.*), rewrite: /b\\\\1}}
+    retries: {attempts: 2, backoff: 25ms}
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}
+    corsPolicy:""") + """  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50, headers: {request: {set: {a: b}}}}
+    - {destination: {host: reviews, subset: v2}, weight: 50}
+  - redirect: {scheme: https, port: 8443, redirectCode: 307}
+"""
+    for snap in (snapshot(SIDECAR, rule, vs(http)), gateway_tls_snapshot()):
+        for by_name in snap.resources.values():
+            for resource in by_name.values():
+                assert to_any(resource).type_url == resource["@type"]
+
+
+def test_a_subset_whose_rule_does_not_apply_to_the_client_is_a_missing_cluster():
+    # As in Istio: the route names the subset's cluster, which this client does not have,
+    # so Envoy answers 503 (NC) instead of sending the request anywhere else.
+    scoped = SUBSETS.replace("  host: reviews\n",
+                             "  host: reviews\n  workloadSelector: {matchLabels: {app: sleep}}\n")
+    snap = snapshot(SIDECAR, scoped, vs(TO_V1))
+    route = next(r for vh in snap.routes["outbound_http"]["virtual_hosts"]
+                 for r in vh["routes"] if r.get("name") == f"{NS}.reviews.0.0")
+    assert route["route"]["cluster"] == f"outbound|9080|v1|{REVIEWS}"
+    assert f"outbound|9080|v1|{REVIEWS}" not in snap.clusters
+    assert f"outbound|9080|v1|{REVIEWS}" in snapshot(SLEEP, scoped, vs(TO_V1)).clusters
+
+
+def test_a_gateway_sees_virtual_services_exported_to_its_own_namespace():
+    # The ingress gateway runs in istio-system: a VirtualService exported only to its own
+    # namespace (".") is invisible to it, as in Istio.
+    bound = gateway_vs("""  exportTo: [EXPORT]
+  http:
+  - route: [{destination: {host: reviews}}]
+""")
+    private = snapshot(GATEWAY, bound.replace("EXPORT", "."))
+    assert private.routes["http.8080"]["virtual_hosts"] == []
+    shared = snapshot(GATEWAY, bound.replace("EXPORT", "istio-system"))
+    assert simulate(shared, Call(30080, "x.example.com")).cluster == f"outbound|9080||{REVIEWS}"

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..errors import Diagnostic
 from .analyze_egress import egress_findings
+from .analyze_routing import analyze_routing
 from .hosts import (
     HTTP_PROTOCOLS,
     canonical_host,
@@ -1021,6 +1022,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _destination_rule_tls,
     _sidecars,
     egress_findings,
+    analyze_routing,
 )
 
 

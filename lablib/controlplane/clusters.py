@@ -84,6 +84,7 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         cluster["lb_policy"] = LB_POLICIES[simple]
     if isinstance(balancer.get("consistentHash"), dict):
         apply_consistent_hash(cluster, balancer["consistentHash"])
+    apply_warmup(cluster, balancer)
     pool = policy.get("connectionPool") or {}
     tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
     thresholds: dict[str, Any] = dict(DEFAULT_THRESHOLDS)
@@ -103,6 +104,12 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         thresholds["max_requests"] = int(http["http2MaxRequests"])
     if "maxRetries" in http:
         thresholds["max_retries"] = int(http["maxRetries"])
+    budget = policy.get("retryBudget")
+    if isinstance(budget, dict):
+        # Istio's defaults: 20 % of active requests, at least 3 concurrent retries.
+        thresholds["retry_budget"] = {
+            "budget_percent": {"value": float(budget.get("percent", 20.0))},
+            "min_retry_concurrency": int(budget.get("minRetryConcurrency", 3))}
     cluster["circuit_breakers"] = {"thresholds": [thresholds]}
     common: dict[str, Any] = {}
     if "maxRequestsPerConnection" in http:
@@ -141,6 +148,24 @@ def apply_traffic_policy(cluster: dict[str, Any], policy: dict[str, Any]) -> Non
         # its default of 0 means never panic.
         cluster["common_lb_config"] = {
             "healthy_panic_threshold": {"value": float(outlier.get("minHealthPercent", 0))}}
+
+
+def apply_warmup(cluster: dict[str, Any], balancer: dict[str, Any]) -> None:
+    """`warmup` (or the older `warmupDurationSecs`): a new endpoint's share grows over that
+    window (Envoy's slow start), for the round-robin and least-request balancers it exists for."""
+    warmup = balancer.get("warmup") or {}
+    window = warmup.get("duration", balancer.get("warmupDurationSecs"))
+    config_key = {"ROUND_ROBIN": "round_robin_lb_config",
+                  "LEAST_REQUEST": "least_request_lb_config"}.get(cluster["lb_policy"])
+    if window is None or config_key is None:
+        return
+    slow_start: dict[str, Any] = {"slow_start_window": duration(window)}
+    if "aggression" in warmup:
+        slow_start["aggression"] = {"default_value": float(warmup["aggression"]),
+                                    "runtime_key": "istio.warmup.aggression"}
+    if "minimumPercent" in warmup:
+        slow_start["min_weight_percent"] = {"value": float(warmup["minimumPercent"])}
+    cluster[config_key] = {"slow_start_config": slow_start}
 
 
 def apply_consistent_hash(cluster: dict[str, Any], consistent_hash: dict[str, Any]) -> None:

@@ -218,9 +218,9 @@ class PushContext:
     def destination_rule(self, proxy: Proxy | None, host_fqdn: str) -> Resource | None:
         """The DestinationRule a client proxy uses for a host, chosen as Istio chooses: in the
         client's namespace one whose `workloadSelector` selects it, else one without a
-        selector; then one in the host's namespace, then in istio-system, exported
-        (`exportTo`) to the client's namespace. A rule with a selector never applies to
-        workloads it does not select."""
+        selector (whatever its `exportTo`, as in Istio); then one in the host's namespace,
+        then in istio-system, exported (`exportTo`) to the client's namespace. A rule with a
+        selector never applies to workloads it does not select."""
         from .route_policies import exported_to
 
         rules = self._rules_by_host.get(host_fqdn, [])
@@ -236,7 +236,7 @@ class PushContext:
         for namespaces in ([client_ns], [host_ns], ["istio-system"]):
             for rule in rules:
                 if rule.namespace in namespaces and not rule.spec.get("workloadSelector") \
-                        and exported_to(rule, client_ns):
+                        and (rule.namespace == client_ns or exported_to(rule, client_ns)):
                     return rule
         return None
 

@@ -75,12 +75,13 @@ def gateway_servers(proxy: Proxy, ctx: PushContext) -> dict[int, list[Server]]:
     return by_port
 
 
-def bound_virtual_services(ctx: PushContext, gw: Resource, server: dict[str, Any]):
-    """VirtualServices bound to this Gateway, exported to its namespace, with a host this
-    server accepts."""
+def bound_virtual_services(ctx: PushContext, proxy: Proxy, gw: Resource,
+                           server: dict[str, Any]):
+    """VirtualServices bound to this Gateway, exported to the gateway proxy's namespace (as
+    Istio looks them up), with a host this server accepts."""
     gw_name = f"{gw.namespace}/{gw.name}"
     for vs in ctx.virtual_services:
-        if gw_name in ctx.vs_gateways(vs) and exported_to(vs, gw.namespace) and any(
+        if gw_name in ctx.vs_gateways(vs) and exported_to(vs, proxy.namespace) and any(
                 server_hosts_match(server.get("hosts") or [], str(h), vs.namespace)
                 for h in vs.spec.get("hosts") or []):
             yield vs
@@ -92,7 +93,7 @@ def tcp_route_clusters(proxy: Proxy, port: int, servers: list[Server],
     (port, and `sourceLabels`/`sourceNamespace`/`gateways` selecting this gateway)."""
     for gw, server in servers:
         number = int(server["port"]["number"])
-        for vs in bound_virtual_services(ctx, gw, server):
+        for vs in bound_virtual_services(ctx, proxy, gw, server):
             for tcp in vs.spec.get("tcp") or []:
                 if any(int(m.get("port", number)) in (number, port)
                        for m in l4_matches(tcp.get("match"), proxy, gw_ref(gw, vs))):
@@ -111,7 +112,7 @@ def passthrough_routes(proxy: Proxy, port: int, servers: list[Server],
     out = []
     for gw, server in servers:
         number = int(server["port"]["number"])
-        for vs in bound_virtual_services(ctx, gw, server):
+        for vs in bound_virtual_services(ctx, proxy, gw, server):
             for tls in vs.spec.get("tls") or []:
                 for match in l4_matches(tls.get("match"), proxy, gw_ref(gw, vs)):
                     if int(match.get("port", number)) not in (number, port):
@@ -258,7 +259,7 @@ def gateway_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
 
 
 def route_config(name: str, port: int, servers: list[Server], ctx: PushContext,
-                 proxy: Proxy | None = None) -> dict:
+                 proxy: Proxy) -> dict:
     """Virtual hosts for every VirtualService host bound to these servers. A server with
     `tls.httpsRedirect` makes its hosts answer plain HTTP with a 301 to https (Envoy's
     `require_tls: ALL`, as Istio sets it)."""
@@ -266,7 +267,7 @@ def route_config(name: str, port: int, servers: list[Server], ctx: PushContext,
     redirected: set[str] = set()
     for gw, server in servers:
         gw_name = f"{gw.namespace}/{gw.name}"
-        for vs in bound_virtual_services(ctx, gw, server):
+        for vs in bound_virtual_services(ctx, proxy, gw, server):
             # A route's `match.port` means the Gateway server's port, as in Istio.
             routes = http_routes(ctx, vs, gateway=gw_name, port=int(server["port"]["number"]),
                                  proxy=proxy)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.analyze_routing import GRPC_STATUS, REDIRECT_CODES
 from ..config.model import Resource
 from ..config.schema import parse_duration
 from . import clusters, routes
@@ -21,15 +22,9 @@ CORS_FILTER = "envoy.filters.http.cors"
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
-REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
-                  307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
-
-# gRPC status names (as Istio's `fault.abort.grpcStatus` takes them) and their codes.
-GRPC_STATUS = {name: code for code, name in enumerate((
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED"))}
+ENVOY_REDIRECT = dict(zip(REDIRECT_CODES, ("MOVED_PERMANENTLY", "FOUND", "SEE_OTHER",
+                                            "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT"),
+                          strict=True))
 
 
 # --- which config a proxy sees ----------------------------------------------------------
@@ -209,7 +204,7 @@ def redirect_action(redirect: dict[str, Any], port: int | None) -> dict[str, Any
     port the route is built for (Envoy cannot read it from the request, Istio does the same);
     `FROM_PROTOCOL_DEFAULT` is Envoy's default: no port in the Location."""
     out: dict[str, Any] = {
-        "response_code": REDIRECT_CODES[int(redirect.get("redirectCode", 301))]}
+        "response_code": ENVOY_REDIRECT[int(redirect.get("redirectCode", 301))]}
     if "uri" in redirect:
         out["path_redirect"] = redirect["uri"]
     if "authority" in redirect:
@@ -230,9 +225,7 @@ def regex_rewrite(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def abort_status(abort: dict[str, Any]) -> dict[str, Any]:
-    """`httpStatus`, or `grpcStatus` by its name (`UNAVAILABLE`) or number."""
+    """`httpStatus`, or `grpcStatus` by its name (`UNAVAILABLE`), as Istio takes it."""
     if "grpcStatus" in abort:
-        status = str(abort["grpcStatus"])
-        code = int(status) if status.isdigit() else GRPC_STATUS[status.upper()]
-        return {"grpc_status": code}
+        return {"grpc_status": GRPC_STATUS.index(str(abort["grpcStatus"]))}
     return {"http_status": int(abort.get("httpStatus", 500))}

@@ -797,25 +797,24 @@ class KubernetesBackend(Backend):
              container: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """`kubectl exec POD -c C -- CMD` through the API's exec stream."""
         ns = self.prefix.to_cluster(namespace)
-        manifest = self._pod(pod, ns)
+        container = self._container(pod, ns, container)
+        return self._exec(pod, ns, container, [str(a) for a in command], timeout)
+
+    def _container(self, pod: str, cluster_ns: str, container: str | None) -> str:
+        """The named container, checked, or the pod's default one (as kubectl picks it)."""
+        manifest = self._pod(pod, cluster_ns)
         names = [c["name"] for c in manifest["spec"]["containers"]]
         if container is None:
             annotations = manifest["metadata"].get("annotations") or {}
-            container = annotations.get("kubectl.kubernetes.io/default-container") or names[0]
-        elif container not in names:
+            return str(annotations.get("kubectl.kubernetes.io/default-container") or names[0])
+        if container not in names:
             raise BackendError(f"error: container {container} is not valid for pod {pod}")
-        return self._exec(pod, ns, str(container), [str(a) for a in command], timeout)
+        return container
 
     def logs(self, pod: str, namespace: str = "default", container: str | None = None) -> str:
         """`kubectl logs POD -c C` through the API."""
         ns = self.prefix.to_cluster(namespace)
-        manifest = self._pod(pod, ns)
-        names = [c["name"] for c in manifest["spec"]["containers"]]
-        if container is None:
-            annotations = manifest["metadata"].get("annotations") or {}
-            container = annotations.get("kubectl.kubernetes.io/default-container") or names[0]
-        elif container not in names:
-            raise BackendError(f"error: container {container} is not valid for pod {pod}")
+        container = self._container(pod, ns, container)
         core = k8s.CoreV1Api(k8s.ApiClient(self.configuration))
         return str(core.read_namespaced_pod_log(pod, ns, container=container))
 
