@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_shims_walkthrough import Result, Shell, page, pages, sign_in, versions
+from walkthrough_samples import MY_NGINX, NGINX_CONF
 
 from lablib import traffic
 from lablib.apps.bookinfo import classify
@@ -39,7 +42,7 @@ BOOKINFO = "samples/bookinfo/platform/kube/bookinfo.yaml"
 # command is slower).
 LIMITS = {"test_00": 120, "test_01": 120, "test_02": 120, "test_03": 180, "test_04": 120,
           "test_05": 180, "test_06": 180, "test_07": 120, "test_08": 180, "test_09": 240,
-          "test_10": 240}
+          "test_10": 180, "test_11": 180, "test_12": 180, "test_13": 240}
 DEFAULT_LIMIT = 180
 
 
@@ -472,3 +475,166 @@ def test_09_secure_gateways(sh: TimedShell) -> None:
     sh.ok("kubectl delete virtualservice httpbin")
     sh.ok("kubectl delete --ignore-not-found=true -n istio-system secret httpbin-credential")
     sh.ok("kubectl delete --ignore-not-found=true -f samples/httpbin/httpbin.yaml")
+
+
+NGINX_CERTS = """\
+openssl req -out example_certs1/nginx.example.com.csr -newkey rsa:2048 -nodes \\
+  -keyout example_certs1/nginx.example.com.key -subj "/CN=nginx.example.com/O=some organization"
+openssl x509 -req -sha256 -days 365 -CA example_certs1/example.com.crt \\
+  -CAkey example_certs1/example.com.key -set_serial 0 -in example_certs1/nginx.example.com.csr \\
+  -out example_certs1/nginx.example.com.crt
+"""
+PASSTHROUGH = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: PASSTHROUGH
+    hosts:
+    - nginx.example.com
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: nginx
+spec:
+  hosts:
+  - nginx.example.com
+  gateways:
+  - mygateway
+  tls:
+  - match:
+    - port: 443
+      sniHosts:
+      - nginx.example.com
+    route:
+    - destination:
+        host: my-nginx
+        port:
+          number: 443
+"""
+NGINX_POD = "$(kubectl get pod -l run=my-nginx -o jsonpath={.items..metadata.name})"
+
+
+def test_10_ingress_gateway_without_tls_termination(sh: TimedShell) -> None:
+    sh.ok(NGINX_CERTS)  # signed by the example.com root of the secure gateways task
+    sh.ok("kubectl create secret tls nginx-server-certs --key "
+          "example_certs1/nginx.example.com.key --cert example_certs1/nginx.example.com.crt")
+    (sh.work / "nginx.conf").write_text(NGINX_CONF)
+    sh.ok("kubectl create configmap nginx-configmap --from-file=nginx.conf=./nginx.conf")
+    sh.ok("kubectl apply -f - <<EOF\n" + MY_NGINX.replace("nginx-tls-secret",
+                                                         "nginx-server-certs") + "EOF")
+    sh.ok("kubectl wait --for=condition=available deploy/my-nginx --timeout=60s")
+    # The page's check from the proxy container: 127.0.0.1:443 is nginx itself in the pod.
+    inside = sh.run(f'kubectl exec "{NGINX_POD}" -c istio-proxy -- curl -sS -v -k --resolve '
+                    "nginx.example.com:443:127.0.0.1 https://nginx.example.com")
+    assert inside.code == 0, inside.err
+    assert "<title>Welcome to nginx!</title>" in inside.out
+    assert re.search(r"subject: CN\s*=\s*nginx\.example\.com", inside.err), inside.err
+    sh.ok("kubectl apply -f - <<EOF\n" + PASSTHROUGH + "EOF")
+    answer = sh.ok(ingress_ports(sh) + 'curl -v --resolve "nginx.example.com:$SECURE_INGRESS_'
+                   'PORT:$INGRESS_HOST" --cacert example_certs1/example.com.crt '
+                   '"https://nginx.example.com:$SECURE_INGRESS_PORT"')
+    assert "<title>Welcome to nginx!</title>" in answer
+    sh.ok("kubectl delete secret nginx-server-certs")
+    sh.ok("kubectl delete configmap nginx-configmap")
+    sh.ok("kubectl delete service my-nginx")
+    sh.ok("kubectl delete deployment my-nginx")
+    sh.ok("kubectl delete gateway mygateway")
+    sh.ok("kubectl delete virtualservice nginx")
+
+
+TCP_NS = "istio-io-tcp-traffic-shifting"
+SLEEP = (f"export SLEEP=$(kubectl get pod -l app=sleep -n {TCP_NS} -o "
+         "jsonpath={.items..metadata.name}); ")
+TCP_LOOP = (f'for i in {{1..{{n}}}}; do kubectl exec "$SLEEP" -c sleep -n {TCP_NS} -- sh -c '
+            '"(date; sleep 1) | nc $INGRESS_HOST $TCP_INGRESS_PORT"; done')
+
+
+@pytest.mark.skipif(shutil.which("nc") is None, reason="nc is not installed")
+def test_11_tcp_traffic_shifting(sh: TimedShell) -> None:
+    sh.ok(f"kubectl create namespace {TCP_NS}")
+    sh.ok(f"kubectl label namespace {TCP_NS} istio-injection=enabled")
+    sh.ok(f"kubectl apply -f samples/sleep/sleep.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-services.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-all-v1.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl wait --for=condition=ready pod --all -n {TCP_NS} --timeout=60s")
+    first = sh.ok(ingress_ports(sh) + SLEEP + TCP_LOOP.replace("{n}", "3")).splitlines()
+    assert len(first) == 3 and all(line.startswith("one ") for line in first), first
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-20-v2.yaml -n {TCP_NS}")
+    shown = sh.ok(f"kubectl get virtualservice tcp-echo -o yaml -n {TCP_NS}")
+    assert "weight: 80" in shown and "weight: 20" in shown
+    # The page's 20 rounds; each answer names the version that echoed it.
+    answers = sh.ok(ingress_ports(sh) + SLEEP + TCP_LOOP.replace("{n}", "20")).splitlines()
+    frame = pd.DataFrame({"version": [line.split()[0] for line in answers]})
+    assert len(frame) == 20
+    traffic.check_shares(frame, {"one": 0.8, "two": 0.2})
+    sh.ok(f"kubectl delete -f samples/tcp-echo/tcp-echo-all-v1.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete -f samples/sleep/sleep.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete -f samples/tcp-echo/tcp-echo-services.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete namespace {TCP_NS}")
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
+def test_12_querying_metrics(sh: TimedShell) -> None:
+    sh.ok("kubectl apply -f samples/addons/prometheus.yaml")
+    sh.ok("kubectl rollout status deployment/prometheus -n istio-system")
+    listed = sh.ok("kubectl -n istio-system get svc prometheus").splitlines()
+    assert listed[1].split()[:2] == ["prometheus", "ClusterIP"] and "9090/TCP" in listed[1]
+    url = gateway_url(sh)
+    sh.ok(f'for i in $(seq 1 10); do curl -s -o /dev/null "http://{url}/productpage"; done')
+    query = ("curl -s -G {url}/api/v1/query --data-urlencode 'query=istio_requests_total"
+             '{{destination_service="productpage.default.svc.cluster.local"}}\'')
+    with sh.dashboard("prometheus") as prometheus:
+        deadline = time.monotonic() + 60
+        while True:  # Prometheus finds the proxies at its next discovery round
+            answer = sh.ok(query.format(url=prometheus))
+            counts = [int(v) for v in re.findall(r'"value":\[[\d.]+,"(\d+)"\]', answer)]
+            if sum(counts) >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert '"destination_service":"productpage.default.svc.cluster.local"' in answer
+    assert sum(counts) >= 10, answer
+
+
+SPLIT_CERTS = r"""sed -n '/-----BEGIN CERTIFICATE-----/{:start /-----END CERTIFICATE-----/!{N;b start};/.*/p}' httpbin-proxy-cert.txt > certs.pem
+awk 'BEGIN {counter=0;} /BEGIN CERT/{counter++} { print > "proxy-cert-" counter ".pem"}' < certs.pem"""  # noqa: E501
+
+
+def test_13_plug_in_ca_certificates(sh: TimedShell) -> None:
+    # The page starts from a cluster without Istio: istiod reads cacerts when it starts.
+    sh.ok("istioctl uninstall --purge -y")
+    sh.ok("mkdir -p certs && cd certs && make -f ../tools/certs/Makefile.selfsigned.mk root-ca "
+          "&& make -f ../tools/certs/Makefile.selfsigned.mk cluster1-cacerts")
+    sh.ok("kubectl create namespace istio-system")
+    sh.ok("cd certs && kubectl create secret generic cacerts -n istio-system "
+          "--from-file=cluster1/ca-cert.pem --from-file=cluster1/ca-key.pem "
+          "--from-file=cluster1/root-cert.pem --from-file=cluster1/cert-chain.pem")
+    sh.ok("istioctl install --set profile=demo -y")
+    sh.ok("kubectl create ns foo")
+    sh.ok("kubectl apply -f <(istioctl kube-inject -f samples/httpbin/httpbin.yaml) -n foo")
+    sh.ok("kubectl apply -f <(istioctl kube-inject -f samples/sleep/sleep.yaml) -n foo")
+    sh.ok(strict("foo"))
+    shown = sh.run('kubectl exec "$(kubectl get pod -l app=sleep -n foo -o '
+                   'jsonpath={.items..metadata.name})" -c istio-proxy -n foo -- openssl '
+                   "s_client -showcerts -connect httpbin.foo:8000 > httpbin-proxy-cert.txt")
+    assert "BEGIN CERTIFICATE" in (sh.work / "httpbin-proxy-cert.txt").read_text(), shown.err
+    sh.ok(SPLIT_CERTS)
+    for ours, theirs in (("root-cert.pem", "proxy-cert-3.pem"),
+                         ("ca-cert.pem", "proxy-cert-2.pem")):
+        sh.ok(f"openssl x509 -in certs/cluster1/{ours} -text -noout > ours.txt")
+        sh.ok(f"openssl x509 -in ./{theirs} -text -noout > theirs.txt")
+        assert sh.ok("diff -s ours.txt theirs.txt") == \
+            "Files ours.txt and theirs.txt are identical\n"
+    assert sh.ok("openssl verify -CAfile <(cat certs/cluster1/ca-cert.pem "
+                 "certs/cluster1/root-cert.pem) ./proxy-cert-1.pem") == "./proxy-cert-1.pem: OK\n"
+    sh.ok("kubectl delete ns foo istio-system")
