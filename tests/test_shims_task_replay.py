@@ -342,7 +342,9 @@ def test_07_ingress_gateways(sh: TimedShell) -> None:
     sh.ok("kubectl apply -f - <<EOF\n" + HTTPBIN_ROUTES + "EOF")
     table = sh.ok("kubectl get svc istio-ingressgateway -n istio-system").splitlines()
     assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
-    assert table[1].split()[:2] == ["istio-ingressgateway", "LoadBalancer"]
+    assert table[1].split()[:4] == ["istio-ingressgateway", "LoadBalancer",
+                                    table[1].split()[2], "<pending>"]
+    assert re.fullmatch(r"10\.\d+\.\d+\.\d+", table[1].split()[2])
     url = gateway_url(sh)
     head = sh.ok(f'curl -s -I -HHost:httpbin.example.com "http://{url}/status/200"')
     assert head.startswith("HTTP/1.1 200 OK") and "server: istio-envoy" in head
@@ -390,6 +392,13 @@ def test_08_mutual_tls_migration(sh: TimedShell) -> None:
                       for b in ("foo", "bar")]
     assert sh.run("kubectl get peerauthentication --all-namespaces").err == \
         "No resources found\n"
+    # The Service's cluster IP reaches it too, from a pod with a sidecar and one without.
+    ip = sh.ok("kubectl get svc httpbin -n foo -o jsonpath={.spec.clusterIP}")
+    assert re.fullmatch(r"10\.(9[6-9]|10[0-9]|11[01])\.\d+\.\d+", ip), ip
+    for ns in ("bar", "legacy"):
+        assert sh.ok(f'kubectl exec "$(kubectl get pod -l app=sleep -n {ns} -o '
+                     f'jsonpath={{.items..metadata.name}})" -c sleep -n {ns} -- curl '
+                     f'http://{ip}:8000/ip -s -o /dev/null -w "%{{http_code}}"') == "200"
     sh.ok(strict("foo"))
     foo_strict = sh.run(MTLS_LOOP)
     # The plaintext client is reset by foo's sidecar: curl prints 000 and exits 56.

@@ -464,3 +464,21 @@ def test_gateway_route_match_port_means_the_server_port():
     matched = GATEWAY_YAML.replace("number: 8080", "number: 80").replace(
         "    - uri: {exact: /productpage}", "    - uri: {exact: /productpage}\n      port: 80")
     assert simulate(snapshot_for(GATEWAY, matched), Call(30080, "x", "/productpage")).clusters
+
+
+def test_a_service_is_reached_by_its_cluster_ip_as_by_its_name():
+    """Istio lists a Service's cluster IP among its outbound virtual host's domains, so
+    `curl http://CLUSTER_IP:9080/` from a pod is routed like `curl http://ratings:9080/`."""
+    with_ip = """\
+apiVersion: v1
+kind: Service
+metadata: {name: ratings}
+spec:
+  clusterIP: 10.96.0.42
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+"""
+    snap = snapshot_for(SIDECAR, with_ip)
+    by_ip = simulate(snap, Call(15001, "10.96.0.42:9080"))
+    assert by_ip.clusters == simulate(snap, Call(15001, "ratings:9080")).clusters
+    assert by_ip.clusters == {f"outbound|9080||ratings.{NS}.svc.cluster.local": 100}

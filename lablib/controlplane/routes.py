@@ -277,7 +277,8 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                 routes += found or [default_route(default_cluster)]
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
-                "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
+                "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace,
+                                        svc.cluster_ip),
                 "routes": routes,
             })
     return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
@@ -297,7 +298,8 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
                                "route": {"cluster": cluster, "timeout": "0s"}})
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
-                "domains": host_aliases(svc.name, svc.namespace, port.port, namespace),
+                "domains": host_aliases(svc.name, svc.namespace, port.port, namespace,
+                                        svc.cluster_ip),
                 "routes": routes,
             })
     return {"@type": ROUTE_TYPE, "name": f"kube_{namespace}", "virtual_hosts": vhosts,

@@ -321,13 +321,18 @@ class LocalBackend(Backend):
     def _endpoint(self, host: str, port: int, namespace: str) -> int | None:
         """One endpoint's loopback port for `host:port` as cluster DNS and kube-proxy lead a
         pod in `namespace` there; None when `host` is no Service with that port."""
+        by_ip = [s for s in self.get("service")
+                 if (s.get("spec") or {}).get("clusterIP") == host]
         found = podnet.service_of(host, namespace)
-        if found is None:
+        if by_ip:
+            service = by_ip[0]
+        elif found is None:
             return None
-        try:
-            service = self.get("service", found[0], found[1])[0]
-        except (NotFoundError, IndexError):
-            return None
+        else:
+            try:
+                service = self.get("service", found[0], found[1])[0]
+            except (NotFoundError, IndexError):
+                return None
         for p in (service.get("spec") or {}).get("ports") or []:
             if int(p["port"]) == port:
                 ports = self.service_endpoints(service).get(str(p.get("targetPort", port)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import random
@@ -56,6 +57,10 @@ GATEWAY_IMAGE = "istio/proxyv2"
 PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
+# Where Services' cluster IPs come from, as kubeadm's default service CIDR; 10.96.0.1 is the
+# `kubernetes` Service's on a cluster. The addresses name Services in HTTP requests (the
+# sidecars route `http://10.96.0.12:9080/`); nothing listens on them (issue #17).
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -208,7 +213,8 @@ class LocalMesh:
                 resources = [r if r.namespace or r.kind == "Namespace"
                              else r.in_namespace(namespace) for r in resources]
             new_node_ports: list[int] = []
-            resources = [self._admit(r, new_node_ports) for r in resources]
+            taken = {str(svc.spec.get("clusterIP")) for svc in self.store.list("Service")}
+            resources = [self._admit(r, new_node_ports, taken) for r in resources]
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
@@ -360,9 +366,11 @@ class LocalMesh:
                                            "this lab with LAB_BACKEND=kubernetes"))
         return problems
 
-    def _admit(self, r: Resource, new_node_ports: list[int]) -> Resource:
-        """What the API server adds to a manifest: its creation time (kept on updates) and,
-        for LoadBalancer/NodePort Services, a node port per port — here a loopback port."""
+    def _admit(self, r: Resource, new_node_ports: list[int],
+               cluster_ips: set[str] | None = None) -> Resource:
+        """What the API server adds to a manifest: its creation time (kept on updates), a
+        Service's cluster IP (kept on updates; `cluster_ips` are taken) and, for
+        LoadBalancer/NodePort Services, a node port per port — here a loopback port."""
         existing = self.store.get(r.kind, r.namespace, r.name)
         body = json.loads(json.dumps(r.body))
         created = (existing.body.get("metadata") or {}).get("creationTimestamp") if existing \
@@ -372,6 +380,15 @@ class LocalMesh:
             data = body.setdefault("data", {})
             for key, value in body.pop("stringData").items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
+        spec = body.setdefault("spec", {}) if r.kind == "Service" else {}
+        if r.kind == "Service" and spec.get("type") != "ExternalName" and \
+                not spec.get("clusterIP"):
+            kept = (existing.spec.get("clusterIP") if existing else None) or ""
+            taken = cluster_ips if cluster_ips is not None else set()
+            spec["clusterIP"] = kept or next(
+                str(ip) for ip in SERVICE_CIDR.hosts()
+                if ip != SERVICE_CIDR[1] and str(ip) not in taken)
+            taken.add(spec["clusterIP"])
         if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES:
             old_ports = {p.get("name") or p["port"]: p.get("nodePort")
                          for p in ((existing.spec.get("ports") if existing else None) or [])}
