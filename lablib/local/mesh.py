@@ -46,6 +46,7 @@ from ..telemetry.topology import topology_from_mesh
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .identity import MeshCA
 from .images import command_for
+from .loadbalancer import LoadBalancer
 from .ports import PortAllocator, is_address_in_use, port_accepts
 from .state import StateDir
 from .supervisor import ProcessStartError, Supervisor
@@ -146,6 +147,7 @@ class LocalMesh:
         self._analysed: tuple[ConfigStore, list[Diagnostic]] | None = None
         self.ca: MeshCA | None = None
         self.pilot_env: dict[str, str] = {}
+        self.load_balancer = LoadBalancer(self.supervisor, self.ports, state.path)
         self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
                                        lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
@@ -220,6 +222,7 @@ class LocalMesh:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
                 warnings = self._check(resources, candidate, old_store)
                 self._transition(candidate)
+                self.load_balancer.sync(self.store)
             except Exception:
                 for port in new_node_ports:
                     self.ports.release(port)
@@ -274,12 +277,14 @@ class LocalMesh:
                     keys += [x.key for x in self.store.list() if x.namespace == r.name]
                 lines.append(f'{kube_word(r.kind)} "{r.name}" deleted')
             self._transition(self.store.without(keys))
+            self.load_balancer.sync(self.store)
             return lines
 
     def shutdown(self) -> None:
         self._stopping.set()
         with self.lock:
             self.telemetry.close()
+            self.load_balancer.close()
             self.supervisor.close()
             self.ads.stop()
             self.pods.clear()
