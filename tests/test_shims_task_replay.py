@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_shims_walkthrough import Result, Shell, page, pages, sign_in, versions
+from test_shims_walkthrough import PASSTHROUGH, Result, Shell, page, pages, sign_in, versions
 from walkthrough_samples import MY_NGINX, NGINX_CONF
 
 from lablib import traffic
@@ -503,44 +503,6 @@ openssl x509 -req -sha256 -days 365 -CA example_certs1/example.com.crt \\
   -CAkey example_certs1/example.com.key -set_serial 0 -in example_certs1/nginx.example.com.csr \\
   -out example_certs1/nginx.example.com.crt
 """
-PASSTHROUGH = """\
-apiVersion: networking.istio.io/v1alpha3
-kind: Gateway
-metadata:
-  name: mygateway
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-  - port:
-      number: 443
-      name: https
-      protocol: HTTPS
-    tls:
-      mode: PASSTHROUGH
-    hosts:
-    - nginx.example.com
----
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata:
-  name: nginx
-spec:
-  hosts:
-  - nginx.example.com
-  gateways:
-  - mygateway
-  tls:
-  - match:
-    - port: 443
-      sniHosts:
-      - nginx.example.com
-    route:
-    - destination:
-        host: my-nginx
-        port:
-          number: 443
-"""
 NGINX_POD = "$(kubectl get pod -l run=my-nginx -o jsonpath={.items..metadata.name})"
 
 
@@ -623,6 +585,28 @@ def test_12_querying_metrics(sh: TimedShell) -> None:
             time.sleep(1)
     assert '"destination_service":"productpage.default.svc.cluster.local"' in answer
     assert sum(counts) >= 10, answer
+
+
+def test_12_helloworld_applied_part_by_part_with_labels(sh: TimedShell) -> None:
+    """The helloworld sample as the tasks deploy it: the Service, then each version, chosen
+    from one file with `-l` (#14 item 5)."""
+    hello = "samples/helloworld/helloworld.yaml"
+    assert sh.ok(f"kubectl apply -f {hello} -l service=helloworld") == \
+        "service/helloworld created\n"
+    assert sh.ok(f"kubectl apply -f {hello} -l version=v1") == \
+        "deployment.apps/helloworld-v1 created\n"
+    assert sh.ok(f"kubectl apply -f {hello} -l version=v2") == \
+        "deployment.apps/helloworld-v2 created\n"
+    sh.ok("kubectl apply -f samples/curl/curl.yaml")
+    sh.ok("kubectl wait --for=condition=available deploy/helloworld-v1 deploy/helloworld-v2 "
+          "deploy/curl --timeout=60s")
+    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in $(seq 20); do curl -sS '
+                'helloworld:5000/hello; done"').splitlines()
+    assert len(out) == 20 and all(re.fullmatch(r"Hello version: v[12], instance: "
+                                               r"helloworld-v[12]-\S+", line) for line in out)
+    assert {line.split(",")[0] for line in out} == {"Hello version: v1", "Hello version: v2"}
+    sh.ok(f"kubectl delete -f {hello}")
+    sh.ok("kubectl delete -f samples/curl/curl.yaml")
 
 
 SPLIT_CERTS = r"""sed -n '/-----BEGIN CERTIFICATE-----/{:start /-----END CERTIFICATE-----/!{N;b start};/.*/p}' httpbin-proxy-cert.txt > certs.pem
