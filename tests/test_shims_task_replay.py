@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from test_shims_walkthrough import Result, Shell, page, pages, sign_in, versions
+from test_shims_walkthrough import PASSTHROUGH, Result, Shell, page, pages, sign_in, versions
+from walkthrough_samples import MY_NGINX, NGINX_CONF
 
 from lablib import traffic
 from lablib.apps.bookinfo import classify
@@ -39,7 +42,7 @@ BOOKINFO = "samples/bookinfo/platform/kube/bookinfo.yaml"
 # command is slower).
 LIMITS = {"test_00": 120, "test_01": 120, "test_02": 120, "test_03": 180, "test_04": 120,
           "test_05": 180, "test_06": 180, "test_07": 120, "test_08": 180, "test_09": 240,
-          "test_10": 240}
+          "test_10": 180, "test_11": 180, "test_12": 180, "test_13": 240}
 DEFAULT_LIMIT = 180
 
 
@@ -339,10 +342,22 @@ def test_07_ingress_gateways(sh: TimedShell) -> None:
     sh.ok("kubectl apply -f - <<EOF\n" + HTTPBIN_ROUTES + "EOF")
     table = sh.ok("kubectl get svc istio-ingressgateway -n istio-system").splitlines()
     assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
-    assert table[1].split()[:2] == ["istio-ingressgateway", "LoadBalancer"]
-    url = gateway_url(sh)
-    head = sh.ok(f'curl -s -I -HHost:httpbin.example.com "http://{url}/status/200"')
-    assert head.startswith("HTTP/1.1 200 OK") and "server: istio-envoy" in head
+    assert re.fullmatch(r"10\.\d+\.\d+\.\d+", table[1].split()[2])
+    external = table[1].split()[3]
+    # The page's two ways in: the load balancer's address when EXTERNAL-IP is set (here when
+    # the mesh may bind ports below 1024), and the node port fallback, which always works.
+    urls = [gateway_url(sh)]
+    if external != "<pending>":
+        lb = sh.ok("export INGRESS_HOST=$(kubectl -n istio-system get service "
+                   "istio-ingressgateway -o jsonpath='{.status.loadBalancer.ingress[0].ip}'); "
+                   "export INGRESS_PORT=$(kubectl -n istio-system get service "
+                   "istio-ingressgateway -o jsonpath='{.spec.ports[?(@.name==\"http2\")].port}')"
+                   "; echo -n $INGRESS_HOST:$INGRESS_PORT")
+        assert lb == f"{external}:80"
+        urls.append(lb)
+    for url in urls:
+        head = sh.ok(f'curl -s -I -HHost:httpbin.example.com "http://{url}/status/200"')
+        assert head.startswith("HTTP/1.1 200 OK") and "server: istio-envoy" in head
     other = sh.ok(f'curl -s -I -HHost:httpbin.example.com "http://{url}/headers"')
     assert other.startswith("HTTP/1.1 404 Not Found")
     sh.ok("kubectl delete gateway httpbin-gateway")
@@ -387,6 +402,13 @@ def test_08_mutual_tls_migration(sh: TimedShell) -> None:
                       for b in ("foo", "bar")]
     assert sh.run("kubectl get peerauthentication --all-namespaces").err == \
         "No resources found\n"
+    # The Service's cluster IP reaches it too, from a pod with a sidecar and one without.
+    ip = sh.ok("kubectl get svc httpbin -n foo -o jsonpath={.spec.clusterIP}")
+    assert re.fullmatch(r"10\.(9[6-9]|10[0-9]|11[01])\.\d+\.\d+", ip), ip
+    for ns in ("bar", "legacy"):
+        assert sh.ok(f'kubectl exec "$(kubectl get pod -l app=sleep -n {ns} -o '
+                     f'jsonpath={{.items..metadata.name}})" -c sleep -n {ns} -- curl '
+                     f'http://{ip}:8000/ip -s -o /dev/null -w "%{{http_code}}"') == "200"
     sh.ok(strict("foo"))
     foo_strict = sh.run(MTLS_LOOP)
     # The plaintext client is reset by foo's sidecar: curl prints 000 and exits 56.
@@ -472,3 +494,150 @@ def test_09_secure_gateways(sh: TimedShell) -> None:
     sh.ok("kubectl delete virtualservice httpbin")
     sh.ok("kubectl delete --ignore-not-found=true -n istio-system secret httpbin-credential")
     sh.ok("kubectl delete --ignore-not-found=true -f samples/httpbin/httpbin.yaml")
+
+
+NGINX_CERTS = """\
+openssl req -out example_certs1/nginx.example.com.csr -newkey rsa:2048 -nodes \\
+  -keyout example_certs1/nginx.example.com.key -subj "/CN=nginx.example.com/O=some organization"
+openssl x509 -req -sha256 -days 365 -CA example_certs1/example.com.crt \\
+  -CAkey example_certs1/example.com.key -set_serial 0 -in example_certs1/nginx.example.com.csr \\
+  -out example_certs1/nginx.example.com.crt
+"""
+NGINX_POD = "$(kubectl get pod -l run=my-nginx -o jsonpath={.items..metadata.name})"
+
+
+def test_10_ingress_gateway_without_tls_termination(sh: TimedShell) -> None:
+    sh.ok(NGINX_CERTS)  # signed by the example.com root of the secure gateways task
+    sh.ok("kubectl create secret tls nginx-server-certs --key "
+          "example_certs1/nginx.example.com.key --cert example_certs1/nginx.example.com.crt")
+    (sh.work / "nginx.conf").write_text(NGINX_CONF)
+    sh.ok("kubectl create configmap nginx-configmap --from-file=nginx.conf=./nginx.conf")
+    sh.ok("kubectl apply -f - <<EOF\n" + MY_NGINX.replace("nginx-tls-secret",
+                                                         "nginx-server-certs") + "EOF")
+    sh.ok("kubectl wait --for=condition=available deploy/my-nginx --timeout=60s")
+    # The page's check from the proxy container: 127.0.0.1:443 is nginx itself in the pod.
+    inside = sh.run(f'kubectl exec "{NGINX_POD}" -c istio-proxy -- curl -sS -v -k --resolve '
+                    "nginx.example.com:443:127.0.0.1 https://nginx.example.com")
+    assert inside.code == 0, inside.err
+    assert "<title>Welcome to nginx!</title>" in inside.out
+    assert re.search(r"subject: CN\s*=\s*nginx\.example\.com", inside.err), inside.err
+    sh.ok("kubectl apply -f - <<EOF\n" + PASSTHROUGH + "EOF")
+    answer = sh.ok(ingress_ports(sh) + 'curl -v --resolve "nginx.example.com:$SECURE_INGRESS_'
+                   'PORT:$INGRESS_HOST" --cacert example_certs1/example.com.crt '
+                   '"https://nginx.example.com:$SECURE_INGRESS_PORT"')
+    assert "<title>Welcome to nginx!</title>" in answer
+    sh.ok("kubectl delete secret nginx-server-certs")
+    sh.ok("kubectl delete configmap nginx-configmap")
+    sh.ok("kubectl delete service my-nginx")
+    sh.ok("kubectl delete deployment my-nginx")
+    sh.ok("kubectl delete gateway mygateway")
+    sh.ok("kubectl delete virtualservice nginx")
+
+
+TCP_NS = "istio-io-tcp-traffic-shifting"
+SLEEP = (f"export SLEEP=$(kubectl get pod -l app=sleep -n {TCP_NS} -o "
+         "jsonpath={.items..metadata.name}); ")
+TCP_LOOP = (f'for i in {{1..{{n}}}}; do kubectl exec "$SLEEP" -c sleep -n {TCP_NS} -- sh -c '
+            '"(date; sleep 1) | nc $INGRESS_HOST $TCP_INGRESS_PORT"; done')
+
+
+@pytest.mark.skipif(shutil.which("nc") is None, reason="nc is not installed")
+def test_11_tcp_traffic_shifting(sh: TimedShell) -> None:
+    sh.ok(f"kubectl create namespace {TCP_NS}")
+    sh.ok(f"kubectl label namespace {TCP_NS} istio-injection=enabled")
+    sh.ok(f"kubectl apply -f samples/sleep/sleep.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-services.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-all-v1.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl wait --for=condition=ready pod --all -n {TCP_NS} --timeout=60s")
+    first = sh.ok(ingress_ports(sh) + SLEEP + TCP_LOOP.replace("{n}", "3")).splitlines()
+    assert len(first) == 3 and all(line.startswith("one ") for line in first), first
+    sh.ok(f"kubectl apply -f samples/tcp-echo/tcp-echo-20-v2.yaml -n {TCP_NS}")
+    shown = sh.ok(f"kubectl get virtualservice tcp-echo -o yaml -n {TCP_NS}")
+    assert "weight: 80" in shown and "weight: 20" in shown
+    # The page's 20 rounds; each answer names the version that echoed it.
+    answers = sh.ok(ingress_ports(sh) + SLEEP + TCP_LOOP.replace("{n}", "20")).splitlines()
+    frame = pd.DataFrame({"version": [line.split()[0] for line in answers]})
+    assert len(frame) == 20
+    traffic.check_shares(frame, {"one": 0.8, "two": 0.2})
+    sh.ok(f"kubectl delete -f samples/tcp-echo/tcp-echo-all-v1.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete -f samples/sleep/sleep.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete -f samples/tcp-echo/tcp-echo-services.yaml -n {TCP_NS}")
+    sh.ok(f"kubectl delete namespace {TCP_NS}")
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
+def test_12_querying_metrics(sh: TimedShell) -> None:
+    sh.ok("kubectl apply -f samples/addons/prometheus.yaml")
+    sh.ok("kubectl rollout status deployment/prometheus -n istio-system")
+    listed = sh.ok("kubectl -n istio-system get svc prometheus").splitlines()
+    assert listed[1].split()[:2] == ["prometheus", "ClusterIP"] and "9090/TCP" in listed[1]
+    url = gateway_url(sh)
+    sh.ok(f'for i in $(seq 1 10); do curl -s -o /dev/null "http://{url}/productpage"; done')
+    query = ("curl -s -G {url}/api/v1/query --data-urlencode 'query=istio_requests_total"
+             '{{destination_service="productpage.default.svc.cluster.local"}}\'')
+    with sh.dashboard("prometheus") as prometheus:
+        deadline = time.monotonic() + 60
+        while True:  # Prometheus finds the proxies at its next discovery round
+            answer = sh.ok(query.format(url=prometheus))
+            counts = [int(v) for v in re.findall(r'"value":\[[\d.]+,"(\d+)"\]', answer)]
+            if sum(counts) >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert '"destination_service":"productpage.default.svc.cluster.local"' in answer
+    assert sum(counts) >= 10, answer
+
+
+def test_12_helloworld_applied_part_by_part_with_labels(sh: TimedShell) -> None:
+    """The helloworld sample as the tasks deploy it: the Service, then each version, chosen
+    from one file with `-l` (#14 item 5)."""
+    hello = "samples/helloworld/helloworld.yaml"
+    assert sh.ok(f"kubectl apply -f {hello} -l service=helloworld") == \
+        "service/helloworld created\n"
+    assert sh.ok(f"kubectl apply -f {hello} -l version=v1") == \
+        "deployment.apps/helloworld-v1 created\n"
+    assert sh.ok(f"kubectl apply -f {hello} -l version=v2") == \
+        "deployment.apps/helloworld-v2 created\n"
+    sh.ok("kubectl apply -f samples/curl/curl.yaml")
+    sh.ok("kubectl wait --for=condition=available deploy/helloworld-v1 deploy/helloworld-v2 "
+          "deploy/curl --timeout=60s")
+    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in $(seq 20); do curl -sS '
+                'helloworld:5000/hello; done"').splitlines()
+    assert len(out) == 20 and all(re.fullmatch(r"Hello version: v[12], instance: "
+                                               r"helloworld-v[12]-\S+", line) for line in out)
+    assert {line.split(",")[0] for line in out} == {"Hello version: v1", "Hello version: v2"}
+    sh.ok(f"kubectl delete -f {hello}")
+    sh.ok("kubectl delete -f samples/curl/curl.yaml")
+
+
+SPLIT_CERTS = r"""sed -n '/-----BEGIN CERTIFICATE-----/{:start /-----END CERTIFICATE-----/!{N;b start};/.*/p}' httpbin-proxy-cert.txt > certs.pem
+awk 'BEGIN {counter=0;} /BEGIN CERT/{counter++} { print > "proxy-cert-" counter ".pem"}' < certs.pem"""  # noqa: E501
+
+
+def test_13_plug_in_ca_certificates(sh: TimedShell) -> None:
+    # The page starts from a cluster without Istio: istiod reads cacerts when it starts.
+    sh.ok("istioctl uninstall --purge -y")
+    sh.ok("mkdir -p certs && cd certs && make -f ../tools/certs/Makefile.selfsigned.mk root-ca "
+          "&& make -f ../tools/certs/Makefile.selfsigned.mk cluster1-cacerts")
+    sh.ok("kubectl create namespace istio-system")
+    sh.ok("cd certs && kubectl create secret generic cacerts -n istio-system "
+          "--from-file=cluster1/ca-cert.pem --from-file=cluster1/ca-key.pem "
+          "--from-file=cluster1/root-cert.pem --from-file=cluster1/cert-chain.pem")
+    sh.ok("istioctl install --set profile=demo -y")
+    sh.ok("kubectl create ns foo")
+    sh.ok("kubectl apply -f <(istioctl kube-inject -f samples/httpbin/httpbin.yaml) -n foo")
+    sh.ok("kubectl apply -f <(istioctl kube-inject -f samples/sleep/sleep.yaml) -n foo")
+    sh.ok(strict("foo"))
+    shown = sh.run('kubectl exec "$(kubectl get pod -l app=sleep -n foo -o '
+                   'jsonpath={.items..metadata.name})" -c istio-proxy -n foo -- openssl '
+                   "s_client -showcerts -connect httpbin.foo:8000 > httpbin-proxy-cert.txt")
+    assert "BEGIN CERTIFICATE" in (sh.work / "httpbin-proxy-cert.txt").read_text(), shown.err
+    sh.ok(SPLIT_CERTS)
+    for ours, theirs in (("root-cert.pem", "proxy-cert-3.pem"),
+                         ("ca-cert.pem", "proxy-cert-2.pem")):
+        sh.ok(f"openssl x509 -in certs/cluster1/{ours} -text -noout > ours.txt")
+        sh.ok(f"openssl x509 -in ./{theirs} -text -noout > theirs.txt")
+        assert sh.ok("diff -s ours.txt theirs.txt") == \
+            "Files ours.txt and theirs.txt are identical\n"
+    assert sh.ok("openssl verify -CAfile <(cat certs/cluster1/ca-cert.pem "
+                 "certs/cluster1/root-cert.pem) ./proxy-cert-1.pem") == "./proxy-cert-1.pem: OK\n"
+    sh.ok("kubectl delete ns foo istio-system")

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from lablib import certs
-from lablib.local import podnet
+from lablib.config import ConfigStore, load
+from lablib.local import loadbalancer, podnet
 from lablib.local.views import MeshViews
 from lablib.shims import kubectl as kubectl_shim
 from lablib.shims import kubectl_main, printers
@@ -149,13 +150,13 @@ def test_apply_with_a_selector_applies_only_the_matching_manifests(
 
 def test_the_mesh_returns_istio_objects_at_the_preferred_version() -> None:
     """Applied as v1alpha3, read back as v1beta1: Istio 1.20's API server converts on read."""
-    views = MeshViews(None)  # type: ignore[arg-type]  # only Deployments need the mesh
+    views = MeshViews(None)  # type: ignore[arg-type]  # Deployments, Services need the mesh
     for kind, applied, read in [
             ("VirtualService", "networking.istio.io/v1alpha3", "networking.istio.io/v1beta1"),
             ("DestinationRule", "networking.istio.io/v1", "networking.istio.io/v1beta1"),
             ("Gateway", "networking.istio.io/v1beta1", "networking.istio.io/v1beta1"),
             ("PeerAuthentication", "security.istio.io/v1", "security.istio.io/v1beta1"),
-            ("Service", "v1", "v1")]:
+            ("ConfigMap", "v1", "v1")]:
         body = {"apiVersion": applied, "kind": kind, "metadata": {"name": "x"}, "spec": {}}
         assert views._with_status(kind, body, "default", {})["apiVersion"] == read
         assert body["apiVersion"] == applied  # the stored object is left alone
@@ -259,3 +260,42 @@ def test_service_names_resolve_as_cluster_dns_does(host: str,
 def test_the_proxy_container_has_none_of_the_apps_proxy_settings() -> None:
     env = {"http_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "x", "NO_PROXY": "y", "PATH": "/b"}
     assert podnet.without_proxies(env) == {"PATH": "/b"}
+
+
+# --- item 6: the load balancer in front of the ingress gateway -------------------------------
+
+
+def test_the_load_balancer_forwards_each_service_port_to_its_node_port() -> None:
+    config = loadbalancer.lb_bootstrap(15000, "127.200.1.2", {80: 31080, 443: 31443})
+    listeners = config["static_resources"]["listeners"]
+    assert [(x["address"]["socket_address"]["address"],
+             x["address"]["socket_address"]["port_value"]) for x in listeners] == [
+        ("127.200.1.2", 80), ("127.200.1.2", 443)]
+    clusters = config["static_resources"]["clusters"]
+    assert [c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"] for c in clusters] == [
+        {"address": "127.0.0.1", "port_value": 31080}, {"address": "127.0.0.1",
+                                                        "port_value": 31443}]
+    # One address per registry port: two meshes never share one.
+    assert len({loadbalancer.address_of(p) for p in range(1024, 65536)}) == 65536 - 1024
+
+
+def test_without_the_privilege_to_bind_the_service_stays_pending(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    class Ports:
+        def allocate(self) -> int:
+            return 40000
+
+        def release(self, port: int) -> None:
+            pass
+
+    monkeypatch.setattr(loadbalancer, "_can_bind", lambda address, port: "Permission denied")
+    balancer = loadbalancer.LoadBalancer(None, Ports(), tmp_path)  # type: ignore[arg-type]
+    store = ConfigStore.with_namespaces(["istio-system"]).with_applied(load({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+        "spec": {"type": "LoadBalancer", "selector": {"istio": "ingressgateway"},
+                 "ports": [{"name": "http2", "port": 80, "nodePort": 31080}]}}))
+    balancer.sync(store)
+    assert balancer.status("istio-system", "istio-ingressgateway") == {}
+    assert balancer.note == "Permission denied"

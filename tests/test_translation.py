@@ -487,3 +487,21 @@ def test_every_cluster_closes_idle_pooled_connections_unless_a_rule_says_otherwi
     reviews = idle.pop(f"outbound|9080||reviews.{NS}.svc.cluster.local")
     assert reviews == {"idle_timeout": "300s", "max_requests_per_connection": 3}
     assert idle and all(common == {"idle_timeout": "60s"} for common in idle.values()), idle
+
+
+def test_a_service_is_reached_by_its_cluster_ip_as_by_its_name():
+    """Istio lists a Service's cluster IP among its outbound virtual host's domains, so
+    `curl http://CLUSTER_IP:9080/` from a pod is routed like `curl http://ratings:9080/`."""
+    with_ip = """\
+apiVersion: v1
+kind: Service
+metadata: {name: ratings}
+spec:
+  clusterIP: 10.96.0.42
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+"""
+    snap = snapshot_for(SIDECAR, with_ip)
+    by_ip = simulate(snap, Call(15001, "10.96.0.42:9080"))
+    assert by_ip.clusters == simulate(snap, Call(15001, "ratings:9080")).clusters
+    assert by_ip.clusters == {f"outbound|9080||ratings.{NS}.svc.cluster.local": 100}

@@ -26,12 +26,7 @@ def _mesh_folder() -> Path:
 def _explainer(text: str) -> type[AppHandler]:
     class Explain(AppHandler):
         def do_GET(self) -> None:
-            body = text.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_text(200, text)
 
     return Explain
 

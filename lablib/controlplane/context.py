@@ -32,6 +32,7 @@ class Service:
     namespace: str
     ports: tuple[ServicePort, ...]
     selector: dict[str, str]
+    cluster_ip: str = ""  # "" for a headless Service (clusterIP: None)
 
     @property
     def fqdn(self) -> str:
@@ -108,7 +109,9 @@ def service_from_resource(res: Resource) -> Service:
         )
         for p in spec.get("ports") or []
     )
-    return Service(res.name, res.namespace, ports, dict(spec.get("selector") or {}))
+    cluster_ip = str(spec.get("clusterIP") or "")
+    return Service(res.name, res.namespace, ports, dict(spec.get("selector") or {}),
+                   "" if cluster_ip == "None" else cluster_ip)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ def kube_cluster(port: int, host_fqdn: str) -> str:
     return f"kube|{port}||{host_fqdn}"
 
 
-def host_aliases(name: str, namespace: str, port: int, client_namespace: str | None) -> list[str]:
-    """Authorities that reach a Service port: short name (same namespace only), ns, svc, FQDN.
+def host_aliases(name: str, namespace: str, port: int, client_namespace: str | None,
+                 cluster_ip: str = "") -> list[str]:
+    """Authorities that reach a Service port: short name (same namespace only), ns, svc, FQDN,
+    and its cluster IP (as Istio's outbound virtual hosts list it).
 
     The forward-proxy listener sees the port only in the authority, so each name carries it;
     port 80 is also reachable without one.
@@ -32,6 +34,8 @@ def host_aliases(name: str, namespace: str, port: int, client_namespace: str | N
     names = [service_fqdn(name, namespace), f"{name}.{namespace}.svc", f"{name}.{namespace}"]
     if client_namespace in (None, namespace):
         names.append(name)
+    if cluster_ip:
+        names.append(cluster_ip)
     domains = [f"{n}:{port}" for n in names]
     if port == 80:
         domains += names

@@ -319,7 +319,8 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                 routes += found or [default_route(default_cluster, hashing)]
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
-                "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace),
+                "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace,
+                                        svc.cluster_ip),
                 "routes": routes,
             })
     vhosts += external_virtual_hosts(proxy, ctx) + [catch_all_virtual_host(proxy, ctx)]
@@ -340,7 +341,8 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
                                "route": {"cluster": cluster, "timeout": "0s"}})
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
-                "domains": host_aliases(svc.name, svc.namespace, port.port, namespace),
+                "domains": host_aliases(svc.name, svc.namespace, port.port, namespace,
+                                        svc.cluster_ip),
                 "routes": routes,
             })
     # Any other name is the internet's, reached directly: no mesh policy applies.

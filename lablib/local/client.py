@@ -267,15 +267,13 @@ class LocalBackend(Backend):
                               selector=selector))
 
     def ingress_address(self, port_name: str = "http2") -> tuple[str, int]:
+        """The gateway's node port on 127.0.0.1: always there, and one hop shorter than the
+        load balancer's address (which needs the privilege to bind ports below 1024)."""
         svc = self.get("service", "istio-ingressgateway", "istio-system")[0]
-        ingress = (svc.get("status", {}).get("loadBalancer") or {}).get("ingress") or []
         ports = {p.get("name"): p for p in svc["spec"]["ports"]}
         if port_name not in ports:
             raise NotFoundError(f'the ingress gateway Service has no port named "{port_name}" '
                                 f"(it has {', '.join(sorted(map(str, ports)))})")
-        if ingress:
-            return str(ingress[0].get("ip") or ingress[0].get("hostname")), int(
-                ports[port_name]["port"])
         return "127.0.0.1", int(ports[port_name]["nodePort"])
 
     def pod_info(self, pod: str, namespace: str) -> dict[str, Any]:
@@ -329,13 +327,18 @@ class LocalBackend(Backend):
     def _endpoint(self, host: str, port: int, namespace: str) -> int | None:
         """One endpoint's loopback port for `host:port` as cluster DNS and kube-proxy lead a
         pod in `namespace` there; None when `host` is no Service with that port."""
+        by_ip = [s for s in self.get("service")
+                 if (s.get("spec") or {}).get("clusterIP") == host]
         found = podnet.service_of(host, namespace)
-        if found is None:
+        if by_ip:
+            service = by_ip[0]
+        elif found is None:
             return None
-        try:
-            service = self.get("service", found[0], found[1])[0]
-        except (NotFoundError, IndexError):
-            return None
+        else:
+            try:
+                service = self.get("service", found[0], found[1])[0]
+            except (NotFoundError, IndexError):
+                return None
         for p in (service.get("spec") or {}).get("ports") or []:
             if int(p["port"]) == port:
                 ports = self.service_endpoints(service).get(str(p.get("targetPort", port)))

@@ -73,6 +73,11 @@ _IMAGES = {
     # fortio's image runs `fortio server`, an echo server on 8080 (plus every other declared
     # port, see command_for).
     _FORTIO: _Image(8080, ("-m", "lablib.apps.fortio", "server", "--port", "{port}")),
+    # samples/helloworld: one app per version, on the image's port 5000.
+    "istio/examples-helloworld-v1": _Image(5000, ("-m", "lablib.apps.helloworld", "--port",
+                                                  "{port}", "--version", "v1")),
+    "istio/examples-helloworld-v2": _Image(5000, ("-m", "lablib.apps.helloworld", "--port",
+                                                  "{port}", "--version", "v2")),
     # Istio's addons (samples/addons/): the pod reaches the mesh's own Prometheus, or says
     # where the notebooks standing in for Grafana and Kiali are.
     "prom/prometheus": _Image(9090, ("-m", "lablib.apps.addon", "prometheus", "--port",

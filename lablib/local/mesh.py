@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -51,6 +52,7 @@ from .bootstrap import bootstrap, envoy_argv, write_bootstrap
 from .containment import host_env_problems, make_folder_inside, write_inside
 from .identity import MeshCA
 from .images import command_for
+from .loadbalancer import LoadBalancer
 from .outside import start as start_outside_world
 from .ports import PortAllocator, is_address_in_use, port_accepts
 from .rejection import rejection_reason
@@ -65,6 +67,10 @@ PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
+# Where Services' cluster IPs come from, as kubeadm's default service CIDR; 10.96.0.1 is the
+# `kubernetes` Service's on a cluster. The addresses name Services in HTTP requests (the
+# sidecars route `http://10.96.0.12:9080/`); nothing listens on them (issue #17).
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -153,6 +159,7 @@ class LocalMesh:
         self.ca: MeshCA | None = None
         self.pilot_env: dict[str, str] = {}
         self.mesh_config = MeshConfig()
+        self.load_balancer = LoadBalancer(self.supervisor, self.ports, state.path)
         self.telemetry = MeshTelemetry(state.path / "telemetry", self.supervisor, self.ports,
                                        lambda: topology_from_mesh(self))
         self._stopping = threading.Event()
@@ -231,13 +238,15 @@ class LocalMesh:
                              else r.in_namespace(namespace) for r in resources]
             new_node_ports: list[int] = []
             chosen = chosen_node_ports(resources)
-            resources = [self._admit(r, new_node_ports) for r in resources]
+            taken = {str(svc.spec.get("clusterIP")) for svc in self.store.list("Service")}
+            resources = [self._admit(r, new_node_ports, taken) for r in resources]
             old_store = self.store
             try:
                 candidate = self._with_root_certs(old_store.with_applied(resources))
                 warnings = self._check(resources, candidate, old_store)
                 new_node_ports += self._claim_node_ports(chosen, candidate, old_store)
                 self._transition(candidate)
+                self.load_balancer.sync(self.store)
             except Exception:
                 for port in new_node_ports:
                     self.ports.release(port)
@@ -293,12 +302,14 @@ class LocalMesh:
                     keys += [x.key for x in self.store.list() if x.namespace == r.name]
                 lines.append(f'{kube_word(r.kind)} "{r.name}" deleted')
             self._transition(self.store.without(keys))
+            self.load_balancer.sync(self.store)
             return lines
 
     def shutdown(self) -> None:
         self._stopping.set()
         with self.lock:
             self.telemetry.close()
+            self.load_balancer.close()
             self.supervisor.close()
             self.ads.stop()
             self.pods.clear()
@@ -434,9 +445,11 @@ class LocalMesh:
                                            "this lab with LAB_BACKEND=kubernetes"))
         return problems
 
-    def _admit(self, r: Resource, new_node_ports: list[int]) -> Resource:
-        """What the API server adds to a manifest: its creation time (kept on updates) and,
-        for LoadBalancer/NodePort Services, a node port per port — here a loopback port."""
+    def _admit(self, r: Resource, new_node_ports: list[int],
+               cluster_ips: set[str] | None = None) -> Resource:
+        """What the API server adds to a manifest: its creation time (kept on updates), a
+        Service's cluster IP (kept on updates; `cluster_ips` are taken) and, for
+        LoadBalancer/NodePort Services, a node port per port — here a loopback port."""
         existing = self.store.get(r.kind, r.namespace, r.name)
         body = json.loads(json.dumps(r.body))
         created = (existing.body.get("metadata") or {}).get("creationTimestamp") if existing \
@@ -446,6 +459,15 @@ class LocalMesh:
             data = body.setdefault("data", {})
             for key, value in body.pop("stringData").items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
+        spec = body.setdefault("spec", {}) if r.kind == "Service" else {}
+        if r.kind == "Service" and spec.get("type") != "ExternalName" and \
+                not spec.get("clusterIP"):
+            kept = (existing.spec.get("clusterIP") if existing else None) or ""
+            taken = cluster_ips if cluster_ips is not None else set()
+            spec["clusterIP"] = kept or next(
+                str(ip) for ip in SERVICE_CIDR.hosts()
+                if ip != SERVICE_CIDR[1] and str(ip) not in taken)
+            taken.add(spec["clusterIP"])
         if r.kind == "Service" and r.spec.get("type") in NODE_PORT_TYPES:
             old_ports = {p.get("name") or p["port"]: p.get("nodePort")
                          for p in ((existing.spec.get("ports") if existing else None) or [])}

@@ -93,7 +93,8 @@ class MeshViews:
                              "conditions": conditions(Available=ready >= wanted,
                                                       Progressing=True)}
         if kind == "Service":
-            out["status"] = {"loadBalancer": {}}
+            out["status"] = {"loadBalancer": self.mesh.load_balancer.status(
+                namespace, body["metadata"]["name"])}
         if kind == "Namespace":
             out["status"] = {"phase": "Active"}
         return out
