@@ -91,6 +91,7 @@ ATTACK = textwrap.dedent("""\
         s.sendall(b"POST /quitquitquit HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
         return s.recv(100)
 
+    attempt("meshd_connect", lambda: unix_connect(args["state"] + "/meshd.sock"))
     attempt("xds_connect", lambda: unix_connect(args["xds"]))
     attempt("xds_stream", xds_secret)
     attempt("admin_quit", quit_envoy)
@@ -213,7 +214,7 @@ def test_another_user_can_neither_reach_nor_break_the_mesh(shared, intruder) -> 
     out = json.loads(as_user(intruder, ATTACK, json.dumps(args)))
     try:
         print("\n[shared server] the second user's attempts:", json.dumps(out, indent=1))
-        for attempt in ("xds_connect", "admin_quit", "read_key", "list_state"):
+        for attempt in ("meshd_connect", "xds_connect", "admin_quit", "read_key", "list_state"):
             assert out[attempt].startswith("PermissionError"), (attempt, out[attempt])
         assert not out["xds_stream"].startswith("done"), out["xds_stream"]
         # The kernel lets SO_REUSEPORT share a port only between sockets of one user.
