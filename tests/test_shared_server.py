@@ -265,9 +265,15 @@ def test_what_another_user_still_reaches_is_the_loopback_ports(shared, intruder)
     private = mesh.get("pods", page, NS)[0]
     app_ports = [p for p in mesh.ports() if p != mesh.ingress_address()[1]]
     assert private and app_ports
-    probe = ("import socket, sys; s = socket.socket(); s.settimeout(2); "
-             "print(sum(s.connect_ex(('127.0.0.1', int(p))) == 0 or s.close() or False "
-             "for p in sys.argv[1:] if (s := socket.socket()) ))")
+    probe = textwrap.dedent("""\
+        import socket, sys
+        reached = 0
+        for port in sys.argv[1:]:
+            with socket.socket() as s:
+                s.settimeout(2)
+                reached += s.connect_ex(("127.0.0.1", int(port))) == 0
+        print(reached)
+        """)
     reached = int(as_user(intruder, probe, *map(str, app_ports)).strip())
     print(f"\n[shared server] another user can connect to {reached} of the mesh's "
           f"{len(app_ports)} loopback ports (apps, sidecar listeners)")
