@@ -237,9 +237,9 @@ def test_another_user_can_neither_reach_nor_break_the_mesh(shared, intruder) -> 
 
 
 def test_a_registry_folder_another_user_created_is_refused_and_costs_nothing(
-        intruder, tmp_path, caplog) -> None:
+        intruder, tmp_path, caplog, monkeypatch) -> None:
     """Its owner could delete our entries or plant links: the allocator leaves it (with a
-    warning) and still hands out free ports."""
+    warning), falls back to this user's own registry, and still hands out free ports."""
     folder = Path(tempfile.mkdtemp(prefix="lab-ports-"))
     try:
         folder.chmod(0o1777)  # as /tmp: anyone may create a folder in it first
@@ -253,6 +253,15 @@ def test_a_registry_folder_another_user_created_is_refused_and_costs_nothing(
         assert f"owned by uid {intruder.pw_uid}" in caplog.text
         assert len({allocator.allocate() for _ in range(5)}) == 5
         assert list(planted.iterdir()) == [] and victim_file.read_text() == "mine\n"
+        # The machine-wide registry (LAB_PORTS_DIR) unusable: this user's own one keeps
+        # this user's meshes apart.
+        monkeypatch.setenv("LAB_PORTS_DIR", str(planted))
+        monkeypatch.setenv("HOME", str(tmp_path))
+        fallback = PortAllocator()
+        assert fallback.registry is not None and fallback.registry.usable
+        assert fallback.registry.folder == tmp_path / ".cache" / "istio-lab-kit" / "ports"
+        fallback.allocate()
+        fallback.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
