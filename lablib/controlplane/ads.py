@@ -124,6 +124,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self._server.add_insecure_port(f"unix:{socket_path}")
         self._server.start()
+        os.chmod(socket_path, 0o600)  # the folder is private already; the socket is too
         self.socket_path = socket_path
         return socket_path
 
