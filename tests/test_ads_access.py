@@ -51,6 +51,7 @@ def server(tmp_path: Path) -> Iterator[AdsServer]:
 def test_ads_listens_on_a_unix_socket_only(server: AdsServer, tmp_path: Path) -> None:
     assert server.socket_path == str(tmp_path / "xds.sock")
     assert (tmp_path / "xds.sock").is_socket()
+    assert (tmp_path / "xds.sock").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_second_stream_for_a_connected_node_is_refused_and_the_first_keeps_it(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 import lablib
@@ -44,10 +48,35 @@ def test_doctor_status_and_down_see_a_running_mesh(tmp_path, monkeypatch, capsys
         found = row(checks(), "mesh workshop")
         assert found["ok"] is True and "loopback ports" in found["detail"]
         assert cli.main(["status"]) == 0
-        assert "kube-system.kube-proxy" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "kube-system.kube-proxy" in out and f"held by pid {os.getpid()}" in out
+        assert_a_process_that_stays_down_is_reported(mesh, capsys)
         assert cli.main(["down", "--all"]) == 0
         assert "mesh workshop: stopped" in capsys.readouterr().out
         assert row(checks(), "mesh workshop")["detail"] == "not running"
     finally:
         if cli.attach("workshop"):
             mesh.uninstall()
+
+
+def assert_a_process_that_stays_down_is_reported(mesh, capsys) -> None:
+    """The kube-proxy stand-in killed with a broken bootstrap: every restart fails, and
+    status and doctor say it is down until the bootstrap is good again."""
+    [proc] = [r for r in mesh.processes() if r["name"] == "kube-system.kube-proxy"]
+    bootstrap = mesh.state.envoy / "kube-proxy.json"
+    good = bootstrap.read_text()
+    bootstrap.write_text("{not json")
+    try:
+        os.kill(proc["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not [r for r in checks() if r["ok"] is False and "kube-proxy" in r["detail"]]:
+            assert time.monotonic() < deadline, "doctor never said kube-proxy is down"
+            time.sleep(0.1)
+        assert cli.main(["status"]) == 0
+        assert "DOWN" in capsys.readouterr().out
+    finally:
+        bootstrap.write_text(good)
+    deadline = time.monotonic() + 30
+    while [r for r in checks() if r["ok"] is False and r["check"] == "mesh workshop"]:
+        assert time.monotonic() < deadline, "kube-proxy did not come back"
+        time.sleep(0.2)

@@ -323,3 +323,17 @@ def test_a_lock_held_for_ever_turns_the_registry_off(tmp_path, monkeypatch, capl
         assert len({allocator.allocate() for _ in range(3)}) == 3
     assert allocator.registry is not None and not allocator.registry.usable
     assert "lock busy" in caplog.text
+
+
+def test_a_registry_that_fails_while_in_use_turns_off_and_allocation_goes_on(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    allocator = PortAllocator(registry=tmp_path)
+    allocator.allocate()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("lablib.local.ports.tempfile.mkstemp", refuse)
+    assert len({allocator.allocate() for _ in range(3)}) == 3
+    assert allocator.registry is not None and not allocator.registry.usable
+    assert "cannot record held ports" in caplog.text

@@ -91,6 +91,7 @@ ATTACK = textwrap.dedent("""\
         s.sendall(b"POST /quitquitquit HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
         return s.recv(100)
 
+    attempt("meshd_connect", lambda: unix_connect(args["state"] + "/meshd.sock"))
     attempt("xds_connect", lambda: unix_connect(args["xds"]))
     attempt("xds_stream", xds_secret)
     attempt("admin_quit", quit_envoy)
@@ -213,7 +214,7 @@ def test_another_user_can_neither_reach_nor_break_the_mesh(shared, intruder) -> 
     out = json.loads(as_user(intruder, ATTACK, json.dumps(args)))
     try:
         print("\n[shared server] the second user's attempts:", json.dumps(out, indent=1))
-        for attempt in ("xds_connect", "admin_quit", "read_key", "list_state"):
+        for attempt in ("meshd_connect", "xds_connect", "admin_quit", "read_key", "list_state"):
             assert out[attempt].startswith("PermissionError"), (attempt, out[attempt])
         assert not out["xds_stream"].startswith("done"), out["xds_stream"]
         # The kernel lets SO_REUSEPORT share a port only between sockets of one user.
@@ -236,9 +237,9 @@ def test_another_user_can_neither_reach_nor_break_the_mesh(shared, intruder) -> 
 
 
 def test_a_registry_folder_another_user_created_is_refused_and_costs_nothing(
-        intruder, tmp_path, caplog) -> None:
+        intruder, tmp_path, caplog, monkeypatch) -> None:
     """Its owner could delete our entries or plant links: the allocator leaves it (with a
-    warning) and still hands out free ports."""
+    warning), falls back to this user's own registry, and still hands out free ports."""
     folder = Path(tempfile.mkdtemp(prefix="lab-ports-"))
     try:
         folder.chmod(0o1777)  # as /tmp: anyone may create a folder in it first
@@ -252,6 +253,15 @@ def test_a_registry_folder_another_user_created_is_refused_and_costs_nothing(
         assert f"owned by uid {intruder.pw_uid}" in caplog.text
         assert len({allocator.allocate() for _ in range(5)}) == 5
         assert list(planted.iterdir()) == [] and victim_file.read_text() == "mine\n"
+        # The machine-wide registry (LAB_PORTS_DIR) unusable: this user's own one keeps
+        # this user's meshes apart.
+        monkeypatch.setenv("LAB_PORTS_DIR", str(planted))
+        monkeypatch.setenv("HOME", str(tmp_path))
+        fallback = PortAllocator()
+        assert fallback.registry is not None and fallback.registry.usable
+        assert fallback.registry.folder == tmp_path / ".cache" / "istio-lab-kit" / "ports"
+        fallback.allocate()
+        fallback.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -264,9 +274,15 @@ def test_what_another_user_still_reaches_is_the_loopback_ports(shared, intruder)
     private = mesh.get("pods", page, NS)[0]
     app_ports = [p for p in mesh.ports() if p != mesh.ingress_address()[1]]
     assert private and app_ports
-    probe = ("import socket, sys; s = socket.socket(); s.settimeout(2); "
-             "print(sum(s.connect_ex(('127.0.0.1', int(p))) == 0 or s.close() or False "
-             "for p in sys.argv[1:] if (s := socket.socket()) ))")
+    probe = textwrap.dedent("""\
+        import socket, sys
+        reached = 0
+        for port in sys.argv[1:]:
+            with socket.socket() as s:
+                s.settimeout(2)
+                reached += s.connect_ex(("127.0.0.1", int(port))) == 0
+        print(reached)
+        """)
     reached = int(as_user(intruder, probe, *map(str, app_ports)).strip())
     print(f"\n[shared server] another user can connect to {reached} of the mesh's "
           f"{len(app_ports)} loopback ports (apps, sidecar listeners)")

@@ -125,6 +125,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self._server.add_insecure_port(f"unix:{socket_path}")
         self._server.start()
+        os.chmod(socket_path, 0o600)  # the folder is private already; the socket is too
         self.socket_path = socket_path
         return socket_path
 
@@ -271,9 +272,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         with self._lock:
             previous = self._streams.get(stream.proxy_id)
             if previous is not None and not previous.closed:
-                # As istiod does for a duplicate connection it cannot tell apart: the proxy
-                # that holds the stream keeps it. A restarted Envoy's old stream has ended
-                # (its socket closed) before the new one arrives.
+                # istiod authenticates each stream by the proxy's certificate; here the
+                # node id is all a stream shows, so the proxy that holds it keeps it and a
+                # second claim is refused, never a takeover. A restarted Envoy's old stream
+                # has ended (its socket closed with the process) before the new one comes.
                 log.warning("refused a second ADS stream for %s: one is connected",
                             stream.proxy_id)
                 context.abort(grpc.StatusCode.ALREADY_EXISTS,

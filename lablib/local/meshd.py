@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             server.owners.add(args.owner)
         except LabError as exc:  # the process that started meshd is gone already
             log.info("%s: stopping", exc)
-            server.stop()
+            threading.Thread(target=server.stop, daemon=True).start()
     log.info("meshd %d serving on %s (xDS on %s)", os.getpid(), state.socket_path,
              mesh.xds_socket)
     try:

@@ -42,6 +42,7 @@ __all__ = [
     "port_accepts",
     "port_in_use",
     "port_owner",
+    "private_registry_dir",
     "registry_dir",
     "wait_for_port",
     "with_free_port",
@@ -173,6 +174,13 @@ def registry_dir() -> Path:
     return Path(tempfile.gettempdir()) / "istio-lab-kit-ports"
 
 
+def private_registry_dir() -> Path:
+    """This user's own registry, used when the machine-wide one cannot be: it still keeps
+    this user's meshes apart (other users' sockets cannot share a port with ours anyway,
+    as the kernel allows SO_REUSEPORT only within one user)."""
+    return Path.home() / ".cache" / "istio-lab-kit" / "ports"
+
+
 class PortRegistry:
     """The machine-wide record of held ports: one `<uid>-<pid>-<random>.ports` file per
     allocator.
@@ -191,15 +199,20 @@ class PortRegistry:
         self.folder = folder if folder is not None else registry_dir()
         self.file = self.folder / "unused.ports"
         self.usable = self._prepare()
+        if not self.usable and folder is None:
+            self.folder = private_registry_dir()
+            self.usable = self._prepare(mode=0o700)
+            if self.usable:
+                log.warning("port registry: using this user's own %s instead", self.folder)
 
-    def _prepare(self) -> bool:
+    def _prepare(self, mode: int = 0o1777) -> bool:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             info = self.folder.lstat()
             if not stat.S_ISDIR(info.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder")
-            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o1777:
-                self.folder.chmod(0o1777)  # mkdir's mode is filtered by the umask
+            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+                self.folder.chmod(mode)  # mkdir's mode is filtered by the umask
             elif info.st_uid not in (os.geteuid(), 0) or (
                     info.st_uid == 0 and not info.st_mode & stat.S_ISVTX):
                 raise PermissionError(
