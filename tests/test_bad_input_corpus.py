@@ -351,3 +351,25 @@ def test_an_envoy_rejection_gives_the_reason_first_and_no_config_dump(routed):
     assert "meshd.log" in message
     assert stored_config(routed) == before
     assert_last_good_config(routed)
+
+
+def test_a_deployment_name_kubernetes_accepts_runs_with_a_pod_name_cut_as_the_api_server_does(
+        routed):
+    """250 characters is a valid Deployment name; its pod names (file names here) are cut to
+    58 characters before the 5 random ones, as generateName does (it once failed with "File
+    name too long")."""
+    name = "s" * 250
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": name, "namespace": NS},
+                  "spec": {"selector": {"matchLabels": {"app": "long"}}, "template": {
+                      "metadata": {"labels": {"app": "long"}},
+                      "spec": {"containers": [{"name": "sleep", "image": "curlimages/curl"}]}}}}
+    routed.apply(deployment)
+    try:
+        [pod] = routed.get("pods", namespace=NS, selector={"app": "long"})
+        assert len(pod["metadata"]["name"]) == 63
+        assert pod["metadata"]["name"].startswith("s" * 58)
+        routed.wait_ready(NS, timeout=60)
+        assert_last_good_config(routed)
+    finally:
+        routed.delete(deployment)
