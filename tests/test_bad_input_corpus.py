@@ -373,3 +373,15 @@ def test_a_deployment_name_kubernetes_accepts_runs_with_a_pod_name_cut_as_the_ap
         assert_last_good_config(routed)
     finally:
         routed.delete(deployment)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", BOOKINFO])
+def test_meshd_reads_the_text_it_is_sent_and_never_a_path(routed, text):
+    """Empty text once made meshd load the YAML files of its working folder (Path("") is
+    "."); a path sent as text is YAML text there, not a file to read."""
+    before = stored_config(routed)
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.call("apply", text=text, namespace=NS)  # type: ignore[attr-defined]
+    expected = "a manifest must be a mapping" if text == BOOKINFO else "no objects passed to apply"
+    assert expected in str(refused.value)
+    assert stored_config(routed) == before
