@@ -309,6 +309,9 @@ SHIM_CASES = {
     "kubectl-apply-refused": (
         ["kubectl", "apply", "-f", str(CORPUS / "weights-sum-to-90.yaml")], 1,
         f"(VirtualService {NS}/reviews at spec.http[0].route)", ""),
+    "kubectl-apply-nothing": (
+        ["kubectl", "apply", "-f", str(CORPUS / "empty-only-comments.yaml")], 1,
+        "error: no objects passed to apply", ""),
     "istioctl-unknown-command": (["istioctl", "frob"], 1,
                                  'Error: unknown command "frob" for "istioctl"', ""),
 }

@@ -357,6 +357,9 @@ def _apply_sources(p: Parsed) -> list[str]:
     return [_source(f) for f, name in addons if not name]
 
 
+NO_OBJECTS = "no objects passed to apply"
+
+
 def cmd_apply(p: Parsed) -> int:
     sources = _apply_sources(p)
     if not sources:
@@ -365,9 +368,9 @@ def cmd_apply(p: Parsed) -> int:
     try:
         lines = mesh.apply(sources, namespace=p.get("namespace"))
     except ConfigError as exc:
+        if [d.message for d in exc.diagnostics] == [NO_OBJECTS]:
+            raise Failure(f"error: {NO_OBJECTS}") from None  # kubectl's words, alone
         raise _refused(exc, p.get("filename"), "creating") from None
-    if not lines:
-        raise Failure("error: no objects passed to apply")
     _out("".join(line + "\n" for line in lines))
     return 0
 
