@@ -309,6 +309,9 @@ SHIM_CASES = {
     "kubectl-apply-refused": (
         ["kubectl", "apply", "-f", str(CORPUS / "weights-sum-to-90.yaml")], 1,
         f"(VirtualService {NS}/reviews at spec.http[0].route)", ""),
+    "kubectl-apply-nothing": (
+        ["kubectl", "apply", "-f", str(CORPUS / "empty-only-comments.yaml")], 1,
+        "error: no objects passed to apply", ""),
     "istioctl-unknown-command": (["istioctl", "frob"], 1,
                                  'Error: unknown command "frob" for "istioctl"', ""),
 }
@@ -351,3 +354,37 @@ def test_an_envoy_rejection_gives_the_reason_first_and_no_config_dump(routed):
     assert "meshd.log" in message
     assert stored_config(routed) == before
     assert_last_good_config(routed)
+
+
+def test_a_deployment_name_kubernetes_accepts_runs_with_a_pod_name_cut_as_the_api_server_does(
+        routed):
+    """250 characters is a valid Deployment name; its pod names (file names here) are cut to
+    58 characters before the 5 random ones, as generateName does (it once failed with "File
+    name too long")."""
+    name = "s" * 250
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": name, "namespace": NS},
+                  "spec": {"selector": {"matchLabels": {"app": "long"}}, "template": {
+                      "metadata": {"labels": {"app": "long"}},
+                      "spec": {"containers": [{"name": "sleep", "image": "curlimages/curl"}]}}}}
+    routed.apply(deployment)
+    try:
+        [pod] = routed.get("pods", namespace=NS, selector={"app": "long"})
+        assert len(pod["metadata"]["name"]) == 63
+        assert pod["metadata"]["name"].startswith("s" * 58)
+        routed.wait_ready(NS, timeout=60)
+        assert_last_good_config(routed)
+    finally:
+        routed.delete(deployment)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", BOOKINFO])
+def test_meshd_reads_the_text_it_is_sent_and_never_a_path(routed, text):
+    """Empty text once made meshd load the YAML files of its working folder (Path("") is
+    "."); a path sent as text is YAML text there, not a file to read."""
+    before = stored_config(routed)
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.call("apply", text=text, namespace=NS)  # type: ignore[attr-defined]
+    expected = "a manifest must be a mapping" if text == BOOKINFO else "no objects passed to apply"
+    assert expected in str(refused.value)
+    assert stored_config(routed) == before

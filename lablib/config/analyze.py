@@ -585,10 +585,19 @@ def _percent(resource: Resource, value: Any, field: str) -> Iterator[Diagnostic]
 def _duration(resource: Resource, value: Any, field: str, allow_zero: bool
               ) -> Iterator[Diagnostic]:
     seconds = _seconds(value)
-    if seconds is None or seconds > 0 or (allow_zero and seconds == 0):
+    if seconds is None or (allow_zero and seconds == 0):
         return
     name = field.rsplit(".", 1)[-1]
-    rule = "must not be negative" if allow_zero else "must be greater than 0"
+    millis = seconds * 1000
+    if seconds >= 0 and not allow_zero and millis >= 1 and abs(millis - round(millis)) > 1e-6:
+        yield Diagnostic("LAB0210", ERROR, resource.ref,
+                         f"{name} {value}: only durations to ms precision are supported", field,
+                         f"round {name} to whole milliseconds, such as 2ms or 1.5s")
+        return
+    # Istio's ValidateDuration: at least 1ms ("duration must be greater than 1ms").
+    if seconds > 0 and (allow_zero or millis >= 1 - 1e-9):
+        return
+    rule = "must not be negative" if allow_zero else "must be at least 1ms"
     yield Diagnostic("LAB0210", ERROR, resource.ref, f"{name} {value} {rule}", field,
                      "use a positive duration such as 1s or 100ms"
                      + ("; 0s turns the timeout off" if allow_zero else ""))

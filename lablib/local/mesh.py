@@ -302,6 +302,7 @@ class LocalMesh:
                     keys += [x.key for x in self.store.list() if x.namespace == r.name]
                 lines.append(f'{kube_word(r.kind)} "{r.name}" deleted')
             self._transition(self.store.without(keys))
+            self._analysed = None  # it held the store before the delete, deleted objects too
             self.load_balancer.sync(self.store)
             return lines
 

@@ -373,6 +373,9 @@ def _selected(sources: list[str], p: Parsed) -> list[Any]:
     return [r.body for r in load(sources, namespace=p.get("namespace")) if matches(r.labels)]
 
 
+NO_OBJECTS = "no objects passed to apply"
+
+
 def cmd_apply(p: Parsed) -> int:
     sources = _apply_sources(p)
     if not sources:
@@ -384,6 +387,8 @@ def cmd_apply(p: Parsed) -> int:
     try:
         lines = mesh.apply(chosen, namespace=p.get("namespace"))
     except ConfigError as exc:
+        if [d.message for d in exc.diagnostics] == [NO_OBJECTS]:
+            raise Failure(f"error: {NO_OBJECTS}") from None  # kubectl's words, alone
         raise _refused(exc, p.get("filename"), "creating") from None
     if not lines:
         raise Failure("error: no objects passed to apply")
