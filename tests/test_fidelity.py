@@ -272,3 +272,12 @@ def test_sidecar_ingress_tls_files_the_proxy_does_not_mount_are_named():
                                         "spec.ingress[0].tls.caCertificates"}
     assert all(d.severity == "Error" and "userVolume" in d.fix for d in found)
     assert sidecar_tls_store(with_secrets=True) == []
+
+
+def test_every_meshconfig_key_the_kit_reads_has_a_status():
+    from lablib.config.meshconfig import KEYS
+    assert set(fidelity.MESH_CONFIG) == {*KEYS, "extensionProviders"}
+    for key, entry in fidelity.MESH_CONFIG.items():
+        if entry.status == fidelity.TRANSLATED:
+            file, _, test = entry.test.partition("::")
+            assert test in defined_functions(file), key

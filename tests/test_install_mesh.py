@@ -3,10 +3,14 @@ adds or prunes gateways, and `kubectl apply` says what the fidelity ledger says.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 from test_shims_istioctl import Terminal
+
+import lablib
 
 pytestmark = pytest.mark.envoy
 
@@ -115,3 +119,38 @@ def test_a_namespace_labelled_with_the_default_revision_gets_sidecars(term):
     canary = term.run("kubectl", "apply", "-f", "-",
                       stdin=REV_NAMESPACE.format(name="canary-test", revision="canary"))
     assert canary.code != 0 and 'metadata.labels["istio.io/rev"]' in canary.err
+
+
+def initialization_seconds(mesh, pod: str, namespace: str) -> float:
+    """Envoy's server.initialization_time_ms (start until its first config is loaded and it
+    takes connections), once its stats flush (every 5 s) has filled the histogram in."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats = json.loads(mesh.proxy_admin(pod, namespace,
+                                            "stats?format=json&filter=initialization_time"))
+        histogram = next(s["histograms"] for s in stats["stats"] if "histograms" in s)
+        [init] = [q for q in histogram["computed_quantiles"]
+                  if q["name"] == "server.initialization_time_ms"]
+        values = [v["cumulative"] for v in init["values"] if v.get("cumulative") is not None]
+        if values:
+            return max(values) / 1000
+        assert time.monotonic() < deadline, "Envoy never flushed its initialisation time"
+        time.sleep(1)
+
+
+def test_hold_application_until_proxy_starts_the_app_after_its_proxy_is_ready(term):
+    term.ok("istioctl", "install", "-y", "--set",
+            "meshConfig.defaultConfig.holdApplicationUntilProxyStarts=true")
+    term.ok("kubectl", "create", "namespace", "hold-test")
+    term.ok("kubectl", "label", "namespace", "hold-test", "istio-injection=enabled")
+    term.ok("kubectl", "apply", "-n", "hold-test", "-f", "samples/sleep/sleep.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("LAB_MESH", "LAB_STATE_DIR", "LAB_MESH_OWNER"):
+            patch.setenv(key, term.env[key])
+        mesh = lablib.connect("local")
+        pod = mesh.pod_name({"app": "sleep"}, "hold-test")
+        started = {row["name"]: row["started_at"] for row in mesh.processes()}
+        init_seconds = initialization_seconds(mesh, pod, "hold-test")
+    proxy, app = started[f"hold-test.{pod}.istio-proxy"], started[f"hold-test.{pod}.sleep"]
+    # The proxy was ready (its first config loaded) no earlier than start + initialisation.
+    assert app >= proxy + init_seconds
