@@ -281,3 +281,13 @@ def test_every_meshconfig_key_the_kit_reads_has_a_status():
         if entry.status == fidelity.TRANSLATED:
             file, _, test = entry.test.partition("::")
             assert test in defined_functions(file), key
+
+
+def test_what_kube_inject_added_is_left_to_the_meshs_own_sidecar():
+    from lablib.shims.istioctl import kube_inject
+    injected = kube_inject((ROOT / "samples/httpbin/httpbin.yaml").read_text())
+    assert "istio-init" in injected
+    assert diagnostics_of(injected) == []
+    # an init container of the app's own is still refused
+    own = injected.replace("name: istio-init", "name: wait-for-db")
+    assert [d.field for d in diagnostics_of(own)] == ["spec.template.spec.initContainers"]

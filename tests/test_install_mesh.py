@@ -67,6 +67,11 @@ def test_install_y_is_the_default_profile_then_demo_adds_the_egress_gateway(term
     assert "\u2714 Ingress gateways installed" in out
     assert deployments(term) == {"deployment.apps/istiod",
                                  "deployment.apps/istio-ingressgateway"}
+    operator = json.loads(term.ok("kubectl", "get", "iop", "installed-state", "-n",
+                                  "istio-system", "-o", "json"))["spec"]
+    assert operator["profile"] == "default"
+    assert operator["components"]["egressGateways"] == [{"name": "istio-egressgateway",
+                                                         "enabled": False}]
     term.ok("istioctl", "install", "--set", "profile=demo", "-y")
     assert "deployment.apps/istio-egressgateway" in deployments(term)
     term.ok("istioctl", "install", "-y")

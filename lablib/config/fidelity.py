@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from ..errors import Diagnostic
+from .injection import without_injected
 from .model import Resource
 from .schema import SCHEMAS, ListOf, MapOf, Obj, Spec, field_path, item_path
 
@@ -880,8 +881,10 @@ def diagnostics(resource: Resource) -> list[Diagnostic]:
     schema = SCHEMAS.get(resource.kind)
     if schema is None:
         return []
+    # What `istioctl kube-inject` added is replaced by the mesh's own sidecar.
+    body = without_injected(resource.body) if resource.kind == "Deployment" else resource.body
     found: list[Diagnostic] = []
-    for pattern, concrete, spec, value in _schema_children(schema, resource.body, "", ""):
+    for pattern, concrete, spec, value in _schema_children(schema, body, "", ""):
         found.extend(_visit(resource.kind, pattern, concrete, spec, value, resource.ref))
     return found
 

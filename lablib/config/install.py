@@ -33,6 +33,9 @@ INSTALLED_LINES = {PILOT: "Istiod installed", INGRESS: "Ingress gateways install
 COMPONENT_TITLES = {PILOT: "Istiod", INGRESS: "Ingress gateways", EGRESS: "Egress gateways"}
 
 CODE = "LAB0407"
+# Where istiod's Deployment records the profile it was installed with (the IstioOperator
+# `installed-state` kubectl shows reads it back).
+PROFILE_ANNOTATION = "install.istio.io/profile"
 _GATEWAY_KEY = re.compile(r"^components\.(ingressGateways|egressGateways)\[(\d+)\]\.(\w+)$")
 
 

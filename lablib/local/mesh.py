@@ -30,8 +30,8 @@ from typing import Any
 from ..certs import spiffe_id
 from ..config.analyze import analyze
 from ..config.fidelity import diagnostics as fidelity_diagnostics
-from ..config.injection import injected
-from ..config.install import PILOT, install_plan
+from ..config.injection import STATUS, injected, injected_names
+from ..config.install import PILOT, PROFILE_ANNOTATION, install_plan
 from ..config.loader import load
 from ..config.meshconfig import MeshConfig
 from ..config.model import Resource
@@ -174,7 +174,8 @@ class LocalMesh:
                 self._start_kube_proxy()
                 self._check_cancelled()
             manifest = load(str(ISTIO_SYSTEM_MANIFEST))
-            self.apply([self._with_pilot_env(r) for r in manifest if plan.includes(r)])
+            self.apply([self._with_pilot_env(r, plan.profile) for r in manifest
+                        if plan.includes(r)])
             pruned = [r for r in manifest if not plan.includes(r)
                       and self.store.get(r.kind, r.namespace, r.name) is not None]
             if pruned:
@@ -488,14 +489,18 @@ class LocalMesh:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
         return self.state.logs / f"{proxy_id.split('~')[2]}.access.log"
 
-    def _with_pilot_env(self, resource: Resource) -> Resource:
+    def _with_pilot_env(self, resource: Resource, profile: str) -> Resource:
         """istiod's Deployment lists its feature flags in its container env, as istioctl
-        writes them, so a lab can read what Istio was installed with."""
-        if resource.kind != "Deployment" or resource.name != "istiod" or not self.pilot_env:
+        writes them, and names the profile, so a lab (and the IstioOperator kubectl shows)
+        can read what Istio was installed with."""
+        if resource.kind != "Deployment" or resource.name != "istiod":
             return resource
         body = json.loads(json.dumps(resource.body))
-        container = body["spec"]["template"]["spec"]["containers"][0]
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(self.pilot_env.items())]
+        body["metadata"].setdefault("annotations", {})[PROFILE_ANNOTATION] = profile
+        if self.pilot_env:
+            container = body["spec"]["template"]["spec"]["containers"][0]
+            container["env"] = [{"name": k, "value": v}
+                                for k, v in sorted(self.pilot_env.items())]
         return Resource(resource.kind, resource.name, resource.namespace, body, resource.source)
 
     def rotate_certificates(self) -> None:
@@ -538,9 +543,10 @@ class LocalMesh:
         labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
         containers = list(spec.get("containers") or [])
         # `istioctl kube-inject` output already holds the sidecar: the mesh runs its own.
-        pre_injected = "sidecar.istio.io/status" in (meta.get("annotations") or {})
+        pre_injected = STATUS in (meta.get("annotations") or {})
         if pre_injected:
-            containers = [c for c in containers if c.get("name") != "istio-proxy"]
+            added, _ = injected_names(meta.get("annotations") or {})
+            containers = [c for c in containers if c.get("name") not in added]
         suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
         name = f"{d.name}-{thash}-{suffix}"
         images = " ".join(str(c.get("image", "")) for c in containers)
