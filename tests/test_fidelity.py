@@ -291,3 +291,41 @@ def test_what_kube_inject_added_is_left_to_the_meshs_own_sidecar():
     # an init container of the app's own is still refused
     own = injected.replace("name: istio-init", "name: wait-for-db")
     assert [d.field for d in diagnostics_of(own)] == ["spec.template.spec.initContainers"]
+
+
+TCP_RULE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: ["*"]
+  {gateways}
+  tcp:
+  - match: [{{port: 31400}}]
+    route: [{{destination: {{host: tcp-echo, port: {{number: 9000}}}}}}]
+"""
+
+
+@pytest.mark.parametrize("gateways, refused", [
+    ("gateways: [tcp-echo-gateway]", False),
+    ("", True),
+    ("gateways: [mesh, tcp-echo-gateway]", True),
+])
+def test_tcp_rules_for_the_mesh_are_refused_until_sidecars_serve_them(gateways, refused):
+    found = diagnostics_of(TCP_RULE.format(gateways=gateways))
+    assert [d.field for d in found] == (["spec.tcp"] if refused else [])
+
+
+def test_a_sidecars_ingress_tls_reads_files_not_credentials():
+    found = diagnostics_of("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ingress}
+spec:
+  ingress:
+  - port: {number: 9443, protocol: HTTPS, name: external}
+    defaultEndpoint: 0.0.0.0:80
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+""")
+    assert [(d.field, d.severity) for d in found] == [
+        ("spec.ingress[0].tls.credentialName", "Error")]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,15 @@ class Entry:
     values: tuple[Any, ...] = ()
     by_value: Mapping[str, Entry] = field(default_factory=dict)
     yaml: bool = False  # the value is YAML text whose keys are fields (`proxy.istio.io/config`)
+    # The entry that applies instead, given the whole manifest (a tcp rule of a VirtualService
+    # for the mesh rather than for gateways), or None when this one does.
+    in_context: Callable[[Mapping[str, Any]], Entry | None] | None = None
 
 
 def translated(builder: str, test: str, *, whole: bool = False, values: tuple[Any, ...] = (),
-               by_value: Mapping[str, Entry] | None = None, yaml: bool = False) -> Entry:
-    return Entry(TRANSLATED, builder, test, whole, values, by_value or {}, yaml)
+               by_value: Mapping[str, Entry] | None = None, yaml: bool = False,
+               in_context: Callable[[Mapping[str, Any]], Entry | None] | None = None) -> Entry:
+    return Entry(TRANSLATED, builder, test, whole, values, by_value or {}, yaml, in_context)
 
 
 def refused(instead: str, *, whole: bool = True) -> Entry:
@@ -139,6 +143,15 @@ _METADATA: dict[str, Entry] = {
 # --- VirtualService -------------------------------------------------------------------------
 
 _STRING_MATCH_TEST = E + "test_every_string_match_kind_selects_its_requests"
+_MESH_L4 = refused("tcp and tls rules are served at gateways only on the local mesh (sidecars "
+                   "do not apply them yet, being added): bind this VirtualService to a gateway "
+                   "with spec.gateways, without mesh")
+
+
+def _for_gateways_only(body: Mapping[str, Any]) -> Entry | None:
+    """Refused when the VirtualService applies to sidecars (no gateways, or `mesh`)."""
+    gateways = (body.get("spec") or {}).get("gateways") or ["mesh"]
+    return _MESH_L4 if "mesh" in gateways else None
 VIRTUAL_SERVICE: dict[str, Entry] = {
     "spec": translated(f"{ROUTES}.outbound_route_config", T + "test_subset_route_sends_"
                        "everything_to_v1"),
@@ -259,10 +272,10 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
     "spec.http[].corsPolicy": refused(_I13B),
     "spec.http[].headers": translated(f"{ROUTES}.header_operations",
                                       E + "test_rule_headers_set_add_and_remove", whole=True),
-    # tcp and tls rules reach Envoy only at gateways today; at sidecars they are refused by
-    # the analyser's LAB0212 and the mesh-rule check below.
+    # tcp and tls rules reach Envoy only at gateways today: for the mesh they are refused.
     "spec.tcp": translated(f"{GATEWAY}.tcp_route_clusters",
-                           T + "test_tcp_route_on_gateway_splits_by_weight"),
+                           T + "test_tcp_route_on_gateway_splits_by_weight",
+                           in_context=_for_gateways_only),
     "spec.tcp[].match": translated(f"{GATEWAY}.tcp_route_clusters",
                                    T + "test_tcp_route_on_gateway_splits_by_weight"),
     "spec.tcp[].match[].port": translated(f"{GATEWAY}.tcp_route_clusters",
@@ -277,7 +290,8 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
     "spec.tcp[].route": translated(f"{GATEWAY}.weighted", T + "test_a_zero_weight_tcp_"
                                    "destination_is_left_out", whole=True),
     "spec.tls": translated(f"{GATEWAY}.passthrough_routes",
-                           E + "test_tls_passthrough_routes_by_sni_at_the_gateway"),
+                           E + "test_tls_passthrough_routes_by_sni_at_the_gateway",
+                           in_context=_for_gateways_only),
     "spec.tls[].match": translated(f"{GATEWAY}.passthrough_routes",
                                    E + "test_tls_passthrough_routes_by_sni_at_the_gateway"),
     "spec.tls[].match[].sniHosts": translated(
@@ -444,17 +458,22 @@ DESTINATION_RULE: dict[str, Entry] = {
 # --- Gateway --------------------------------------------------------------------------------
 
 
-def _server_tls(prefix: str, builder: str, test: str) -> dict[str, Entry]:
+def _server_tls(prefix: str, builder: str, test: str, *, gateway: bool) -> dict[str, Entry]:
+    """A server `tls` block: a Gateway server's, or a Sidecar ingress port's (which Istio
+    serves from mounted files only, and whose newer knobs nobody is adding locally)."""
     files = ("mount the files into the proxy with sidecar.istio.io/userVolume, or use "
              "credentialName")
-    return {
+    not_yet = _I13B if gateway else (
+        "the local sidecars terminate with Envoy's TLS defaults and verify by the CA only")
+    entries = {
         prefix: translated(builder, test),
         f"{prefix}.mode": translated(builder, test, by_value={
             "AUTO_PASSTHROUGH": refused("AUTO_PASSTHROUGH serves multi-network east-west "
                                         "traffic; use PASSTHROUGH with a tls route"),
             "OPTIONAL_MUTUAL": refused("use MUTUAL, or SIMPLE"),
         }),
-        f"{prefix}.httpsRedirect": refused(_I13B),
+        f"{prefix}.httpsRedirect": refused(not_yet if gateway else
+                                           "a sidecar port serves one protocol; leave it out"),
         f"{prefix}.serverCertificate": translated(builder, test),
         f"{prefix}.privateKey": translated(builder, test),
         f"{prefix}.caCertificates": translated(builder, test),
@@ -465,14 +484,20 @@ def _server_tls(prefix: str, builder: str, test: str) -> dict[str, Entry]:
             "put ca.crt in the credentialName Secret, or a Secret named <credentialName>"
             "-cacert"),
         f"{prefix}.tlsCertificates": refused(files),
-        f"{prefix}.subjectAltNames": refused(_I13B),
+        f"{prefix}.subjectAltNames": refused(not_yet),
         f"{prefix}.verifyCertificateSpki": refused("verify by the CA (caCertificates)"),
         f"{prefix}.verifyCertificateHash": refused("verify by the CA (caCertificates)"),
-        f"{prefix}.minProtocolVersion": refused(_I13B),
-        f"{prefix}.maxProtocolVersion": refused(_I13B),
-        f"{prefix}.cipherSuites": refused(_I13B),
+        f"{prefix}.minProtocolVersion": refused(not_yet),
+        f"{prefix}.maxProtocolVersion": refused(not_yet),
+        f"{prefix}.cipherSuites": refused(not_yet),
         f"{prefix}.insecureSkipVerify": refused("leave it out: MUTUAL verifies the client"),
     }
+    if not gateway:
+        entries[f"{prefix}.credentialName"] = refused(
+            "a sidecar's ingress TLS reads files: set serverCertificate and privateKey to "
+            "files mounted with sidecar.istio.io/userVolume")
+        entries[f"{prefix}.mode"] = translated(builder, test, values=("SIMPLE", "MUTUAL"))
+    return entries
 
 
 GATEWAY_KIND: dict[str, Entry] = {
@@ -497,7 +522,8 @@ GATEWAY_KIND: dict[str, Entry] = {
                                        T + "test_gateway_routes_productpage_and_refuses_"
                                        "other_paths"),
     **_server_tls("spec.servers[].tls", f"{GATEWAY}.downstream_tls",
-                  GW_TLS + "test_mutual_tls_demands_a_client_certificate_from_the_ca"),
+                  GW_TLS + "test_mutual_tls_demands_a_client_certificate_from_the_ca",
+                  gateway=True),
     "spec.servers[].defaultEndpoint": refused("defaultEndpoint is for Sidecar ingress; leave it "
                                               "out"),
     "spec.servers[].name": warned("server names label statistics only; routing is unchanged"),
@@ -521,7 +547,8 @@ SIDECAR_KIND: dict[str, Entry] = {
     "spec.ingress[].captureMode": no_local_meaning(
         "the local mesh has no iptables: apps reach their sidecar by address"),
     "spec.ingress[].defaultEndpoint": translated(f"{SIDECAR}.endpoint_port", _SIDECAR_TLS_TEST),
-    **_server_tls("spec.ingress[].tls", f"{SIDECAR}.downstream_file_tls", _SIDECAR_TLS_TEST),
+    **_server_tls("spec.ingress[].tls", f"{SIDECAR}.downstream_file_tls", _SIDECAR_TLS_TEST,
+                  gateway=False),
     **_connection_pool("spec.ingress[].connectionPool", "", ""),
     "spec.egress": refused("leave it out: every sidecar sees every Service on the local mesh"),
     "spec.inboundConnectionPool": refused(
@@ -831,20 +858,30 @@ def _keyed(pattern: str, concrete: str, value: Any, kind: str
             yield keyed, field_path(concrete, key), item
 
 
-def _yaml_fields(kind: str, pattern: str, concrete: str, text: Any, ref: str
+def _yaml_fields(walk: _Manifest, pattern: str, concrete: str, text: Any
                  ) -> Iterator[Diagnostic]:
     try:
         fields = yaml.safe_load(str(text))
     except yaml.YAMLError as exc:
-        yield Diagnostic(CODE_VALUE, "Error", ref, f"{concrete} is not valid YAML: {exc}",
+        yield Diagnostic(CODE_VALUE, "Error", walk.ref, f"{concrete} is not valid YAML: {exc}",
                          concrete, "write the annotation as a YAML mapping")
         return
     for key, item in (fields if isinstance(fields, dict) else {}).items():
-        yield from _visit(kind, f"{pattern}.{key}", f"{concrete}.{key}", "any", item, ref)
+        yield from _visit(walk, f"{pattern}.{key}", f"{concrete}.{key}", "any", item)
 
 
-def _visit(kind: str, pattern: str, concrete: str, spec: Spec, value: Any, ref: str
+@dataclass(frozen=True)
+class _Manifest:
+    """The manifest a walk is over: its kind, how diagnostics name it, and its body."""
+
+    kind: str
+    ref: str
+    body: Mapping[str, Any]
+
+
+def _visit(walk: _Manifest, pattern: str, concrete: str, spec: Spec, value: Any
            ) -> Iterator[Diagnostic]:
+    kind, ref = walk.kind, walk.ref
     entry = entry_for(kind, pattern)
     if entry is None:
         yield Diagnostic(CODE_UNLISTED, "Error", ref, f"{concrete} is not supported on the local "
@@ -852,6 +889,8 @@ def _visit(kind: str, pattern: str, concrete: str, spec: Spec, value: Any, ref: 
                          concrete, "remove it")
         return
     entry = entry.by_value.get(str(value), entry)
+    if entry.in_context is not None:
+        entry = entry.in_context(walk.body) or entry
     if entry.status == TRANSLATED and entry.values and value not in entry.values:
         allowed = ", ".join(str(v) for v in entry.values)
         yield Diagnostic(CODE_VALUE, "Error", ref, f"{concrete}: {value!r} is not a value the "
@@ -864,14 +903,14 @@ def _visit(kind: str, pattern: str, concrete: str, spec: Spec, value: Any, ref: 
     if entry.status == REFUSED:
         return
     for sub_pattern, sub_concrete, item in _keyed(pattern, concrete, value, kind):
-        yield from _visit(kind, sub_pattern, sub_concrete, "any", item, ref)
+        yield from _visit(walk, sub_pattern, sub_concrete, "any", item)
     if entry.yaml:
-        yield from _yaml_fields(kind, pattern, concrete, value, ref)
+        yield from _yaml_fields(walk, pattern, concrete, value)
     if entry.whole:
         return
     for sub_pattern, sub_concrete, sub_spec, item in _schema_children(spec, value, pattern,
                                                                       concrete):
-        yield from _visit(kind, sub_pattern, sub_concrete, sub_spec, item, ref)
+        yield from _visit(walk, sub_pattern, sub_concrete, sub_spec, item)
 
 
 def diagnostics(resource: Resource) -> list[Diagnostic]:
@@ -883,10 +922,9 @@ def diagnostics(resource: Resource) -> list[Diagnostic]:
         return []
     # What `istioctl kube-inject` added is replaced by the mesh's own sidecar.
     body = without_injected(resource.body) if resource.kind == "Deployment" else resource.body
-    found: list[Diagnostic] = []
-    for pattern, concrete, spec, value in _schema_children(schema, body, "", ""):
-        found.extend(_visit(resource.kind, pattern, concrete, spec, value, resource.ref))
-    return found
+    walk = _Manifest(resource.kind, resource.ref, body)
+    return [d for pattern, concrete, spec, value in _schema_children(schema, body, "", "")
+            for d in _visit(walk, pattern, concrete, spec, value)]
 
 
 # --- The schema's paths and the generated page ---------------------------------------------
@@ -973,6 +1011,8 @@ def markdown() -> str:
             if entry.by_value:
                 extra += "; " + "; ".join(f"`{v}`: {e.status} ({e.note})"
                                           for v, e in entry.by_value.items())
+            if entry.in_context is not None:
+                extra += f"; {entry.in_context.__doc__}"
             out.append(f"| `{path}` | {entry.status} | {note}{extra.replace('|', '/')} |")
     return "\n".join(out) + "\n"
 
