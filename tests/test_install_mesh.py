@@ -4,11 +4,10 @@ adds or prunes gateways, and `kubectl apply` says what the fidelity ledger says.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
-from test_shims_istioctl import Terminal
+from test_shims_istioctl import Terminal, own_mesh_terminal
 
 import lablib
 
@@ -45,15 +44,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def term(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("install")
-    env = dict(os.environ, LAB_MESH=f"install-{os.getpid()}", LAB_STATE_DIR=str(state),
-               LAB_MESH_OWNER=str(os.getpid()))
-    env.pop("LAB_BACKEND", None)
-    terminal = Terminal(env)
-    try:
+    with own_mesh_terminal(tmp_path_factory, "install") as terminal:
         yield terminal
-    finally:
-        terminal.run("istioctl", "uninstall", "--purge", "-y")
 
 
 def deployments(term: Terminal) -> set[str]:
