@@ -58,8 +58,8 @@ class Entry:
 
     `note` names the builder (translated) or says why and what to do instead. `whole` makes
     the entry stand for every field below it. `values`, when set, are the only values the
-    builder translates; any other is refused with `note_other`. `by_value` gives other
-    entries for particular values (`type: ExternalName`)."""
+    builder translates; any other is refused (LAB0404). `by_value` gives other entries for
+    particular values (`type: ExternalName`)."""
 
     status: str
     note: str
@@ -116,7 +116,8 @@ MESH_MTLS = "tests/test_mesh_mtls.py::"
 GW_TLS = "tests/test_gateway_tls.py::"
 INTEGRATION = "tests/test_mesh_integration.py::"
 
-_I13B = ("the local mesh does not translate it yet (being added); remove it for now")
+# Fields whose translation is being added: refused until their builder lands.
+_NOT_YET = "the local mesh does not translate it yet (being added); remove it for now"
 
 # --- Common metadata ------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                              T + "test_service_names_resolve_in_every_form"),
     "spec.gateways": translated(f"{GATEWAY}.bound_virtual_services",
                                 T + "test_gateway_routes_productpage_and_refuses_other_paths"),
-    "spec.exportTo": refused(_I13B),
+    "spec.exportTo": refused(_NOT_YET),
     "spec.http": translated(f"{ROUTES}.http_routes", T + "test_subset_route_sends_everything"
                             "_to_v1"),
     "spec.http[].name": translated(f"{ROUTES}.http_routes", E + "test_route_names_are_"
@@ -183,14 +184,14 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                                                      _STRING_MATCH_TEST, whole=True),
     "spec.http[].match[].port": translated(f"{ROUTES}.http_routes", T + "test_gateway_route_"
                                            "match_port_means_the_server_port"),
-    "spec.http[].match[].sourceLabels": refused(_I13B),
+    "spec.http[].match[].sourceLabels": refused(_NOT_YET),
     "spec.http[].match[].gateways": translated(f"{ROUTES}.http_routes",
                                                E + "test_match_gateways_scope_a_rule"),
     "spec.http[].match[].queryParams": translated(f"{ROUTES}.route_match", _STRING_MATCH_TEST,
                                                   whole=True),
     "spec.http[].match[].ignoreUriCase": translated(f"{ROUTES}.route_match",
                                                     _STRING_MATCH_TEST),
-    "spec.http[].match[].sourceNamespace": refused(_I13B),
+    "spec.http[].match[].sourceNamespace": refused(_NOT_YET),
     "spec.http[].match[].statPrefix": warned("per-route statistics prefixes are not added to "
                                              "the local proxies' stats; routing is unchanged"),
     "spec.http[].route": translated(f"{ROUTES}.http_route_action",
@@ -200,16 +201,16 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         whole=True),
     "spec.http[].route[].weight": translated(f"{ROUTES}.http_route_action",
                                              T + "test_weighted_route_keeps_the_weights"),
-    "spec.http[].route[].headers": refused(_I13B),
+    "spec.http[].route[].headers": refused(_NOT_YET),
     "spec.http[].redirect": translated(f"{ROUTES}.http_route_action",
                                        E + "test_redirect_answers_with_location_and_code"),
     "spec.http[].redirect.uri": translated(f"{ROUTES}.http_route_action",
                                            E + "test_redirect_answers_with_location_and_code"),
     "spec.http[].redirect.authority": translated(
         f"{ROUTES}.http_route_action", E + "test_redirect_answers_with_location_and_code"),
-    "spec.http[].redirect.port": refused(_I13B),
-    "spec.http[].redirect.derivePort": refused(_I13B),
-    "spec.http[].redirect.scheme": refused(_I13B),
+    "spec.http[].redirect.port": refused(_NOT_YET),
+    "spec.http[].redirect.derivePort": refused(_NOT_YET),
+    "spec.http[].redirect.scheme": refused(_NOT_YET),
     "spec.http[].redirect.redirectCode": translated(
         f"{ROUTES}.http_route_action", E + "test_redirect_answers_with_location_and_code",
         values=(301, 302, 303, 307, 308)),
@@ -226,7 +227,7 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                                           E + "test_rewrite_changes_path_and_host"),
     "spec.http[].rewrite.authority": translated(f"{ROUTES}.http_route_action",
                                                 E + "test_rewrite_changes_path_and_host"),
-    "spec.http[].rewrite.uriRegexRewrite": refused(_I13B),
+    "spec.http[].rewrite.uriRegexRewrite": refused(_NOT_YET),
     "spec.http[].timeout": translated(f"{ROUTES}.http_route_action",
                                       T + "test_fault_and_timeout_are_carried_on_the_route"),
     "spec.http[].retries": translated(f"{ROUTES}.retry_policy",
@@ -260,16 +261,16 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         f"{ROUTES}.fault_config", POLICIES + "test_abort_percentage_is_a_binomial_share"),
     "spec.http[].fault.abort.httpStatus": translated(
         f"{ROUTES}.fault_config", POLICIES + "test_abort_percentage_is_a_binomial_share"),
-    "spec.http[].fault.abort.grpcStatus": refused(_I13B),
+    "spec.http[].fault.abort.grpcStatus": refused(_NOT_YET),
     "spec.http[].fault.abort.http2Error": refused(
         "abort with an httpStatus instead (Istio does not implement http2Error either)"),
     "spec.http[].fault.abort.percentage": translated(
         f"{ROUTES}.percentage", E + "test_fault_percentages_both_spellings", whole=True),
-    "spec.http[].mirror": refused(_I13B),
-    "spec.http[].mirrors": refused(_I13B),
-    "spec.http[].mirrorPercent": refused(_I13B),
-    "spec.http[].mirrorPercentage": refused(_I13B),
-    "spec.http[].corsPolicy": refused(_I13B),
+    "spec.http[].mirror": refused(_NOT_YET),
+    "spec.http[].mirrors": refused(_NOT_YET),
+    "spec.http[].mirrorPercent": refused(_NOT_YET),
+    "spec.http[].mirrorPercentage": refused(_NOT_YET),
+    "spec.http[].corsPolicy": refused(_NOT_YET),
     "spec.http[].headers": translated(f"{ROUTES}.header_operations",
                                       E + "test_rule_headers_set_add_and_remove", whole=True),
     # tcp and tls rules reach Envoy only at gateways today: for the mesh they are refused.
@@ -282,9 +283,9 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                                           T + "test_tcp_route_on_gateway_splits_by_weight"),
     "spec.tcp[].match[].destinationSubnets": refused(
         "match on port or use a separate VirtualService per destination"),
-    "spec.tcp[].match[].sourceLabels": refused(_I13B),
-    "spec.tcp[].match[].gateways": refused(_I13B),
-    "spec.tcp[].match[].sourceNamespace": refused(_I13B),
+    "spec.tcp[].match[].sourceLabels": refused(_NOT_YET),
+    "spec.tcp[].match[].gateways": refused(_NOT_YET),
+    "spec.tcp[].match[].sourceNamespace": refused(_NOT_YET),
     "spec.tcp[].match[].sourceSubnet": refused(
         "every local client shares 127.0.0.1; match on sourceLabels instead"),
     "spec.tcp[].route": translated(f"{GATEWAY}.weighted", T + "test_a_zero_weight_tcp_"
@@ -300,9 +301,9 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         f"{GATEWAY}.passthrough_routes", E + "test_tls_passthrough_routes_by_sni_at_the_gateway"),
     "spec.tls[].match[].destinationSubnets": refused(
         "match on sniHosts or port instead"),
-    "spec.tls[].match[].sourceLabels": refused(_I13B),
-    "spec.tls[].match[].gateways": refused(_I13B),
-    "spec.tls[].match[].sourceNamespace": refused(_I13B),
+    "spec.tls[].match[].sourceLabels": refused(_NOT_YET),
+    "spec.tls[].match[].gateways": refused(_NOT_YET),
+    "spec.tls[].match[].sourceNamespace": refused(_NOT_YET),
     "spec.tls[].route": translated(f"{GATEWAY}.weighted",
                                    E + "test_tls_passthrough_routes_by_sni_at_the_gateway",
                                    whole=True),
@@ -363,7 +364,7 @@ def _traffic_policy(prefix: str) -> dict[str, Entry]:
             by_value={"PASSTHROUGH": refused(
                 "PASSTHROUGH sends to the address the client dialled, which the local mesh "
                 "does not keep; use ROUND_ROBIN or LEAST_REQUEST")}),
-        f"{lb}.consistentHash": refused(_I13B),
+        f"{lb}.consistentHash": refused(_NOT_YET),
         f"{lb}.localityLbSetting": no_local_meaning(_LOCALITY),
         f"{lb}.zoneAwareLbSetting": no_local_meaning(_LOCALITY),
         f"{lb}.warmupDurationSecs": warned("new endpoints get their full share at once"),
@@ -380,8 +381,8 @@ def _traffic_policy(prefix: str) -> dict[str, Entry]:
                         "baseEjectionTime", "maxEjectionPercent", "minHealthPercent")},
         f"{outlier}.consecutiveGatewayErrors": translated(
             f"{CLUSTERS}.apply_traffic_policy", E + "test_outlier_gateway_errors_are_counted"),
-        f"{outlier}.splitExternalLocalOriginErrors": refused(_I13B),
-        f"{outlier}.consecutiveLocalOriginFailures": refused(_I13B),
+        f"{outlier}.splitExternalLocalOriginErrors": refused(_NOT_YET),
+        f"{outlier}.consecutiveLocalOriginFailures": refused(_NOT_YET),
         f"{prefix}.tls": translated(f"{MTLS}.apply_upstream_tls", TLS_ORIG + "test_simple_"
                                     "verifies_the_server_with_the_mounted_ca_and_names"),
         f"{prefix}.tls.mode": translated(f"{MTLS}.apply_upstream_tls",
@@ -446,7 +447,7 @@ DESTINATION_RULE: dict[str, Entry] = {
     "spec.subsets[].labels": translated(f"{CLUSTERS}.service_port_clusters",
                                         T + "test_subset_route_sends_everything_to_v1"),
     **_full_policy("spec.subsets[].trafficPolicy"),
-    "spec.exportTo": refused(_I13B),
+    "spec.exportTo": refused(_NOT_YET),
     "spec.workloadSelector": translated(
         f"{MTLS}.uses_credential",
         TLS_ORIG + "test_credential_name_counts_at_gateways_and_selected_sidecars_only"),
@@ -463,7 +464,7 @@ def _server_tls(prefix: str, builder: str, test: str, *, gateway: bool) -> dict[
     serves from mounted files only, and whose newer knobs nobody is adding locally)."""
     files = ("mount the files into the proxy with sidecar.istio.io/userVolume, or use "
              "credentialName")
-    not_yet = _I13B if gateway else (
+    not_yet = _NOT_YET if gateway else (
         "the local sidecars terminate with Envoy's TLS defaults and verify by the CA only")
     entries = {
         prefix: translated(builder, test),
