@@ -329,3 +329,14 @@ spec:
 """)
     assert [(d.field, d.severity) for d in found] == [
         ("spec.ingress[0].tls.credentialName", "Error")]
+
+
+def test_a_kind_the_local_mesh_does_not_serve_loads_for_a_cluster_and_is_refused_locally():
+    [resource] = load("""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec: {jwtRules: [{issuer: testing@secure.istio.io}]}
+""", namespace="default")
+    [found] = fidelity.diagnostics(resource)
+    assert found.code == "LAB0405" and "RequestAuthentication" in found.message

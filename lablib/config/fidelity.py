@@ -35,7 +35,7 @@ import yaml
 from ..errors import Diagnostic
 from .injection import without_injected
 from .model import Resource
-from .schema import SCHEMAS, ListOf, MapOf, Obj, Spec, field_path, item_path
+from .schema import SCHEMAS, ListOf, MapOf, Obj, Spec, check_kind, field_path, item_path
 
 __all__ = ["LEDGER", "Entry", "diagnostics", "entry_for", "schema_paths", "markdown"]
 
@@ -916,11 +916,12 @@ def _visit(walk: _Manifest, pattern: str, concrete: str, spec: Spec, value: Any
 
 def diagnostics(resource: Resource) -> list[Diagnostic]:
     """What the local mesh says about the fields of one manifest: an Error for each it
-    refuses, a Warning for each it accepts without effect. Kinds it does not know are the
-    schema's to report."""
+    refuses, a Warning for each it accepts without effect; for a kind it does not serve, the
+    schema's Error saying so."""
     schema = SCHEMAS.get(resource.kind)
     if schema is None:
-        return []
+        unknown = check_kind(resource.kind, resource.api_version, resource.ref)
+        return [unknown] if unknown else []
     # What `istioctl kube-inject` added is replaced by the mesh's own sidecar.
     body = without_injected(resource.body) if resource.kind == "Deployment" else resource.body
     walk = _Manifest(resource.kind, resource.ref, body)

@@ -328,25 +328,26 @@ class LocalMesh:
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
                current: ConfigStore) -> list[Diagnostic]:
-        """Schema, images, the fidelity ledger, then analysis; only findings this change
-        introduces block it. Returns the ledger's warnings about fields without effect."""
+        """Schema and images, then analysis and the fidelity ledger (both reported: the
+        analyzer's finding is often the more specific); only findings this change introduces
+        block it. Returns the ledger's warnings about fields without effect."""
         errors: list[Diagnostic] = []
-        warnings: list[Diagnostic] = []
+        ledger: list[Diagnostic] = []
         for r in incoming:
             schema_errors = [d for d in validate(r) if d.severity == "Error"]
             errors += schema_errors
             if not schema_errors:
-                for d in fidelity_diagnostics(r):
-                    (errors if d.severity == "Error" else warnings).append(d)
+                ledger += fidelity_diagnostics(r)
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
         if not errors:
             known = {str(d) for d in self._findings(current)}
             errors = [d for d in self._findings(candidate)
                       if d.severity == "Error" and str(d) not in known]
+            errors += [d for d in ledger if d.severity == "Error"]
         if errors:
             raise ConfigError(errors)
-        return warnings
+        return [d for d in ledger if d.severity != "Error"]
 
     def _findings(self, store: ConfigStore) -> list[Diagnostic]:
         """analyze(store), remembered for the last store analysed: the candidate of one apply
