@@ -961,8 +961,9 @@ def resolved(kind: str, path: str) -> tuple[Entry, str] | None:
 
 
 def keyed_entries(kind: str) -> list[str]:
-    """The label/annotation key entries of one kind (they are not schema fields)."""
-    return [path for path in LEDGER.get(kind, {}) if path.endswith('"]')]
+    """The label/annotation key entries of one kind, and the fields of YAML-valued ones
+    (they are not schema fields)."""
+    return [path for path in LEDGER.get(kind, {}) if '["' in path]
 
 
 def rows(kind: str) -> Iterator[tuple[str, Entry, str]]:
