@@ -34,7 +34,9 @@ class Backend(abc.ABC):
     # --- Istio itself ------------------------------------------------------------------------
     @abc.abstractmethod
     def install(self, profile: str = "demo", values: dict[str, str] | None = None) -> list[str]:
-        """`istioctl install --set profile=demo`: control plane plus ingress/egress gateways."""
+        """`istioctl install --set profile=PROFILE [--set K=V...]`: `demo` is the control plane
+        plus ingress and egress gateways; `default`, `minimal` and `empty` as istioctl has
+        them. A setting the backend cannot honour is refused by name (ConfigError)."""
 
     @abc.abstractmethod
     def verify_install(self) -> list[dict[str, Any]]:

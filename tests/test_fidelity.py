@@ -272,3 +272,71 @@ def test_sidecar_ingress_tls_files_the_proxy_does_not_mount_are_named():
                                         "spec.ingress[0].tls.caCertificates"}
     assert all(d.severity == "Error" and "userVolume" in d.fix for d in found)
     assert sidecar_tls_store(with_secrets=True) == []
+
+
+def test_every_meshconfig_key_the_kit_reads_has_a_status():
+    from lablib.config.meshconfig import KEYS
+    assert set(fidelity.MESH_CONFIG) == {*KEYS, "extensionProviders"}
+    for key, entry in fidelity.MESH_CONFIG.items():
+        if entry.status == fidelity.TRANSLATED:
+            file, _, test = entry.test.partition("::")
+            assert test in defined_functions(file), key
+
+
+def test_what_kube_inject_added_is_left_to_the_meshs_own_sidecar():
+    from lablib.shims.istioctl import kube_inject
+    injected = kube_inject((ROOT / "samples/httpbin/httpbin.yaml").read_text())
+    assert "istio-init" in injected
+    assert diagnostics_of(injected) == []
+    # an init container of the app's own is still refused
+    own = injected.replace("name: istio-init", "name: wait-for-db")
+    assert [d.field for d in diagnostics_of(own)] == ["spec.template.spec.initContainers"]
+
+
+TCP_RULE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: ["*"]
+  {gateways}
+  tcp:
+  - match: [{{port: 31400}}]
+    route: [{{destination: {{host: tcp-echo, port: {{number: 9000}}}}}}]
+"""
+
+
+@pytest.mark.parametrize("gateways, refused", [
+    ("gateways: [tcp-echo-gateway]", False),
+    ("", True),
+    ("gateways: [mesh, tcp-echo-gateway]", True),
+])
+def test_tcp_rules_for_the_mesh_are_refused_until_sidecars_serve_them(gateways, refused):
+    found = diagnostics_of(TCP_RULE.format(gateways=gateways))
+    assert [d.field for d in found] == (["spec.tcp"] if refused else [])
+
+
+def test_a_sidecars_ingress_tls_reads_files_not_credentials():
+    found = diagnostics_of("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ingress}
+spec:
+  ingress:
+  - port: {number: 9443, protocol: HTTPS, name: external}
+    defaultEndpoint: 0.0.0.0:80
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+""")
+    assert [(d.field, d.severity) for d in found] == [
+        ("spec.ingress[0].tls.credentialName", "Error")]
+
+
+def test_a_kind_the_local_mesh_does_not_serve_loads_for_a_cluster_and_is_refused_locally():
+    [resource] = load("""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec: {jwtRules: [{issuer: testing@secure.istio.io}]}
+""", namespace="default")
+    [found] = fidelity.diagnostics(resource)
+    assert found.code == "LAB0405" and "RequestAuthentication" in found.message

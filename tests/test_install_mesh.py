@@ -3,10 +3,13 @@ adds or prunes gateways, and `kubectl apply` says what the fidelity ledger says.
 
 from __future__ import annotations
 
-import os
+import json
+import time
 
 import pytest
-from test_shims_istioctl import Terminal
+from test_shims_istioctl import Terminal, own_mesh_terminal
+
+import lablib
 
 pytestmark = pytest.mark.envoy
 
@@ -41,15 +44,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def term(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("install")
-    env = dict(os.environ, LAB_MESH=f"install-{os.getpid()}", LAB_STATE_DIR=str(state),
-               LAB_MESH_OWNER=str(os.getpid()))
-    env.pop("LAB_BACKEND", None)
-    terminal = Terminal(env)
-    try:
+    with own_mesh_terminal(tmp_path_factory, "install") as terminal:
         yield terminal
-    finally:
-        terminal.run("istioctl", "uninstall", "--purge", "-y")
 
 
 def deployments(term: Terminal) -> set[str]:
@@ -63,6 +59,11 @@ def test_install_y_is_the_default_profile_then_demo_adds_the_egress_gateway(term
     assert "\u2714 Ingress gateways installed" in out
     assert deployments(term) == {"deployment.apps/istiod",
                                  "deployment.apps/istio-ingressgateway"}
+    operator = json.loads(term.ok("kubectl", "get", "iop", "installed-state", "-n",
+                                  "istio-system", "-o", "json"))["spec"]
+    assert operator["profile"] == "default"
+    assert operator["components"]["egressGateways"] == [{"name": "istio-egressgateway",
+                                                         "enabled": False}]
     term.ok("istioctl", "install", "--set", "profile=demo", "-y")
     assert "deployment.apps/istio-egressgateway" in deployments(term)
     term.ok("istioctl", "install", "-y")
@@ -115,3 +116,38 @@ def test_a_namespace_labelled_with_the_default_revision_gets_sidecars(term):
     canary = term.run("kubectl", "apply", "-f", "-",
                       stdin=REV_NAMESPACE.format(name="canary-test", revision="canary"))
     assert canary.code != 0 and 'metadata.labels["istio.io/rev"]' in canary.err
+
+
+def initialization_seconds(mesh, pod: str, namespace: str) -> float:
+    """Envoy's server.initialization_time_ms (start until its first config is loaded and it
+    takes connections), once its stats flush (every 5 s) has filled the histogram in."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats = json.loads(mesh.proxy_admin(pod, namespace,
+                                            "stats?format=json&filter=initialization_time"))
+        histogram = next(s["histograms"] for s in stats["stats"] if "histograms" in s)
+        [init] = [q for q in histogram["computed_quantiles"]
+                  if q["name"] == "server.initialization_time_ms"]
+        values = [v["cumulative"] for v in init["values"] if v.get("cumulative") is not None]
+        if values:
+            return max(values) / 1000
+        assert time.monotonic() < deadline, "Envoy never flushed its initialisation time"
+        time.sleep(1)
+
+
+def test_hold_application_until_proxy_starts_the_app_after_its_proxy_is_ready(term):
+    term.ok("istioctl", "install", "-y", "--set",
+            "meshConfig.defaultConfig.holdApplicationUntilProxyStarts=true")
+    term.ok("kubectl", "create", "namespace", "hold-test")
+    term.ok("kubectl", "label", "namespace", "hold-test", "istio-injection=enabled")
+    term.ok("kubectl", "apply", "-n", "hold-test", "-f", "samples/sleep/sleep.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("LAB_MESH", "LAB_STATE_DIR", "LAB_MESH_OWNER"):
+            patch.setenv(key, term.env[key])
+        mesh = lablib.connect("local")
+        pod = mesh.pod_name({"app": "sleep"}, "hold-test")
+        started = {row["name"]: row["started_at"] for row in mesh.processes()}
+        init_seconds = initialization_seconds(mesh, pod, "hold-test")
+    proxy, app = started[f"hold-test.{pod}.istio-proxy"], started[f"hold-test.{pod}.sleep"]
+    # The proxy was ready (its first config loaded) no earlier than start + initialisation.
+    assert app >= proxy + init_seconds

@@ -39,9 +39,18 @@ def test_components_turn_gateways_on_and_off():
 
 def test_meshconfig_and_pilot_env_are_read():
     plan = install_plan("demo", {"meshConfig.enableAutoMtls": "false",
+                                 "meshConfig.defaultConfig.holdApplicationUntilProxyStarts":
+                                     "true",
                                  "values.pilot.env.ENABLE_TLS_ON_SIDECAR_INGRESS": "true"})
     assert plan.mesh_config.enable_auto_mtls is False
+    assert plan.mesh_config.hold_application_until_proxy_starts is True
     assert plan.pilot_env == {"ENABLE_TLS_ON_SIDECAR_INGRESS": "true"}
+
+
+def test_a_meshconfig_key_the_local_mesh_does_not_honour_yet_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        install_plan("demo", {"meshConfig.accessLogFile": "/dev/stdout"})
+    assert "meshConfig.accessLogFile is not supported on the local mesh" in str(caught.value)
 
 
 @pytest.mark.parametrize("profile, values, named", [

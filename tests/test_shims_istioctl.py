@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,15 +235,25 @@ class Terminal:
         return result.out
 
 
-@pytest.fixture(scope="module")
-def term(tmp_path_factory: pytest.TempPathFactory):
-    """Istio and Bookinfo with its gateway and destination rules, in a mesh of its own."""
-    state = tmp_path_factory.mktemp("shims-istioctl")
-    env = dict(os.environ, LAB_MESH=f"shims-istioctl-{os.getpid()}", LAB_STATE_DIR=str(state),
+@contextmanager
+def own_mesh_terminal(tmp_path_factory: pytest.TempPathFactory, name: str
+                      ) -> Iterator[Terminal]:
+    """A terminal whose commands use a mesh of their own (LAB_MESH), purged at the end."""
+    state = tmp_path_factory.mktemp(name)
+    env = dict(os.environ, LAB_MESH=f"{name}-{os.getpid()}", LAB_STATE_DIR=str(state),
                LAB_MESH_OWNER=str(os.getpid()))
     env.pop("LAB_BACKEND", None)
     terminal = Terminal(env)
     try:
+        yield terminal
+    finally:
+        terminal.run("istioctl", "uninstall", "--purge", "-y")
+
+
+@pytest.fixture(scope="module")
+def term(tmp_path_factory: pytest.TempPathFactory):
+    """Istio and Bookinfo with its gateway and destination rules, in a mesh of its own."""
+    with own_mesh_terminal(tmp_path_factory, "shims-istioctl") as terminal:
         terminal.ok("istioctl", "install", "--set", "profile=demo", "-y")
         terminal.ok("kubectl", "create", "namespace", "bookinfo-test")
         terminal.ok("kubectl", "label", "ns", "bookinfo-test", "istio-injection=enabled")
@@ -250,8 +262,6 @@ def term(tmp_path_factory: pytest.TempPathFactory):
             terminal.ok("kubectl", "apply", "-n", "bookinfo-test", "-f",
                         f"samples/bookinfo/{path}")
         yield terminal
-    finally:
-        terminal.run("istioctl", "uninstall", "--purge", "-y")
 
 
 def table(text: str) -> list[list[str]]:

@@ -12,12 +12,16 @@ refuses it with a diagnostic rather than run a pod that looks injected and is no
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping
+from typing import Any
 
 REVISION = "default"
 REV_LABEL = "istio.io/rev"
 INJECTION_LABEL = "istio-injection"
 INJECT = "sidecar.istio.io/inject"
+STATUS = "sidecar.istio.io/status"  # `istioctl kube-inject` output: what it added
 
 
 def injected(namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str],
@@ -33,3 +37,33 @@ def injected(namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str],
     if namespace_choice == "enabled":
         return True
     return namespace_choice is None and namespace_labels.get(REV_LABEL) == REVISION
+
+
+def injected_names(annotations: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """The containers and init containers `istioctl kube-inject` added to a pod template, by
+    its status annotation: the local mesh runs its own sidecar in their place."""
+    try:
+        status = json.loads(str(annotations.get(STATUS) or "{}"))
+    except ValueError:
+        status = {}
+    status = status if isinstance(status, dict) else {}
+    return set(status.get("containers") or []), set(status.get("initContainers") or [])
+
+
+def without_injected(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """A Deployment's body without what kube-inject added to its pod template."""
+    body = copy.deepcopy(dict(deployment))
+    template = (body.get("spec") or {}).get("template")
+    if not isinstance(template, dict):
+        return body
+    containers, inits = injected_names((template.get("metadata") or {}).get("annotations")
+                                       or {})
+    spec = template.get("spec")
+    if isinstance(spec, dict):
+        for key, names in (("containers", containers), ("initContainers", inits)):
+            if names and isinstance(spec.get(key), list):
+                spec[key] = [c for c in spec[key] if not (isinstance(c, dict)
+                                                          and c.get("name") in names)]
+                if not spec[key] and key == "initContainers":
+                    del spec[key]
+    return body

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, Diagnostic
+from .fidelity import MESH_CONFIG, REFUSED
 from .meshconfig import RESOURCE, MeshConfig, mesh_config
 from .model import Resource
 
@@ -32,6 +33,9 @@ INSTALLED_LINES = {PILOT: "Istiod installed", INGRESS: "Ingress gateways install
 COMPONENT_TITLES = {PILOT: "Istiod", INGRESS: "Ingress gateways", EGRESS: "Egress gateways"}
 
 CODE = "LAB0407"
+# Where istiod's Deployment records the profile it was installed with (the IstioOperator
+# `installed-state` kubectl shows reads it back).
+PROFILE_ANNOTATION = "install.istio.io/profile"
 _GATEWAY_KEY = re.compile(r"^components\.(ingressGateways|egressGateways)\[(\d+)\]\.(\w+)$")
 
 
@@ -123,6 +127,16 @@ def _component(key: str, text: str, components: set[str], problems: list[Diagnos
                              "enabled or components.egressGateways[0].enabled"))
 
 
+def _not_honoured(key: str) -> list[Diagnostic]:
+    """A meshConfig key the fidelity ledger says the local mesh does not honour (yet)."""
+    leaf = key.removeprefix("meshConfig.")
+    entry = MESH_CONFIG.get(leaf) or MESH_CONFIG.get(leaf.partition("[")[0])
+    if entry is None or entry.status != REFUSED:
+        return []
+    return [_refusal(key, f"{key} is not supported on the local mesh; it works on a cluster "
+                     "(LAB_BACKEND=kubernetes)", entry.note)]
+
+
 def install_plan(profile: str, values: Mapping[str, str]) -> InstallPlan:
     """The plan for `istioctl install --set profile=P --set K=V...`; ConfigError naming every
     key the local mesh cannot honour (nothing is installed then)."""
@@ -154,6 +168,9 @@ def install_plan(profile: str, values: Mapping[str, str]) -> InstallPlan:
                 "cluster (LAB_BACKEND=kubernetes)",
                 "remove it; the local mesh takes profile, components.*.enabled, meshConfig.* "
                 "and values.pilot.env.*"))
+    for key in values:
+        if key.startswith("meshConfig."):
+            problems.extend(_not_honoured(key))
     try:
         config = mesh_config(profile if profile in PROFILES else "default", values)
     except ConfigError as exc:

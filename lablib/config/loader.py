@@ -20,7 +20,7 @@ import yaml
 
 from ..errors import ConfigError, Diagnostic
 from .model import CLUSTER_SCOPED_KINDS, Resource
-from .schema import check_kind, field_path, item_path, validate
+from .schema import NOT_SERVED_CODE, check_kind, field_path, item_path, validate
 
 __all__ = ["KIT_ROOT", "Source", "load", "load_one"]
 
@@ -304,7 +304,9 @@ def _resources(doc: _Document, body: Any, prefix: str, namespace: str | None,
     if not isinstance(kind, str) or not kind or not isinstance(body.get("apiVersion"), str):
         return
     unknown = check_kind(kind, str(body["apiVersion"]), f"{kind} {name or '<unnamed>'}")
-    if unknown:
+    # A kind of Istio or the Gateway API the local mesh does not serve still loads: a cluster
+    # serves it, and the local mesh refuses it when it is applied there.
+    if unknown and unknown.code != NOT_SERVED_CODE:
         problems.append(_located(unknown, doc, full(unknown.field)))
         return
     if not shape_ok:
@@ -317,7 +319,7 @@ def _resources(doc: _Document, body: Any, prefix: str, namespace: str | None,
     resource = _placed(kind, name, body, metadata, namespace, label, doc, full, problems)
     if resource is None:
         return
-    if check_fields:
+    if check_fields and not unknown:
         problems.extend(_located(d, doc, full(d.field)) for d in validate(resource))
     yield resource
 

@@ -32,8 +32,8 @@ from ..certs import spiffe_id
 from ..config.analyze import analyze, dangling_destination
 from ..config.analyze import errors as blocking
 from ..config.fidelity import diagnostics as fidelity_diagnostics
-from ..config.injection import injected
-from ..config.install import PILOT, install_plan
+from ..config.injection import STATUS, injected, injected_names
+from ..config.install import PILOT, PROFILE_ANNOTATION, install_plan
 from ..config.loader import load
 from ..config.meshconfig import MeshConfig
 from ..config.model import Resource
@@ -193,7 +193,8 @@ class LocalMesh:
                 self.outside = start_outside_world(self.supervisor, self.ports,
                                                    self.state.certs / "public")
             manifest = load(str(ISTIO_SYSTEM_MANIFEST))
-            self.apply([self._with_pilot_env(r) for r in manifest if plan.includes(r)])
+            self.apply([self._with_pilot_env(r, plan.profile) for r in manifest
+                        if plan.includes(r)])
             pruned = [r for r in manifest if not plan.includes(r)
                       and self.store.get(r.kind, r.namespace, r.name) is not None]
             if pruned:
@@ -355,17 +356,17 @@ class LocalMesh:
     # --- checks ----------------------------------------------------------------------------
     def _check(self, incoming: list[Resource], candidate: ConfigStore,
                current: ConfigStore) -> list[Diagnostic]:
-        """Schema, images, the fidelity ledger, then analysis; only findings this change
-        introduces block it. Returns the warnings that let it through: the ledger's fields
-        without local effect, and routes to a Service that does not exist."""
+        """Schema and images, then analysis and the fidelity ledger (both reported: the
+        analyzer's finding is often the more specific); only findings this change introduces
+        block it. Returns the warnings that let it through: the ledger's fields without
+        local effect, and routes to a Service that does not exist."""
         errors: list[Diagnostic] = []
-        warnings: list[Diagnostic] = []
+        ledger: list[Diagnostic] = []
         for r in incoming:
             schema_errors = [d for d in validate(r) if d.severity == "Error"]
             errors += schema_errors
             if not schema_errors:
-                for d in fidelity_diagnostics(r):
-                    (errors if d.severity == "Error" else warnings).append(d)
+                ledger += fidelity_diagnostics(r)
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
                 errors += host_env_problems(r)
@@ -373,9 +374,11 @@ class LocalMesh:
             raise ConfigError(errors)
         known = {str(d) for d in self._findings(current)}
         introduced = [d for d in self._findings(candidate) if str(d) not in known]
-        if blocking(introduced):
-            raise ConfigError(blocking(introduced))
-        return warnings + [d for d in introduced if dangling_destination(d)]
+        errors = blocking(introduced) + [d for d in ledger if d.severity == "Error"]
+        if errors:
+            raise ConfigError(errors)
+        return ([d for d in ledger if d.severity != "Error"]
+                + [d for d in introduced if dangling_destination(d)])
 
     def _claim_node_ports(self, chosen: list[tuple[Resource, int, int]],
                           candidate: ConfigStore, current: ConfigStore) -> list[int]:
@@ -578,14 +581,18 @@ class LocalMesh:
         """Where a proxy writes its access log: `<state>/logs/<pod>.<ns>.access.log`."""
         return self.state.logs / f"{proxy_id.split('~')[2]}.access.log"
 
-    def _with_pilot_env(self, resource: Resource) -> Resource:
+    def _with_pilot_env(self, resource: Resource, profile: str) -> Resource:
         """istiod's Deployment lists its feature flags in its container env, as istioctl
-        writes them, so a lab can read what Istio was installed with."""
-        if resource.kind != "Deployment" or resource.name != "istiod" or not self.pilot_env:
+        writes them, and names the profile, so a lab (and the IstioOperator kubectl shows)
+        can read what Istio was installed with."""
+        if resource.kind != "Deployment" or resource.name != "istiod":
             return resource
         body = json.loads(json.dumps(resource.body))
-        container = body["spec"]["template"]["spec"]["containers"][0]
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(self.pilot_env.items())]
+        body["metadata"].setdefault("annotations", {})[PROFILE_ANNOTATION] = profile
+        if self.pilot_env:
+            container = body["spec"]["template"]["spec"]["containers"][0]
+            container["env"] = [{"name": k, "value": v}
+                                for k, v in sorted(self.pilot_env.items())]
         return Resource(resource.kind, resource.name, resource.namespace, body, resource.source)
 
     def rotate_certificates(self) -> None:
@@ -628,9 +635,10 @@ class LocalMesh:
         labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
         containers = list(spec.get("containers") or [])
         # `istioctl kube-inject` output already holds the sidecar: the mesh runs its own.
-        pre_injected = "sidecar.istio.io/status" in (meta.get("annotations") or {})
+        pre_injected = STATUS in (meta.get("annotations") or {})
         if pre_injected:
-            containers = [c for c in containers if c.get("name") != "istio-proxy"]
+            added, _ = injected_names(meta.get("annotations") or {})
+            containers = [c for c in containers if c.get("name") not in added]
         suffix = "".join(random.choice(NAME_CHARS) for _ in range(5))
         # The API server's generateName: the base is cut to 58 characters before the 5 random
         # ones, so a pod name (a file name here) stays a DNS label however long the Deployment's.

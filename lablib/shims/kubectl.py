@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..config.install import GATEWAY_NAMES, PROFILE_ANNOTATION
 from ..config.loader import KIT_ROOT, load
 from ..errors import BackendError, ConfigError, NotFoundError
 from ..local.client import LocalBackend
@@ -140,13 +141,13 @@ def _istio_operators(mesh: LocalBackend, namespace: str | None) -> list[Item]:
         return []
     containers = istiod[0]["spec"]["template"]["spec"]["containers"]
     env = {str(e["name"]): str(e.get("value", "")) for e in containers[0].get("env") or []}
-    gateway = "{}Gateways".format
-    spec: Item = {
-        "profile": "demo", "hub": "docker.io/istio", "tag": ISTIO_VERSION,
-        "components": {"base": {"enabled": True}, "pilot": {"enabled": True},
-                       gateway("ingress"): [{"name": "istio-ingressgateway", "enabled": True}],
-                       gateway("egress"): [{"name": "istio-egressgateway", "enabled": True}]},
-    }
+    profile = (istiod[0]["metadata"].get("annotations") or {}).get(PROFILE_ANNOTATION, "demo")
+    running = {d["metadata"]["name"] for d in mesh.get("Deployment", namespace="istio-system")}
+    components: Item = {"base": {"enabled": True}, "pilot": {"enabled": True}}
+    for part, name in GATEWAY_NAMES.items():
+        components[part] = [{"name": name, "enabled": name in running}]
+    spec: Item = {"profile": profile, "hub": "docker.io/istio", "tag": ISTIO_VERSION,
+                  "components": components}
     if env:
         spec["values"] = {"pilot": {"env": env}}
     return [{"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
