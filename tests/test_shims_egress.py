@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -393,3 +394,201 @@ def test_04_egress_gateway_tls_origination(sh: Shell) -> None:
     before = gateway_requests(sh, 443)
     assert codes(run(sh, POLITICS).out) == [200]  # HTTPS from the gateway: no redirect
     assert gateway_requests(sh, 443) > before
+
+
+NGINX_MTLS_CONF = """\
+events {
+}
+
+http {
+  log_format main '$remote_addr - $remote_user [$time_local]  $status '
+  '"$request" $body_bytes_sent "$http_referer" '
+  '"$http_user_agent" "$http_x_forwarded_for"';
+  access_log /var/log/nginx/access.log main;
+  error_log  /var/log/nginx/error.log;
+
+  server {
+    listen 443 ssl;
+
+    root /usr/share/nginx/html;
+    index index.html;
+
+    server_name my-nginx.mesh-external.svc.cluster.local;
+    ssl_certificate /etc/nginx-server-certs/tls.crt;
+    ssl_certificate_key /etc/nginx-server-certs/tls.key;
+    ssl_client_certificate /etc/nginx-ca-certs/example.com.crt;
+    ssl_verify_client on;
+  }
+}
+"""
+MY_NGINX_MTLS = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-nginx
+  namespace: mesh-external
+  labels:
+    run: my-nginx
+spec:
+  ports:
+  - port: 443
+    protocol: TCP
+  selector:
+    run: my-nginx
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: my-nginx
+  namespace: mesh-external
+spec:
+  selector:
+    matchLabels:
+      run: my-nginx
+  replicas: 1
+  template:
+    metadata:
+      labels:
+        run: my-nginx
+    spec:
+      containers:
+      - name: my-nginx
+        image: nginx
+        ports:
+        - containerPort: 443
+        volumeMounts:
+        - name: nginx-config
+          mountPath: /etc/nginx
+          readOnly: true
+        - name: nginx-server-certs
+          mountPath: /etc/nginx-server-certs
+          readOnly: true
+        - name: nginx-ca-certs
+          mountPath: /etc/nginx-ca-certs
+          readOnly: true
+      volumes:
+      - name: nginx-config
+        configMap:
+          name: nginx-configmap
+      - name: nginx-server-certs
+        secret:
+          secretName: nginx-server-certs
+      - name: nginx-ca-certs
+        secret:
+          secretName: nginx-ca-certs
+"""
+NGINX_VIA_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - my-nginx.mesh-external.svc.cluster.local
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-nginx
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: nginx
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-nginx-through-egress-gateway
+spec:
+  hosts:
+  - my-nginx.mesh-external.svc.cluster.local
+  gateways:
+  - istio-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: nginx
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: my-nginx.mesh-external.svc.cluster.local
+        port:
+          number: 443
+      weight: 100
+"""
+ORIGINATE_MTLS = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: originate-mtls-for-nginx
+  namespace: istio-system
+spec:
+  host: my-nginx.mesh-external.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: MUTUAL
+        credentialName: client-credential # must match the secret holding the client certs
+        sni: my-nginx.mesh-external.svc.cluster.local
+"""
+
+
+def test_05_mutual_tls_origination_at_the_egress_gateway(sh: Shell) -> None:
+    from test_shims_walkthrough import mkcert
+
+    from lablib import certs
+
+    ca = certs.RootCA.load_or_create(sh.work / "example-ca")
+    shutil.copyfile(ca.cert_path, sh.work / "example.com.crt")
+    host = "my-nginx.mesh-external.svc.cluster.local"
+    mkcert(ca, sh.work, f"{host}.crt", f"{host}.key", host)
+    mkcert(ca, sh.work, "client.example.com.crt", "client.example.com.key",
+           "client.example.com", client=True)
+    sh.ok("kubectl create namespace mesh-external")
+    sh.ok(f"kubectl create -n mesh-external secret tls nginx-server-certs --key {host}.key "
+          f"--cert {host}.crt")
+    sh.ok("kubectl create -n mesh-external secret generic nginx-ca-certs "
+          "--from-file=example.com.crt")
+    (sh.work / "nginx.conf").write_text(NGINX_MTLS_CONF)
+    sh.ok("kubectl create configmap nginx-configmap -n mesh-external "
+          "--from-file=nginx.conf=./nginx.conf")
+    sh.ok("kubectl apply -f -", MY_NGINX_MTLS)
+    sh.ok("kubectl wait --for=condition=ready pod -l run=my-nginx -n mesh-external "
+          "--timeout=60s")
+    sh.ok("kubectl create secret -n istio-system generic client-credential "
+          "--from-file=tls.key=client.example.com.key "
+          "--from-file=tls.crt=client.example.com.crt --from-file=ca.crt=example.com.crt")
+    sh.ok("kubectl apply -f -", NGINX_VIA_GATEWAY)
+    # Before origination the gateway sends plain HTTP to nginx's TLS port: no page.
+    before = run(sh, f"{EXEC}curl -sS http://{host}").out
+    assert "Welcome to nginx!" not in before
+    sh.ok("kubectl apply -f -", ORIGINATE_MTLS)
+    page = run(sh, f"{EXEC}curl -sS http://{host}").out
+    assert "<title>Welcome to nginx!</title>" in page, page
+    # Without the client certificate (SIMPLE), nginx refuses the request: its 400.
+    sh.ok("kubectl apply -f -", ORIGINATE_MTLS.replace("mode: MUTUAL", "mode: SIMPLE"))
+    refused = run(sh, f"{EXEC}curl -sS http://{host}").out
+    assert "No required SSL certificate was sent" in refused, refused

@@ -28,7 +28,7 @@ from .clusters import apply_traffic_policy, merge_policy, static_cluster
 from .context import Proxy, PushContext, Service, ServicePort, selector_matches
 from .gateway import weighted
 from .mtls import apply_upstream_tls
-from .naming import outbound_cluster
+from .naming import host_aliases, outbound_cluster
 from .routes import connect_route, default_route, http_routes
 
 PASSTHROUGH = "PassthroughCluster"
@@ -261,6 +261,37 @@ def external_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any
                            "domains": host_domains(external.host, port.port),
                            "routes": routes})
     return vhosts
+
+
+def undeclared_port_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """Virtual hosts for ports that a mesh-bound VirtualService's HTTP matches name but its
+    host does not declare, as Istio builds them from the VirtualService: the egress gateway
+    tasks call `http://my-nginx.mesh-external.svc.cluster.local` (port 80) of a Service that
+    listens on 443 only, and the rule sends it to the egress gateway."""
+    declared = {h.host: (h, {p.port for p in h.ports}) for h in visible_hosts(proxy, ctx)}
+    vhosts: dict[str, dict[str, Any]] = {}
+    for vs in ctx.virtual_services:
+        if "mesh" not in ctx.vs_gateways(vs):
+            continue
+        ports = {int(m["port"]) for rule in vs.spec.get("http") or []
+                 for m in rule.get("match") or [] if "port" in m
+                 and (not m.get("gateways") or "mesh" in m["gateways"])}
+        for host in vs.spec.get("hosts") or []:
+            fqdn = ctx.host_fqdn(str(host), vs.namespace)
+            svc = ctx.services.get(fqdn)
+            if svc is not None and in_egress_scope(proxy, ctx, fqdn, svc.namespace):
+                known = {p.port for p in svc.ports}
+            elif fqdn in declared:
+                known = declared[fqdn][1]
+            else:
+                continue
+            for port in sorted(ports - known):
+                domains = (host_aliases(svc.name, svc.namespace, port, proxy.namespace)
+                           if svc is not None else host_domains(fqdn, port))
+                vhosts.setdefault(f"{fqdn}:{port}", {
+                    "name": f"{fqdn}:{port}", "domains": domains,
+                    "routes": http_routes(ctx, vs, gateway="mesh", port=port)})
+    return [v for v in vhosts.values() if v["routes"]]
 
 
 def catch_all_virtual_host(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
