@@ -470,3 +470,30 @@ def test_the_istio_tasks_entries_have_no_findings():
 def test_the_egress_gateway_routes_only_the_hosts_it_serves():
     with pytest.raises(ErrNoRoute):
         simulate(snapshot(EGRESS, EGRESS_HTTP), Call(40180, "www.google.com"))
+
+
+# --- Telemetry ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "service", "name"), [
+    ({"upstream_cluster": "outbound|443||edition.cnn.com", "authority": "edition.cnn.com:443",
+      "method": "CONNECT"}, "edition.cnn.com", "edition.cnn.com"),
+    ({"upstream_cluster": "PassthroughCluster", "authority": "httpbin.org", "method": "GET"},
+     "httpbin.org", "PassthroughCluster"),
+    ({"upstream_cluster": None, "route_name": "block_all", "authority": "httpbin.org",
+      "method": "GET", "response_code": 502}, "httpbin.org", "BlackHoleCluster"),
+    ({"upstream_cluster": "BlackHoleCluster", "authority": "www.google.com:443",
+      "method": "CONNECT"}, "www.google.com", "BlackHoleCluster"),
+])
+def test_egress_is_reported_as_istio_reports_it(entry, service, name):
+    from lablib.telemetry.labels import derive
+    from lablib.telemetry.topology import ProxyInfo, Topology, WorkloadInfo
+
+    sleep = WorkloadInfo("sleep", NS, "sleep-a", {"app": "sleep"}, "sleep")
+    proxy = ProxyInfo(SLEEP_PROXY.id, "sidecar", sleep, "/dev/null", 15001)
+    line = {"protocol": "HTTP/1.1", "downstream_local_address": "127.0.0.1:15001",
+            "response_code": 200, **entry}
+    labels = derive(line, proxy, Topology((proxy,)), {proxy.id: proxy}).labels
+    assert labels["reporter"] == "source"
+    assert (labels["destination_service"], labels["destination_service_name"]) == (service, name)
+    assert labels["destination_workload"] == "unknown"
