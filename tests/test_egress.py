@@ -497,3 +497,19 @@ def test_egress_is_reported_as_istio_reports_it(entry, service, name):
     assert labels["reporter"] == "source"
     assert (labels["destination_service"], labels["destination_service_name"]) == (service, name)
     assert labels["destination_workload"] == "unknown"
+
+
+def test_an_entry_naming_a_service_leaves_the_service_alone():
+    service = """
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 8000}]}
+"""
+    entry = HTTPBIN.replace("hosts: [httpbin.org]",
+                            f"hosts: [web.{NS}.svc.cluster.local, HTTPBIN.org]")
+    snap = snapshot(SLEEP_PROXY, service, entry)  # one virtual host per name, or Envoy refuses
+    assert simulate(snap, http("web:8000")).cluster == \
+        f"outbound|8000||web.{NS}.svc.cluster.local"
+    assert simulate(snap, http("httpbin.org")).cluster == "outbound|80||httpbin.org"
+    assert ("LAB0609", "Warning", "spec.hosts[0]") in findings(service, entry)

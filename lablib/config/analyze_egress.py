@@ -6,7 +6,7 @@ LAB0602 duplicate port number/name (Error)  LAB0606 field with no local translat
 LAB0603 resolution and endpoints disagree   LAB0607 Sidecar egress field not translated
         (Error)                                     (Warning)
 LAB0604 endpoint address unreachable here   LAB0608 DYNAMIC_DNS (Error)
-        (Warning)
+        (Warning)                           LAB0609 host that is a Service's name (Warning)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Diagnostic
-from .hosts import is_ip
+from .hosts import is_ip, resolve_host
 from .model import Resource
 from .outside import served_hosts, site_of
 from .store import ConfigStore
@@ -180,10 +180,24 @@ def _sidecar_egress(sidecar: Resource) -> Iterator[Diagnostic]:
                          f"{ON_A_CLUSTER}")
 
 
+def _service_names(store: ConfigStore, entry: Resource) -> Iterator[Diagnostic]:
+    """LAB0609: a host that is a Service's FQDN; the local mesh keeps the Service's routing."""
+    for i, host in enumerate(_list(entry.spec.get("hosts"))):
+        found = resolve_host(store, host, entry.namespace) if isinstance(host, str) else None
+        if found is not None and found.kind == "Service":
+            yield Diagnostic("LAB0609", WARNING, entry.ref,
+                             f'"{host}" is a Service of the mesh: the local mesh routes it as '
+                             f"the Service and ignores this entry for it",
+                             f"spec.hosts[{i}]",
+                             f"use a name outside the cluster's domain; {ON_A_CLUSTER} "
+                             f"(Istio merges the two)")
+
+
 def egress_findings(store: ConfigStore) -> Iterator[Diagnostic]:
     """Every LAB060x finding."""
     for entry in store.list("ServiceEntry"):
         for check in (_hosts, _ports, _resolution, _served, _untranslated):
             yield from check(entry)
+        yield from _service_names(store, entry)
     for sidecar in store.list("Sidecar"):
         yield from _sidecar_egress(sidecar)

@@ -59,7 +59,8 @@ def entry_port_protocol(port: dict[str, Any]) -> str:
 
 def external_hosts(ctx: PushContext, namespace: str) -> list[ExternalHost]:
     """ServiceEntry hosts visible from `namespace` (exportTo), oldest entry first; a host
-    two entries declare is the older one's, as Istio resolves the conflict."""
+    two entries declare is the older one's, as Istio resolves the conflict. A host that names
+    a Service is left to the Service (the analyzer warns, LAB0609)."""
     seen: set[str] = set()
     out = []
     for entry in sorted(ctx.store.list("ServiceEntry"),
@@ -72,8 +73,9 @@ def external_hosts(ctx: PushContext, namespace: str) -> list[ExternalHost]:
                                   entry_port_protocol(p))
                       for p in entry.spec.get("ports") or [])
         for host in entry.spec.get("hosts") or []:
-            key = hosts.fqdn(str(host), entry.namespace)
-            if key not in seen and key != "*":
+            key = hosts.fqdn(str(host).lower(), entry.namespace)
+            # A Service's own name stays the Service's: its endpoints are the pods.
+            if key not in seen and key != "*" and key not in ctx.services:
                 seen.add(key)
                 out.append(ExternalHost(key, entry, ports))
     return out
