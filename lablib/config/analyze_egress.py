@@ -94,7 +94,7 @@ def _resolution(entry: Resource) -> Iterator[Diagnostic]:
                              f'resolution STATIC needs IP addresses, and "{address}" is a name',
                              f"spec.endpoints[{i}].address",
                              "use resolution DNS for names, or give the IP address")
-        elif is_ip(address) and address not in LOOPBACK:
+        elif (is_ip(address) or "://" in address) and address not in LOOPBACK:
             yield Diagnostic("LAB0604", WARNING, entry.ref,
                              f"the local mesh cannot reach {address}: requests to this "
                              f"endpoint fail with 503 (no healthy upstream)",

@@ -162,8 +162,8 @@ def endpoint_ports(ctx: PushContext, external: ExternalHost, port: ServicePort,
         target = int((endpoint.get("ports") or {}).get(port.name) or port.target_port)
         if address in LOOPBACK:
             found.append(target)
-        elif outside and not hosts.is_ip(address):
-            found.append(outside.port)
+        elif outside and not hosts.is_ip(address) and "://" not in address:
+            found.append(outside.port)  # a name: the outside world answers for it
     return sorted(set(found))
 
 
