@@ -513,3 +513,23 @@ spec: {selector: {app: web}, ports: [{name: http, port: 8000}]}
         f"outbound|8000||web.{NS}.svc.cluster.local"
     assert simulate(snap, http("httpbin.org")).cluster == "outbound|80||httpbin.org"
     assert ("LAB0609", "Warning", "spec.hosts[0]") in findings(service, entry)
+
+
+def test_a_root_namespace_sidecar_applies_mesh_wide_unless_a_namespace_has_its_own():
+    root = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"""
+    own = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"""
+    assert simulate(snapshot(OTHER_PROXY, root), Call(15002, "httpbin.org")).direct_status == 502
+    assert simulate(snapshot(SLEEP_PROXY, root, own), http("httpbin.org")).cluster == \
+        "PassthroughCluster"

@@ -25,11 +25,12 @@ from typing import Any
 from ..config import hosts
 from ..config.model import Resource
 from .clusters import apply_traffic_policy, merge_policy, static_cluster
-from .context import Proxy, PushContext, Service, ServicePort, selector_matches
+from .context import Proxy, PushContext, Service, ServicePort
 from .gateway import weighted
 from .mtls import apply_upstream_tls
 from .naming import host_aliases, outbound_cluster
 from .routes import connect_route, default_route, http_routes
+from .sidecar import sidecar_for
 
 PASSTHROUGH = "PassthroughCluster"
 BLACKHOLE = "BlackHoleCluster"
@@ -97,17 +98,10 @@ def in_egress_scope(proxy: Proxy, ctx: PushContext, host: str, namespace: str) -
 
 
 def workload_sidecar(proxy: Proxy, ctx: PushContext) -> Resource | None:
-    """The Sidecar in force for a sidecar proxy: one selecting it, else its namespace's
-    default (no selector), else the root namespace's."""
-    if proxy.kind != "sidecar":
+    """The Sidecar in force for a sidecar proxy (none for gateways)."""
+    if proxy.kind != "sidecar" or proxy.workload is None:
         return None
-    own = [s for s in ctx.store.list("Sidecar") if s.namespace == proxy.namespace]
-    selecting = [s for s in own if selector_matches(
-        dict((s.spec.get("workloadSelector") or {}).get("labels") or {}), proxy.labels)]
-    plain = [s for s in own if not s.spec.get("workloadSelector")]
-    root = [s for s in ctx.store.list("Sidecar") if s.namespace == "istio-system"
-            and not s.spec.get("workloadSelector")]
-    return next(iter(selecting + plain + root), None)
+    return sidecar_for(ctx, proxy.workload)
 
 
 def egress_scope(proxy: Proxy, ctx: PushContext) -> list[str] | None:
