@@ -533,3 +533,15 @@ spec:
     assert simulate(snapshot(OTHER_PROXY, root), Call(15002, "httpbin.org")).direct_status == 502
     assert simulate(snapshot(SLEEP_PROXY, root, own), http("httpbin.org")).cluster == \
         "PassthroughCluster"
+
+
+def test_sidecar_egress_hosts_must_name_a_namespace():
+    sidecar = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress:
+  - hosts: ["./*", "httpbin.org"]
+"""
+    assert findings(sidecar) == [("LAB0610", "Error", "spec.egress[0].hosts[1]")]

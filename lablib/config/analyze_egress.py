@@ -7,6 +7,7 @@ LAB0603 resolution and endpoints disagree   LAB0607 Sidecar egress field not tra
         (Error)                                     (Warning)
 LAB0604 endpoint address unreachable here   LAB0608 DYNAMIC_DNS (Error)
         (Warning)                           LAB0609 host that is a Service's name (Warning)
+LAB0610 Sidecar egress host not `namespace/host` (Error)
 """
 
 from __future__ import annotations
@@ -162,8 +163,17 @@ def _untranslated(entry: Resource) -> Iterator[Diagnostic]:
 
 
 def _sidecar_egress(sidecar: Resource) -> Iterator[Diagnostic]:
-    """LAB0607: Sidecar egress fields the local mesh does not translate."""
+    """LAB0610: egress hosts not in Istio's `namespace/host` form; LAB0607: Sidecar egress
+    fields the local mesh does not translate."""
     for i, listener in enumerate(_list(sidecar.spec.get("egress"))):
+        for j, host in enumerate(_list(_dict(listener).get("hosts"))):
+            ns, slash, name = str(host).partition("/")
+            if not slash or not ns or not name:
+                yield Diagnostic("LAB0610", ERROR, sidecar.ref,
+                                 f'egress host "{host}" must be namespace/host',
+                                 f"spec.egress[{i}].hosts[{j}]",
+                                 'write e.g. "./*" (this namespace), "istio-system/*" or '
+                                 '"*/httpbin.org"')
         for key in ("port", "bind", "captureMode"):
             if _dict(listener).get(key):
                 yield Diagnostic("LAB0607", WARNING, sidecar.ref,
