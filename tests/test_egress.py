@@ -545,3 +545,18 @@ spec:
   - hosts: ["./*", "httpbin.org"]
 """
     assert findings(sidecar) == [("LAB0610", "Error", "spec.egress[0].hosts[1]")]
+
+
+def test_subsets_of_two_rules_for_one_host_both_get_clusters():
+    second = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-nginx}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{name: nginx}]
+"""
+    snap = snapshot(SLEEP_PROXY, EGRESS_HTTP, second)  # the first rule defines subset cnn
+    for subset in ("cnn", "nginx"):
+        assert f"outbound|80|{subset}|istio-egressgateway.istio-system.svc.cluster.local" in \
+            snap.clusters

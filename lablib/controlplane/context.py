@@ -207,8 +207,15 @@ class PushContext:
         return out
 
     def subsets(self, host_fqdn: str) -> list[dict[str, Any]]:
-        dr = self.destination_rules.get(host_fqdn)
-        return list(dr.spec.get("subsets") or []) if dr else []
+        """Subsets of every DestinationRule for the host, merged as Istio merges rules for one
+        host (the oldest rule's subset wins a name two define), so a route to the subset of a
+        second rule (egressgateway-for-cnn, then -for-nginx) has its cluster."""
+        merged: dict[str, dict[str, Any]] = {}
+        for res in self.store.list("DestinationRule"):
+            if self.host_fqdn(str(res.spec.get("host", "")), res.namespace) == host_fqdn:
+                for subset in res.spec.get("subsets") or []:
+                    merged.setdefault(str(subset.get("name")), subset)
+        return list(merged.values())
 
     @cached_property
     def virtual_services(self) -> tuple[Resource, ...]:
