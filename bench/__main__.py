@@ -166,8 +166,9 @@ def run(workdir: Path) -> str:
 
 
 # Further sections: memory per sidecar against a bare Envoy, 1/5/10 meshes side by side,
-# the load generator against hey, and the whole lab suite against one bring-up.
-EXTRA_SECTIONS = ("memory", "multi_mesh", "load_vs_hey", "lab_suite")
+# the load generator against hey, the whole lab suite against one bring-up, and the egress
+# path per hop next to the in-mesh one.
+EXTRA_SECTIONS = ("memory", "multi_mesh", "load_vs_hey", "lab_suite", "egress")
 
 
 def main() -> int:

@@ -470,3 +470,93 @@ def test_the_istio_tasks_entries_have_no_findings():
 def test_the_egress_gateway_routes_only_the_hosts_it_serves():
     with pytest.raises(ErrNoRoute):
         simulate(snapshot(EGRESS, EGRESS_HTTP), Call(40180, "www.google.com"))
+
+
+# --- Telemetry ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "service", "name"), [
+    ({"upstream_cluster": "outbound|443||edition.cnn.com", "authority": "edition.cnn.com:443",
+      "method": "CONNECT"}, "edition.cnn.com", "edition.cnn.com"),
+    ({"upstream_cluster": "PassthroughCluster", "authority": "httpbin.org", "method": "GET"},
+     "httpbin.org", "PassthroughCluster"),
+    ({"upstream_cluster": None, "route_name": "block_all", "authority": "httpbin.org",
+      "method": "GET", "response_code": 502}, "httpbin.org", "BlackHoleCluster"),
+    ({"upstream_cluster": "BlackHoleCluster", "authority": "www.google.com:443",
+      "method": "CONNECT"}, "www.google.com", "BlackHoleCluster"),
+])
+def test_egress_is_reported_as_istio_reports_it(entry, service, name):
+    from lablib.telemetry.labels import derive
+    from lablib.telemetry.topology import ProxyInfo, Topology, WorkloadInfo
+
+    sleep = WorkloadInfo("sleep", NS, "sleep-a", {"app": "sleep"}, "sleep")
+    proxy = ProxyInfo(SLEEP_PROXY.id, "sidecar", sleep, "/dev/null", 15001)
+    line = {"protocol": "HTTP/1.1", "downstream_local_address": "127.0.0.1:15001",
+            "response_code": 200, **entry}
+    labels = derive(line, proxy, Topology((proxy,)), {proxy.id: proxy}).labels
+    assert labels["reporter"] == "source"
+    assert (labels["destination_service"], labels["destination_service_name"]) == (service, name)
+    assert labels["destination_workload"] == "unknown"
+
+
+def test_an_entry_naming_a_service_leaves_the_service_alone():
+    service = """
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 8000}]}
+"""
+    entry = HTTPBIN.replace("hosts: [httpbin.org]",
+                            f"hosts: [web.{NS}.svc.cluster.local, HTTPBIN.org]")
+    snap = snapshot(SLEEP_PROXY, service, entry)  # one virtual host per name, or Envoy refuses
+    assert simulate(snap, http("web:8000")).cluster == \
+        f"outbound|8000||web.{NS}.svc.cluster.local"
+    assert simulate(snap, http("httpbin.org")).cluster == "outbound|80||httpbin.org"
+    assert ("LAB0609", "Warning", "spec.hosts[0]") in findings(service, entry)
+
+
+def test_a_root_namespace_sidecar_applies_mesh_wide_unless_a_namespace_has_its_own():
+    root = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"""
+    own = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"""
+    assert simulate(snapshot(OTHER_PROXY, root), Call(15002, "httpbin.org")).direct_status == 502
+    assert simulate(snapshot(SLEEP_PROXY, root, own), http("httpbin.org")).cluster == \
+        "PassthroughCluster"
+
+
+def test_sidecar_egress_hosts_must_name_a_namespace():
+    sidecar = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress:
+  - hosts: ["./*", "httpbin.org"]
+"""
+    assert findings(sidecar) == [("LAB0610", "Error", "spec.egress[0].hosts[1]")]
+
+
+def test_subsets_of_two_rules_for_one_host_both_get_clusters():
+    second = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-nginx}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{name: nginx}]
+"""
+    snap = snapshot(SLEEP_PROXY, EGRESS_HTTP, second)  # the first rule defines subset cnn
+    for subset in ("cnn", "nginx"):
+        assert f"outbound|80|{subset}|istio-egressgateway.istio-system.svc.cluster.local" in \
+            snap.clusters

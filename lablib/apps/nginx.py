@@ -5,9 +5,11 @@
 It reads the container's `/etc/nginx/nginx.conf` through the pod's mounted volumes (the env
 variable LAB_MOUNTS maps each mountPath to a local folder; any absolute path under a mountPath
 is read from that folder) and honours, per `server` block: `listen` (port, `ssl`,
-`default_server`), `server_name`, `root`, `index`, `ssl_certificate`, `ssl_certificate_key`
-and a server-level `return CODE;` (every request answered with that error status, as a
-stand-in for a failing replica).
+`default_server`), `server_name`, `root`, `index`, `ssl_certificate`, `ssl_certificate_key`,
+`ssl_client_certificate` and `ssl_verify_client on` (a request without a client certificate
+gets nginx's 400 "No required SSL certificate was sent"; one from another CA fails the
+handshake), and a server-level `return CODE;` (every request answered with that error status,
+as a stand-in for a failing replica).
 Other directives are accepted and ignored. Without a mounted nginx.conf it runs the image's
 default configuration: plain HTTP, `root /usr/share/nginx/html`. A root folder that does not
 exist here gets nginx's "Welcome to nginx!" page at `/`, as the image ships it.
@@ -81,8 +83,8 @@ Commercial support is available at
 </body>
 </html>
 """
-STATUS_TEXT = {403: "403 Forbidden", 404: "404 Not Found", 405: "405 Not Allowed",
-               500: "500 Internal Server Error", 502: "502 Bad Gateway",
+STATUS_TEXT = {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found",
+               405: "405 Not Allowed", 500: "500 Internal Server Error", 502: "502 Bad Gateway",
                503: "503 Service Temporarily Unavailable", 504: "504 Gateway Time-out"}
 # Peers that connect and hang up without a handshake (readiness probes, port checks).
 QUIET_HANDSHAKE_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError,
@@ -219,6 +221,7 @@ class Server:
     index: list[str]
     certificate: Path | None = None
     key: Path | None = None
+    client_ca: Path | None = None  # ssl_client_certificate, when ssl_verify_client is on
     context: ssl.SSLContext | None = field(default=None, repr=False)
     status: int | None = None  # a server-level `return CODE;`
 
@@ -311,6 +314,18 @@ def load_servers(text: str, mounts: Mounts, where: str = CONFIG_PATH) -> list[Se
                                                       cert_line)
                     server.key = _mapped_file("ssl_certificate_key", key, mounts, where,
                                               key_line)
+                    verify, _ = _directive_arg(block, "ssl_verify_client",
+                                               _directive_arg(http, "ssl_verify_client")[0])
+                    if verify == "on":
+                        ca, ca_line = _directive_arg(
+                            block, "ssl_client_certificate",
+                            _directive_arg(http, "ssl_client_certificate")[0])
+                        if ca is None:
+                            raise NginxConfigError(
+                                f'no ssl_client_certificate for ssl_verify_client in {where}:'
+                                f"{block.line}")
+                        server.client_ca = _mapped_file("ssl_client_certificate", ca, mounts,
+                                                        where, ca_line)
                 servers.append(server)
     if not servers:
         raise NginxConfigError(f"{where} has no `server` block inside `http {{ }}`: nothing "
@@ -356,6 +371,11 @@ def tls_context(server: Server) -> ssl.SSLContext:
             f'cannot load certificate "{server.certificate}" with key "{server.key}": {exc}\n'
             "    fix: the Secret's tls.crt and tls.key must be a PEM certificate and its key"
         ) from exc
+    if server.client_ca is not None:
+        # nginx asks for a certificate, refuses one it cannot verify, and answers a client
+        # that sent none with a 400 (see NginxHandler._serve).
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(server.client_ca)
     return context
 
 
@@ -421,6 +441,10 @@ class NginxHandler(AppHandler):
         if site.status is not None:
             self._error(site.status, head)
             return
+        if site.client_ca is not None and isinstance(self.connection, ssl.SSLSocket) \
+                and not self.connection.getpeercert():
+            self._error(400, head, "No required SSL certificate was sent")
+            return
         path = unquote(urlsplit(self.path).path) or "/"
         parts = [p for p in PurePosixPath(path).parts if p not in ("/", ".")]
         if ".." in parts:
@@ -459,10 +483,12 @@ class NginxHandler(AppHandler):
         if not head:
             self.wfile.write(body)
 
-    def _error(self, status: int, head: bool) -> None:
+    def _error(self, status: int, head: bool, detail: str = "") -> None:
         text = STATUS_TEXT[status]
+        detail = f"<center>{detail}</center>\r\n" if detail else ""
         page = (f"<html>\r\n<head><title>{text}</title></head>\r\n<body>\r\n<center><h1>{text}"
-                "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+                f"</h1></center>\r\n{detail}<hr><center>nginx</center>\r\n</body>\r\n"
+                "</html>\r\n")
         self._send(status, page.encode(), "text/html", head)
 
 

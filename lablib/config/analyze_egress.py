@@ -6,7 +6,8 @@ LAB0602 duplicate port number/name (Error)  LAB0606 field with no local translat
 LAB0603 resolution and endpoints disagree   LAB0607 Sidecar egress field not translated
         (Error)                                     (Warning)
 LAB0604 endpoint address unreachable here   LAB0608 DYNAMIC_DNS (Error)
-        (Warning)
+        (Warning)                           LAB0609 host that is a Service's name (Warning)
+LAB0610 Sidecar egress host not `namespace/host` (Error)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Diagnostic
-from .hosts import is_ip
+from .hosts import is_ip, resolve_host
 from .model import Resource
 from .outside import served_hosts, site_of
 from .store import ConfigStore
@@ -94,7 +95,7 @@ def _resolution(entry: Resource) -> Iterator[Diagnostic]:
                              f'resolution STATIC needs IP addresses, and "{address}" is a name',
                              f"spec.endpoints[{i}].address",
                              "use resolution DNS for names, or give the IP address")
-        elif is_ip(address) and address not in LOOPBACK:
+        elif (is_ip(address) or "://" in address) and address not in LOOPBACK:
             yield Diagnostic("LAB0604", WARNING, entry.ref,
                              f"the local mesh cannot reach {address}: requests to this "
                              f"endpoint fail with 503 (no healthy upstream)",
@@ -162,8 +163,17 @@ def _untranslated(entry: Resource) -> Iterator[Diagnostic]:
 
 
 def _sidecar_egress(sidecar: Resource) -> Iterator[Diagnostic]:
-    """LAB0607: Sidecar egress fields the local mesh does not translate."""
+    """LAB0610: egress hosts not in Istio's `namespace/host` form; LAB0607: Sidecar egress
+    fields the local mesh does not translate."""
     for i, listener in enumerate(_list(sidecar.spec.get("egress"))):
+        for j, host in enumerate(_list(_dict(listener).get("hosts"))):
+            ns, slash, name = str(host).partition("/")
+            if not slash or not ns or not name:
+                yield Diagnostic("LAB0610", ERROR, sidecar.ref,
+                                 f'egress host "{host}" must be namespace/host',
+                                 f"spec.egress[{i}].hosts[{j}]",
+                                 'write e.g. "./*" (this namespace), "istio-system/*" or '
+                                 '"*/httpbin.org"')
         for key in ("port", "bind", "captureMode"):
             if _dict(listener).get(key):
                 yield Diagnostic("LAB0607", WARNING, sidecar.ref,
@@ -180,10 +190,24 @@ def _sidecar_egress(sidecar: Resource) -> Iterator[Diagnostic]:
                          f"{ON_A_CLUSTER}")
 
 
+def _service_names(store: ConfigStore, entry: Resource) -> Iterator[Diagnostic]:
+    """LAB0609: a host that is a Service's FQDN; the local mesh keeps the Service's routing."""
+    for i, host in enumerate(_list(entry.spec.get("hosts"))):
+        found = resolve_host(store, host, entry.namespace) if isinstance(host, str) else None
+        if found is not None and found.kind == "Service":
+            yield Diagnostic("LAB0609", WARNING, entry.ref,
+                             f'"{host}" is a Service of the mesh: the local mesh routes it as '
+                             f"the Service and ignores this entry for it",
+                             f"spec.hosts[{i}]",
+                             f"use a name outside the cluster's domain; {ON_A_CLUSTER} "
+                             f"(Istio merges the two)")
+
+
 def egress_findings(store: ConfigStore) -> Iterator[Diagnostic]:
     """Every LAB060x finding."""
     for entry in store.list("ServiceEntry"):
         for check in (_hosts, _ports, _resolution, _served, _untranslated):
             yield from check(entry)
+        yield from _service_names(store, entry)
     for sidecar in store.list("Sidecar"):
         yield from _sidecar_egress(sidecar)

@@ -244,8 +244,21 @@ class PushContext:
         return None
 
     def subsets(self, proxy: Proxy | None, host_fqdn: str) -> list[dict[str, Any]]:
-        dr = self.destination_rule(proxy, host_fqdn)
-        return list(dr.spec.get("subsets") or []) if dr else []
+        """The subsets a client sees for a host. Rules without a `workloadSelector` in the
+        namespace of the one it uses are merged as Istio merges rules for one host (the
+        oldest rule's subset wins a name two define), so a route to the subset of a second
+        rule (egressgateway-for-cnn, then -for-nginx) has its cluster."""
+        chosen = self.destination_rule(proxy, host_fqdn)
+        if chosen is None:
+            return []
+        if chosen.spec.get("workloadSelector"):
+            return list(chosen.spec.get("subsets") or [])
+        merged: dict[str, dict[str, Any]] = {}
+        for rule in self._rules_by_host.get(host_fqdn, []):
+            if rule.namespace == chosen.namespace and not rule.spec.get("workloadSelector"):
+                for subset in rule.spec.get("subsets") or []:
+                    merged.setdefault(str(subset.get("name")), subset)
+        return list(merged.values())
 
     @cached_property
     def virtual_services(self) -> tuple[Resource, ...]:

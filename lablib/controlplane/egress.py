@@ -25,11 +25,12 @@ from typing import Any
 from ..config import hosts
 from ..config.model import Resource
 from .clusters import apply_traffic_policy, merge_policy, static_cluster
-from .context import Proxy, PushContext, Service, ServicePort, selector_matches
+from .context import Proxy, PushContext, Service, ServicePort
 from .gateway import weighted
 from .mtls import apply_upstream_tls
-from .naming import outbound_cluster
+from .naming import host_aliases, outbound_cluster
 from .routes import connect_route, default_route, http_routes
+from .sidecar import sidecar_for
 
 PASSTHROUGH = "PassthroughCluster"
 BLACKHOLE = "BlackHoleCluster"
@@ -59,7 +60,8 @@ def entry_port_protocol(port: dict[str, Any]) -> str:
 
 def external_hosts(ctx: PushContext, namespace: str) -> list[ExternalHost]:
     """ServiceEntry hosts visible from `namespace` (exportTo), oldest entry first; a host
-    two entries declare is the older one's, as Istio resolves the conflict."""
+    two entries declare is the older one's, as Istio resolves the conflict. A host that names
+    a Service is left to the Service (the analyzer warns, LAB0609)."""
     seen: set[str] = set()
     out = []
     for entry in sorted(ctx.store.list("ServiceEntry"),
@@ -72,8 +74,9 @@ def external_hosts(ctx: PushContext, namespace: str) -> list[ExternalHost]:
                                   entry_port_protocol(p))
                       for p in entry.spec.get("ports") or [])
         for host in entry.spec.get("hosts") or []:
-            key = hosts.fqdn(str(host), entry.namespace)
-            if key not in seen and key != "*":
+            key = hosts.fqdn(str(host).lower(), entry.namespace)
+            # A Service's own name stays the Service's: its endpoints are the pods.
+            if key not in seen and key != "*" and key not in ctx.services:
                 seen.add(key)
                 out.append(ExternalHost(key, entry, ports))
     return out
@@ -95,17 +98,10 @@ def in_egress_scope(proxy: Proxy, ctx: PushContext, host: str, namespace: str) -
 
 
 def workload_sidecar(proxy: Proxy, ctx: PushContext) -> Resource | None:
-    """The Sidecar in force for a sidecar proxy: one selecting it, else its namespace's
-    default (no selector), else the root namespace's."""
-    if proxy.kind != "sidecar":
+    """The Sidecar in force for a sidecar proxy (none for gateways)."""
+    if proxy.kind != "sidecar" or proxy.workload is None:
         return None
-    own = [s for s in ctx.store.list("Sidecar") if s.namespace == proxy.namespace]
-    selecting = [s for s in own if selector_matches(
-        dict((s.spec.get("workloadSelector") or {}).get("labels") or {}), proxy.labels)]
-    plain = [s for s in own if not s.spec.get("workloadSelector")]
-    root = [s for s in ctx.store.list("Sidecar") if s.namespace == "istio-system"
-            and not s.spec.get("workloadSelector")]
-    return next(iter(selecting + plain + root), None)
+    return sidecar_for(ctx, proxy.workload)
 
 
 def egress_scope(proxy: Proxy, ctx: PushContext) -> list[str] | None:
@@ -160,8 +156,8 @@ def endpoint_ports(ctx: PushContext, external: ExternalHost, port: ServicePort,
         target = int((endpoint.get("ports") or {}).get(port.name) or port.target_port)
         if address in LOOPBACK:
             found.append(target)
-        elif outside and not hosts.is_ip(address):
-            found.append(outside.port)
+        elif outside and not hosts.is_ip(address) and "://" not in address:
+            found.append(outside.port)  # a name: the outside world answers for it
     return sorted(set(found))
 
 
@@ -262,6 +258,37 @@ def external_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any
                            "domains": host_domains(external.host, port.port),
                            "routes": routes})
     return vhosts
+
+
+def undeclared_port_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """Virtual hosts for ports that a mesh-bound VirtualService's HTTP matches name but its
+    host does not declare, as Istio builds them from the VirtualService: the egress gateway
+    tasks call `http://my-nginx.mesh-external.svc.cluster.local` (port 80) of a Service that
+    listens on 443 only, and the rule sends it to the egress gateway."""
+    declared = {h.host: (h, {p.port for p in h.ports}) for h in visible_hosts(proxy, ctx)}
+    vhosts: dict[str, dict[str, Any]] = {}
+    for vs in ctx.virtual_services:
+        if "mesh" not in ctx.vs_gateways(vs):
+            continue
+        ports = {int(m["port"]) for rule in vs.spec.get("http") or []
+                 for m in rule.get("match") or [] if "port" in m
+                 and (not m.get("gateways") or "mesh" in m["gateways"])}
+        for host in vs.spec.get("hosts") or []:
+            fqdn = ctx.host_fqdn(str(host), vs.namespace)
+            svc = ctx.services.get(fqdn)
+            if svc is not None and in_egress_scope(proxy, ctx, fqdn, svc.namespace):
+                known = {p.port for p in svc.ports}
+            elif fqdn in declared:
+                known = declared[fqdn][1]
+            else:
+                continue
+            for port in sorted(ports - known):
+                domains = (host_aliases(svc.name, svc.namespace, port, proxy.namespace)
+                           if svc is not None else host_domains(fqdn, port))
+                vhosts.setdefault(f"{fqdn}:{port}", {
+                    "name": f"{fqdn}:{port}", "domains": domains,
+                    "routes": http_routes(ctx, vs, gateway="mesh", port=port)})
+    return [v for v in vhosts.values() if v["routes"]]
 
 
 def catch_all_virtual_host(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:

@@ -455,7 +455,8 @@ def origination_secrets(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     if proxy.kind not in ("sidecar", "router"):
         return []
     out: dict[str, dict[str, Any]] = {}
-    for dr in ctx.destination_rules.values():
+    # Every rule, not only the one in force per host: subsets merge across rules.
+    for dr in ctx.store.list("DestinationRule"):
         dr_selects = bool(dr.spec.get("workloadSelector"))
         for tls in destination_tls_settings(dr):
             if str(tls.get("mode", "")).upper() not in ("SIMPLE", "MUTUAL"):

@@ -299,7 +299,12 @@ def mesh_virtual_services(ctx: PushContext, svc: Service, proxy: Proxy) -> list[
 
 def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
     """The sidecar's forward-proxy routes: a virtual host per Service port, Istio rules applied."""
-    from .egress import catch_all_virtual_host, external_virtual_hosts, in_egress_scope
+    from .egress import (
+        catch_all_virtual_host,
+        external_virtual_hosts,
+        in_egress_scope,
+        undeclared_port_virtual_hosts,
+    )
 
     vhosts = []
     for svc in sorted(ctx.services.values(), key=lambda s: s.fqdn):
@@ -323,7 +328,8 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
                                         svc.cluster_ip),
                 "routes": routes,
             })
-    vhosts += external_virtual_hosts(proxy, ctx) + [catch_all_virtual_host(proxy, ctx)]
+    vhosts += [*external_virtual_hosts(proxy, ctx), *undeclared_port_virtual_hosts(proxy, ctx),
+               catch_all_virtual_host(proxy, ctx)]
     return {"@type": ROUTE_TYPE, "name": "outbound_http", "virtual_hosts": vhosts,
             "validate_clusters": False}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config.model import Resource
 from .context import PushContext, Workload, selector_matches
-from .mtls import ADS, DOWNSTREAM_TLS, SECRET_TYPE
+from .mtls import ADS, DOWNSTREAM_TLS, ROOT_NAMESPACE, SECRET_TYPE
 
 TLS_FEATURE = "ENABLE_TLS_ON_SIDECAR_INGRESS"
 
@@ -29,13 +29,15 @@ class InboundPort:
 
 
 def sidecar_for(ctx: PushContext, workload: Workload) -> Resource | None:
-    """The Sidecar in force: one selecting this workload, else the namespace's default."""
+    """The Sidecar in force: one selecting this workload, else the namespace's default, else
+    the root namespace's (istio-system), which Istio applies mesh-wide."""
     candidates = [s for s in ctx.store.list("Sidecar") if s.namespace == workload.namespace]
     for sidecar in candidates:
         labels = dict((sidecar.spec.get("workloadSelector") or {}).get("labels") or {})
         if labels and selector_matches(labels, workload.labels):
             return sidecar
-    return next((s for s in candidates if not s.spec.get("workloadSelector")), None)
+    root = [s for s in ctx.store.list("Sidecar") if s.namespace == ROOT_NAMESPACE]
+    return next((s for s in candidates + root if not s.spec.get("workloadSelector")), None)
 
 
 def endpoint_port(default_endpoint: str, fallback: int) -> int:

@@ -105,10 +105,19 @@ def _authority_host(entry: Mapping[str, Any]) -> str:
 
 
 def _outbound_service(entry: Mapping[str, Any]) -> dict[str, str]:
-    """The Service from `outbound|9080|v1|reviews.ns.svc.cluster.local`, else the authority."""
-    parts = _text(entry.get("upstream_cluster")).split("|")
+    """The Service from `outbound|9080|v1|reviews.ns.svc.cluster.local`, an external host
+    from `outbound|443||edition.cnn.com` (its own name), Istio's PassthroughCluster and
+    BlackHoleCluster (the `block_all` route's 502 too) by name, else the authority."""
+    cluster = _text(entry.get("upstream_cluster"))
+    if _text(entry.get("route_name")) == "block_all":
+        cluster = "BlackHoleCluster"
+    if cluster in ("PassthroughCluster", "BlackHoleCluster"):
+        return _service_labels(_authority_host(entry) or cluster, cluster, "")
+    parts = cluster.split("|")
     if len(parts) == 4 and parts[0] == "outbound":
         fqdn = parts[3]
+        if not fqdn.endswith(".svc.cluster.local"):
+            return _service_labels(fqdn, fqdn, "")
         labels = fqdn.split(".")
         return _service_labels(fqdn, labels[0], labels[1] if len(labels) > 1 else "")
     host = _authority_host(entry)
