@@ -296,12 +296,13 @@ class LocalBackend(Backend):
         return subprocess.run(argv, env=env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
 
-    def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
+    def proxy_admin(self, pod: str, namespace: str, path: str, method: str = "GET") -> str:
         info = self.pod_info(pod, namespace)
         if not info["admin_port"]:
             raise BackendError(f"pod {pod} in {namespace} has no istio-proxy container")
         url = f"http://127.0.0.1:{info['admin_port']}/{path.lstrip('/')}"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        request = urllib.request.Request(url, method=method)
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.read().decode()
 
     def proxy_url(self, pod: str, namespace: str) -> str | None:
