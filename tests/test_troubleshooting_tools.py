@@ -173,3 +173,16 @@ def test_unknown_flags_are_refused_as_istioctl_refuses_them(capsys):
     assert code != 0 and "unknown flag: --bogus" in err
     code, _, err = _run(istioctl_main, ["x", "nonsense"], capsys)
     assert code != 0 and 'unknown command "nonsense" for "istioctl experimental"' in err
+
+
+def test_practice_and_diagnose_use_the_backend_interface_only():
+    """The grader and the tools reach the mesh through lablib.Backend only, so scenarios run
+    against real Istio on LAB_BACKEND=kubernetes too."""
+    from pathlib import Path
+
+    from test_kube_labs_portable import check_helper
+
+    root = Path(__file__).resolve().parent.parent / "lablib"
+    helpers = [*sorted((root / "practice").glob("*.py")), root / "diagnose.py"]
+    findings = [f for path in helpers for f in check_helper(path)]
+    assert not findings, "\n".join(map(str, findings))

@@ -19,6 +19,7 @@ import yaml
 from ..apps.bookinfo import classify
 from ..apps.bookinfo._texts import RATING_ERROR
 from ..backend import Backend
+from ..config.loader import load
 from ..labs import BOOKINFO, BOOKINFO_GATEWAY, ensure_bookinfo
 from ..traffic import binomial_bound
 from .probes import from_ingress, from_pod, from_pod_concurrently
@@ -252,6 +253,11 @@ def concurrent_calls(mesh: Backend) -> tuple[bool, str]:
 # --- manifests ---------------------------------------------------------------------------------
 
 
+def _sample(path: str) -> list[dict[str, Any]]:
+    """The manifests of a sample (found from any folder, as `mesh.apply` finds it)."""
+    return [copy.deepcopy(r.body) for r in load(path)]
+
+
 def _doc(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> str:
     return yaml.safe_dump({"apiVersion": _API.get(kind, "v1"), "kind": kind,
                            "metadata": {"name": name, "namespace": namespace},
@@ -289,7 +295,7 @@ JASON = {"headers": {"end-user": {"exact": "jason"}}}
 
 
 def _bookinfo_gateway(gateway_hosts: list[str], vs_hosts: list[str]) -> str:
-    gateway, service = [d for d in yaml.safe_load_all(open(BOOKINFO_GATEWAY)) if d]
+    gateway, service = _sample(BOOKINFO_GATEWAY)
     gateway["spec"]["servers"][0]["hosts"] = gateway_hosts
     service["spec"]["hosts"] = vs_hosts
     for doc in (gateway, service):
@@ -314,7 +320,7 @@ def _httpbin_route(**http: Any) -> str:
 
 
 def _late_namespace() -> str:
-    httpbin = [d for d in yaml.safe_load_all(open(HTTPBIN)) if d]
+    httpbin = _sample(HTTPBIN)
     for doc in httpbin:
         doc["metadata"]["namespace"] = LATE_NS
     return yaml.safe_dump_all(httpbin, sort_keys=False)
