@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..backend import Backend
 from ..errors import LabError
 from . import progress
-from .catalogue import CATALOGUE, Scenario, ensure_base, reset, scenario
+from .catalogue import CATALOGUE, Scenario, ensure_base, reset, scenario, teardown
 from .grading import PASSED, STILL_BROKEN, WORKAROUND, Grade, grade
 
 __all__ = ["CATALOGUE", "PASSED", "STILL_BROKEN", "WORKAROUND", "Exam", "ExamNotOver",
@@ -74,8 +74,8 @@ class Session:
         return f"{s.title}.\n\n{s.solution}\n\nWhat the tools show: {s.tools}"
 
     def stop(self) -> None:
-        """Put the mesh back as it was before the scenario."""
-        reset(self.mesh)
+        """Undo the scenario and remove the practice namespaces (Bookinfo stays)."""
+        teardown(self.mesh)
 
 
 def start(mesh: Backend, name: str | None = None, seed: int | None = None) -> Session:
@@ -139,7 +139,7 @@ class Exam:
         import pandas as pd
 
         self.over = True
-        reset(self.mesh)
+        teardown(self.mesh)
         rows = []
         for number, task in enumerate(self.tasks, start=1):
             graded = self.grades.get(task.name)

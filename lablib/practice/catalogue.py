@@ -24,7 +24,8 @@ from ..labs import BOOKINFO, BOOKINFO_GATEWAY, ensure_bookinfo
 from ..traffic import binomial_bound
 from .probes import from_ingress, from_pod, from_pod_concurrently
 
-__all__ = ["CATALOGUE", "Change", "Check", "Scenario", "ensure_base", "reset", "scenario"]
+__all__ = ["CATALOGUE", "Change", "Check", "Scenario", "ensure_base", "reset", "scenario",
+           "teardown"]
 
 BOOKINFO_NS = "bookinfo-test"
 APP_NS = "practice"               # injected: httpbin and sleep
@@ -158,6 +159,14 @@ def reset(mesh: Backend) -> None:
             if any(c["name"] == "istio-proxy" for c in pod["spec"].get("containers") or []):
                 restart(mesh, "sleep", namespace)  # injected by a fix: back outside the mesh
                 break
+
+
+def teardown(mesh: Backend) -> None:
+    """Undo the scenario, then remove the practice namespaces: Bookinfo and its gateway stay,
+    as every lab leaves them."""
+    reset(mesh)
+    for namespace in (APP_NS, LEGACY_NS, OUTSIDE_NS):
+        mesh.delete_namespace(namespace)
 
 
 _BASE_CONFIG = {(BOOKINFO_NS, "Gateway", "bookinfo-gateway"),
