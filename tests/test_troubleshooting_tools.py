@@ -48,6 +48,59 @@ def test_no_access_log_without_the_setting_nor_for_the_kube_proxy_stand_in():
     assert _loggers(mesh_config("demo", {}), kind="kube") == []
 
 
+def _telemetry(namespace: str, spec: dict, name: str = "logs") -> dict:
+    return {"apiVersion": "telemetry.istio.io/v1alpha1", "kind": "Telemetry",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def _with_telemetry(*items: dict, config: MeshConfig | None = None,
+                    labels: dict | None = None) -> list[dict]:
+    from lablib.config import load
+    from lablib.controlplane.context import Workload
+
+    store = ConfigStore(load(list(items)))
+    workload = Workload("p", NS, labels or {"app": "reviews"}, "default", True, {})
+    proxy = Proxy("sidecar~x", "sidecar", NS, workload)
+    return mesh_access_log(proxy, PushContext(store, (), (),
+                                              mesh_config=config or mesh_config("demo", {})))
+
+
+def test_telemetry_access_logging_wins_over_mesh_config_most_specific_first():
+    errors_only = {"accessLogging": [{"providers": [{"name": "envoy"}],
+                                      "filter": {"expression": "response.code >= 400"}}]}
+    (logger,) = _with_telemetry(_telemetry("istio-system", errors_only))
+    assert logger["typed_config"]["path"] == "/dev/stdout"
+    assert logger["filter"]["extension_filter"]["typed_config"]["expression"] == \
+        "response.code >= 400"
+    off = {"accessLogging": [{"disabled": True}]}
+    assert _with_telemetry(_telemetry("istio-system", errors_only),
+                           _telemetry(NS, off, "quiet")) == []
+    for_reviews = {"selector": {"matchLabels": {"app": "reviews"}},
+                   "accessLogging": [{"providers": [{"name": "envoy"}]}]}
+    (logger,) = _with_telemetry(_telemetry(NS, off, "quiet"),
+                                _telemetry(NS, for_reviews, "reviews"))
+    assert "filter" not in logger
+    assert _with_telemetry(_telemetry(NS, off, "quiet"), _telemetry(NS, for_reviews, "reviews"),
+                           labels={"app": "ratings"}) == []
+    # A Telemetry alone turns logging on even when meshConfig has no accessLogFile.
+    quiet_mesh = mesh_config("demo", {"meshConfig.accessLogFile": ""})
+    assert len(_with_telemetry(_telemetry("istio-system", errors_only), config=quiet_mesh)) == 1
+
+
+def test_what_telemetry_the_local_mesh_cannot_translate_is_refused_by_name():
+    from lablib.config import load
+    from lablib.config.schema import validate
+
+    spec = {"metrics": [{"providers": [{"name": "prometheus"}]}],
+            "accessLogging": [{"providers": [{"name": "otel"}], "match": {"mode": "SERVER"}}]}
+    (resource,) = load([_telemetry(NS, spec)], check_fields=False)
+    problems = {d.field: d.message for d in validate(resource)}
+    assert set(problems) == {"spec.metrics", "spec.accessLogging[0].providers[0].name",
+                             "spec.accessLogging[0].match.mode"}
+    assert "LAB_BACKEND=kubernetes" in problems["spec.metrics"]
+    assert 'provider "otel" is not defined' in problems["spec.accessLogging[0].providers[0].name"]
+
+
 def test_an_access_log_file_path_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="accessLogFile.*/dev/stdout"):
         mesh_config("demo", {"meshConfig.accessLogFile": "/var/log/envoy.log"})
@@ -85,6 +138,23 @@ def test_kubectl_logs_shows_istio_lines_with_response_flags(bookinfo_mesh, capsy
     wanted = {("/reviews/0", "200", "-")}
     assert wanted <= _logged(["logs", productpage, "-n", NS, "-c", "istio-proxy"], capsys,
                              wanted)
+
+
+@pytest.mark.envoy
+def test_a_telemetry_filter_keeps_only_the_errors_in_the_gateway_log(bookinfo_mesh, capsys):
+    telemetry = _telemetry("istio-system", {"accessLogging": [{
+        "providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}]})
+    bookinfo_mesh.apply(telemetry)
+    try:
+        assert from_ingress(bookinfo_mesh, "/productpage?probe=telemetry").status == 200
+        assert from_ingress(bookinfo_mesh, "/missing-telemetry").status == 404
+        gateway = bookinfo_mesh.pod_name({"istio": "ingressgateway"}, "istio-system")
+        wanted = {("/missing-telemetry", "404", "NR")}
+        seen = _logged(["logs", gateway, "-n", "istio-system"], capsys, wanted)
+    finally:
+        bookinfo_mesh.delete(telemetry)
+    assert wanted <= seen
+    assert not any(path == "/productpage?probe=telemetry" for path, _, _ in seen), seen
 
 
 @pytest.mark.envoy

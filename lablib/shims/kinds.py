@@ -63,6 +63,7 @@ KINDS = (
     Kind("Sidecar", "sidecars", NETWORKING),
     Kind("ServiceEntry", "serviceentries", NETWORKING, ("se",)),
     Kind("PeerAuthentication", "peerauthentications", "security.istio.io/v1beta1", ("pa",)),
+    Kind("Telemetry", "telemetries", "telemetry.istio.io/v1alpha1"),
     Kind("IstioOperator", "istiooperators", "install.istio.io/v1alpha1", ("iop", "io")),
 )
 _BY_WORD = {word: k for k in KINDS for word in k.names()}
