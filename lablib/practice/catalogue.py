@@ -101,9 +101,14 @@ _API = {"VirtualService": "networking.istio.io/v1beta1",
 
 def restart(mesh: Backend, name: str, namespace: str) -> None:
     """`kubectl rollout restart deploy/NAME`: a new pod template annotation, so new pods."""
-    deployment = copy.deepcopy(mesh.get("deployment", name, namespace)[0])
-    deployment.pop("status", None)
-    template = deployment.setdefault("spec", {}).setdefault("template", {})
+    current = mesh.get("deployment", name, namespace)[0]
+    meta = current["metadata"]
+    # What a client sends back: no status, no server-set metadata (resourceVersion, uid).
+    deployment = {"apiVersion": current["apiVersion"], "kind": "Deployment",
+                  "metadata": {k: copy.deepcopy(meta[k]) for k in
+                               ("name", "namespace", "labels", "annotations") if k in meta},
+                  "spec": copy.deepcopy(current["spec"])}
+    template = deployment["spec"].setdefault("template", {})
     annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
     generation = int(annotations.get("lab.istio.io/restarts", "0")) + 1
     annotations["lab.istio.io/restarts"] = str(generation)
