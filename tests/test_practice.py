@@ -37,7 +37,7 @@ def test_hints_are_graded_and_recorded(tmp_path, monkeypatch):
     assert given[0].startswith("Hint 1/3: ") and given[2].startswith("Hint 3/3: ")
     assert given[3] == given[2]  # no fourth hint: the last one again
     assert "version: v3" in session.solution()
-    frame = progress.report([tmp_path / "state"])
+    frame = progress.report([progress.records_dir()])
     row = frame.iloc[0]
     assert (row["scenario"], row["hints"], row["solution seen"]) == ("subset-label-typo", 3, True)
 
