@@ -256,3 +256,32 @@ def test_practice_and_diagnose_use_the_backend_interface_only():
     helpers = [*sorted((root / "practice").glob("*.py")), root / "diagnose.py"]
     findings = [f for path in helpers for f in check_helper(path)]
     assert not findings, "\n".join(map(str, findings))
+
+
+def test_analyze_on_files_reports_istio_codes_without_a_mesh(tmp_path, capsys):
+    manifest = tmp_path / "reviews.yaml"
+    manifest.write_text("""
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  ports: [{port: 9080, name: web}]
+  selector: {app: reviews}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: reviews}}]
+""")
+    code, out, err = _run(istioctl_main, ["analyze", "--use-kube=false", "-n", "shop",
+                                          str(manifest)], capsys)
+    assert code == 0, err  # warnings and infos only: istioctl exits 0
+    assert ("Warning [IST0130] (VirtualService shop/reviews) VirtualService rule #1 not used "
+            "(route without matches defined before).") in out
+    assert ("Info [IST0118] (Service shop/reviews) Port name web (port: 9080, targetPort: "
+            "9080) doesn't follow the naming convention of Istio port.") in out
