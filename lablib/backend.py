@@ -108,8 +108,9 @@ class Backend(abc.ABC):
         """`kubectl logs POD -c C`: what the container wrote to stdout and stderr."""
 
     @abc.abstractmethod
-    def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
-        """`pilot-agent request GET PATH` in the pod's istio-proxy (config_dump, stats...)."""
+    def proxy_admin(self, pod: str, namespace: str, path: str, method: str = "GET") -> str:
+        """`pilot-agent request GET PATH` in the pod's istio-proxy (config_dump, stats...);
+        POST for the admin calls that change the proxy (`logging?level=debug`)."""
 
     @abc.abstractmethod
     def proxy_url(self, pod: str, namespace: str) -> str | None:

@@ -207,3 +207,51 @@ def certificate_chains(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
         pem = base64.b64decode(held["inline_bytes"])
         frames.append(certs.table(pem).assign(pod=pod, secret=item["name"]))
     return pd.concat(frames, ignore_index=True)
+
+
+def cluster_health(mesh: Backend, pod: str, namespace: str, cluster: str = "") -> pd.DataFrame:
+    """Envoy's `/clusters`: per endpoint of each cluster (whose name contains `cluster`), its
+    health flags and its counters (active connections, requests, errors)."""
+    data = json.loads(mesh.proxy_admin(pod, namespace, "clusters?format=json"))
+    rows = []
+    for status in data.get("cluster_statuses", []):
+        if cluster not in status.get("name", ""):
+            continue
+        for host in status.get("host_statuses", []):
+            address = host.get("address", {}).get("socket_address", {})
+            counters = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
+            health = host.get("health_status", {})
+            flags = [k.removeprefix("failed_") for k, v in health.items()
+                     if k.startswith("failed") and v] + [
+                     k for k in ("pending_dynamic_removal", "excluded_via_immediate_hc_fail")
+                     if health.get(k)]
+            rows.append({"cluster": status.get("name"),
+                         "endpoint": f"{address.get('address')}:{address.get('port_value')}",
+                         "health": health.get("eds_health_status", "HEALTHY"),
+                         "flags": ",".join(flags) or "-",
+                         "cx_active": counters.get("cx_active", 0),
+                         "rq_total": counters.get("rq_total", 0),
+                         "rq_error": counters.get("rq_error", 0),
+                         "rq_timeout": counters.get("rq_timeout", 0)})
+    return pd.DataFrame(rows, columns=["cluster", "endpoint", "health", "flags", "cx_active",
+                                       "rq_total", "rq_error", "rq_timeout"])
+
+
+def eds(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
+    """`/config_dump?include_eds`: the endpoints the control plane sent, per cluster, with
+    their health status and weight (what EDS says, before outlier detection acts)."""
+    configs = json.loads(mesh.proxy_admin(pod, namespace, "config_dump?include_eds"))["configs"]
+    rows = []
+    for item in _section(configs, "EndpointsConfigDump").get("dynamic_endpoint_configs", []):
+        assignment = item.get("endpoint_config") or {}
+        for group in assignment.get("endpoints") or []:
+            for lb in group.get("lb_endpoints") or []:
+                address = ((lb.get("endpoint") or {}).get("address") or {}).get(
+                    "socket_address") or {}
+                rows.append({"cluster": assignment.get("cluster_name"),
+                             "endpoint": f"{address.get('address')}:{address.get('port_value')}",
+                             "health_status": lb.get("health_status", "UNKNOWN"),
+                             "weight": lb.get("load_balancing_weight", 1),
+                             "version": item.get("version_info", "")})
+    return pd.DataFrame(rows, columns=["cluster", "endpoint", "health_status", "weight",
+                                       "version"])

@@ -3,7 +3,7 @@ message texts, and the kit's LAB070x."""
 
 from __future__ import annotations
 
-from test_config_analyze import NS, bookinfo, codes, find
+from test_config_analyze import GATEWAY, NS, bookinfo, codes, find
 
 from lablib.config import analyze
 
@@ -51,30 +51,15 @@ def test_a_repeated_match_is_ist0131_and_the_right_order_is_clean():
 
 
 def test_a_host_the_gateway_does_not_serve_is_ist0132():
-    gateway = """
-apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata: {name: bookinfo-gateway}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 8080, name: http, protocol: HTTP}
-    hosts: [bookinfo.example.com]
-"""
-    service = """
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: bookinfo}
-spec:
-  hosts: [bookinfo.example.org]
-  gateways: [bookinfo-gateway]
-  http: [{route: [{destination: {host: productpage, port: {number: 9080}}}]}]
-"""
-    found = find(bookinfo(gateway, service), "IST0132")
+    restricted = GATEWAY.replace('hosts: ["*"]\n---', "hosts: [bookinfo.example.com]\n---")
+    mismatch = restricted.replace('  hosts: ["*"]\n  gateways', "  hosts: [bookinfo.example.org]"
+                                  "\n  gateways")
+    found = find(bookinfo(mismatch), "IST0132")
     assert found.message == (f"one or more host [bookinfo.example.org] defined in "
                              f"VirtualService {NS}/bookinfo not found in Gateway "
                              f"{NS}/bookinfo-gateway.")
-    assert "IST0132" not in codes(bookinfo(gateway, service.replace(".org", ".com")))
+    assert "IST0132" not in codes(bookinfo(mismatch.replace(".org", ".com")))
+    assert "IST0132" not in codes(bookinfo())  # "*" on both sides
 
 
 def test_an_unnamed_port_is_ist0118_and_a_named_one_is_not():

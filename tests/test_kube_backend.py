@@ -1023,6 +1023,8 @@ def test_proxy_admin_runs_pilot_agent_in_istio_proxy(cluster):
     assert backend.proxy_admin("productpage-v1-abc", "default", "stats") == "server.live: 1\n"
     assert state.execs[-1] == ExecCall("productpage-v1-abc", "default", "istio-proxy",
                                        ["pilot-agent", "request", "GET", "stats"])
+    backend.proxy_admin("productpage-v1-abc", "default", "logging?level=debug", method="POST")
+    assert state.execs[-1].command == ["pilot-agent", "request", "POST", "logging?level=debug"]
     assert backend.proxy_url("productpage-v1-abc", "default") is None
     state.add_pod("plain-1", "default", {"app": "plain"}, containers=("app",))
     with pytest.raises(BackendError, match="has no istio-proxy container"):

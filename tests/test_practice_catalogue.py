@@ -10,17 +10,10 @@ pytestmark = pytest.mark.envoy
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory, monkeypatch_module):
-    import lablib
-
-    monkeypatch_module.setenv("LAB_STATE_DIR", str(tmp_path_factory.mktemp("practice")))
-    mesh = lablib.connect("local")
-    try:
-        mesh.install()
-        ensure_base(mesh)
-        yield mesh
-    finally:
-        mesh.uninstall()
+def mesh(bookinfo_mesh):
+    """One mesh for every scenario: Bookinfo plus the practice namespaces."""
+    ensure_base(bookinfo_mesh)
+    return bookinfo_mesh
 
 
 def test_the_catalogue_has_at_least_twelve_distinct_scenarios():
@@ -48,4 +41,4 @@ def test_scenario(mesh, name):
         fixed = session.check()
         assert fixed.outcome == practice.PASSED, str(fixed)
     finally:
-        session.stop()
+        reset(mesh)

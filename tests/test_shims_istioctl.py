@@ -122,7 +122,7 @@ def no_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                           ", --filename or --purge flags must be set\n"),
     (["kube-inject"], "Error: filename not specified (see --filename or -f)\n"),
     (["x", "frob"], 'Error: unknown command "frob" for "istioctl experimental" (the local '
-                    "mesh has: wait)\n"),
+                    "mesh has: wait, describe, precheck)\n"),
 ])
 def test_bad_command_lines(no_mesh: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                            stderr: str) -> None:

@@ -31,7 +31,7 @@ from .analyze import (
 from .hosts import port_protocol, resolve_host
 from .store import ConfigStore, pod_labels
 
-__all__ = ["ANALYZERS"]
+__all__ = ["ANALYZERS", "mtls_mode"]
 
 # Annotations Istio knows (istio/api annotation/annotations.gen.go, the ones a user sets or
 # reads); any other key under an istio.io domain is IST0108.
@@ -195,20 +195,25 @@ def _hosts_not_in_gateway(store: ConfigStore) -> Iterator[Diagnostic]:
                     f"{', '.join(served)}), or correct the VirtualService's hosts")
 
 
-def _strict_modes(store: ConfigStore, service: Any) -> set[str]:
-    """PeerAuthentication modes of the pods behind a Service, by the control plane's rule."""
+def mtls_mode(store: ConfigStore, namespace: str, labels: dict[str, str], port: int = 0
+              ) -> str:
+    """The PeerAuthentication mode of a pod with these labels, by the control plane's own
+    rule (workload, namespace, then mesh-wide policy)."""
     from ..controlplane.context import PushContext, Workload
     from ..controlplane.mtls import peer_authentication_mode
 
-    ctx = PushContext(store, (), ())
+    workload = Workload("", namespace, labels, "default", True, {})
+    return peer_authentication_mode(PushContext(store, (), ()), workload, port)
+
+
+def _strict_modes(store: ConfigStore, service: Any) -> set[str]:
+    """PeerAuthentication modes of the pods behind a Service."""
     modes = set()
     for deployment in store.workloads(service.namespace, _dict(service.spec.get("selector"))):
-        workload = Workload(deployment.name, deployment.namespace, pod_labels(deployment),
-                            "default", True, {})
         for port in _list(service.spec.get("ports")):
             target = _dict(port).get("targetPort", _dict(port).get("port"))
-            modes.add(peer_authentication_mode(ctx, workload, target
-                                               if isinstance(target, int) else 0))
+            modes.add(mtls_mode(store, deployment.namespace, pod_labels(deployment),
+                                target if isinstance(target, int) else 0))
     return modes
 
 

@@ -39,6 +39,7 @@ NETWORKING = (
     "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3",
 )
 SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+TELEMETRY = ("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1")
 
 # kind -> apiVersions the kit accepts for it.
 KINDS: dict[str, tuple[str, ...]] = {
@@ -54,6 +55,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "Sidecar": NETWORKING,
     "ServiceEntry": NETWORKING,
     "PeerAuthentication": SECURITY,
+    "Telemetry": TELEMETRY,
 }
 ISTIO_KINDS = frozenset(k for k, versions in KINDS.items() if ".istio.io/" in versions[0])
 # The version the API server returns an object at, whatever version it was applied with (it
@@ -597,6 +599,21 @@ _PEER_AUTHENTICATION = Obj({
 })
 
 
+# Telemetry: `accessLogging` is translated (controlplane/accesslog.py); `metrics`, `tracing`
+# and policy attachment are accepted here only to be refused by name (_telemetry_rules).
+_TELEMETRY = Obj({
+    "selector": Obj({"matchLabels": _LABELS}),
+    "targetRef": ANY_MAP, "targetRefs": ListOf(ANY_MAP),
+    "accessLogging": ListOf(Obj({
+        "providers": ListOf(Obj({"name": STR})),
+        "disabled": BOOL,
+        "filter": Obj({"expression": STR}),
+        "match": Obj({"mode": Enum(("CLIENT", "SERVER", "CLIENT_AND_SERVER"))}),
+    })),
+    "metrics": ListOf(ANY_MAP), "tracing": ListOf(ANY_MAP),
+})
+
+
 def _document(body: Mapping[str, Spec], required: tuple[str, ...] = ()) -> Obj:
     base: dict[str, Spec] = {"apiVersion": STR, "kind": STR, "metadata": _OBJECT_META}
     return Obj({**base, **body, "status": ANY}, required=required)
@@ -617,6 +634,7 @@ SCHEMAS: dict[str, Obj] = {
     "Sidecar": _document({"spec": _SIDECAR}),
     "ServiceEntry": _document({"spec": _SERVICE_ENTRY}, required=("spec",)),
     "PeerAuthentication": _document({"spec": _PEER_AUTHENTICATION}),
+    "Telemetry": _document({"spec": _TELEMETRY}),
 }
 
 
@@ -919,7 +937,42 @@ def _peer_authentication_rules(body: dict[str, Any]) -> Iterator[_Problem]:
                        "add selector.matchLabels naming the workload whose ports these are")
 
 
-_RULES = {"Service": _service_rules, "PeerAuthentication": _peer_authentication_rules}
+def _telemetry_rules(body: dict[str, Any]) -> Iterator[_Problem]:
+    """What of a Telemetry the local mesh does not translate, refused by name."""
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        return
+    cluster = "it works on a cluster (LAB_BACKEND=kubernetes)"
+    for key, why in (("metrics", "the local mesh derives Istio's metrics from access logs "
+                                 "(docs/telemetry.md), without Telemetry overrides"),
+                     ("tracing", "the local mesh has no tracing"),
+                     ("targetRef", "policy attachment is not translated"),
+                     ("targetRefs", "policy attachment is not translated")):
+        if key in spec:
+            yield _Problem(f"spec.{key}", f"{why}; {cluster}", f"remove spec.{key}, or use "
+                           "spec.selector for a workload")
+    for i, entry in enumerate(spec.get("accessLogging") or []):
+        if not isinstance(entry, dict):
+            continue
+        for j, provider in enumerate(entry.get("providers") or []):
+            name = provider.get("name") if isinstance(provider, dict) else None
+            if name != "envoy":
+                yield _Problem(f"spec.accessLogging[{i}].providers[{j}].name",
+                               f'provider "{name}" is not defined: the local mesh has Istio\'s '
+                               'built-in "envoy" provider (the proxy\'s stdout) only; '
+                               f"{cluster} with meshConfig.extensionProviders",
+                               'use name: envoy')
+        mode = (entry.get("match") or {}).get("mode") if isinstance(entry.get("match"),
+                                                                    dict) else None
+        if mode not in (None, "CLIENT_AND_SERVER"):
+            yield _Problem(f"spec.accessLogging[{i}].match.mode",
+                           f"match.mode {mode} is not translated by the local mesh (it logs "
+                           f"client and server sides alike); {cluster}",
+                           "remove match, or use CLIENT_AND_SERVER")
+
+
+_RULES = {"Service": _service_rules, "PeerAuthentication": _peer_authentication_rules,
+          "Telemetry": _telemetry_rules}
 
 # --- Public API --------------------------------------------------------------------------
 

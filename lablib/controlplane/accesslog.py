@@ -1,6 +1,7 @@
-"""The access log a learner reads with `kubectl logs POD -c istio-proxy`: what
-`meshConfig.accessLogFile`, `accessLogEncoding` and `accessLogFormat` ask for, in Istio's
-default formats (pilot's `EnvoyTextLogFormat` and its JSON twin).
+"""The access log a learner reads with `kubectl logs POD -c istio-proxy`: what the Telemetry
+API's `accessLogging` asks for, else what `meshConfig.accessLogFile` does, in the format
+`accessLogEncoding` and `accessLogFormat` give (Istio's defaults: pilot's
+`EnvoyTextLogFormat` and its JSON twin).
 
 This is separate from the JSON log every proxy writes for the kit's telemetry
 (listeners.access_log, docs/telemetry.md): that one exists whatever meshConfig says.
@@ -11,10 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .context import Proxy, PushContext
+from ..config.model import Resource
+from .context import Proxy, PushContext, selector_matches
 
 FILE_LOG = "envoy.access_loggers.file"
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+CEL_FILTER_TYPE = ("type.googleapis.com/"
+                   "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter")
+ROOT_NAMESPACE = "istio-system"
+STDOUT = "/dev/stdout"  # Istio's built-in `envoy` provider
 
 # Istio's default TEXT format, operator for operator.
 ISTIO_TEXT_FORMAT = (
@@ -64,13 +71,51 @@ def _log_format(encoding: str, custom: str) -> dict[str, Any]:
     return {"text_format_source": {"inline_string": text or ISTIO_TEXT_FORMAT}}
 
 
-def mesh_access_log(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
-    """The meshConfig access log of a sidecar or gateway; none for the kube-proxy stand-in
-    (no Envoy of Istio's) or when meshConfig.accessLogFile is empty."""
+def _telemetry(proxy: Proxy, ctx: PushContext) -> Resource | None:
+    """The Telemetry whose accessLogging applies to this proxy: the workload's (selector),
+    else its namespace's, else the mesh-wide one in istio-system; the oldest of a level."""
+    candidates = [t for t in ctx.store.list("Telemetry") if t.spec.get("accessLogging")]
+
+    def selector(t: Resource) -> dict[str, Any]:
+        return dict((t.spec.get("selector") or {}).get("matchLabels") or {})
+
+    levels = [[t for t in candidates if t.namespace == proxy.namespace and selector(t)
+               and selector_matches(selector(t), proxy.labels)],
+              [t for t in candidates if t.namespace == proxy.namespace and not selector(t)],
+              [t for t in candidates if t.namespace == ROOT_NAMESPACE and not selector(t)]]
+    return next((level[0] for level in levels if level), None)
+
+
+def _file_log(path: str, ctx: PushContext, expression: str = "") -> dict[str, Any]:
     config = ctx.mesh_config
-    if proxy.kind == "kube" or not config.access_log_file:
-        return []
-    return [{"name": FILE_LOG, "typed_config": {
-        "@type": FILE_LOG_TYPE, "path": config.access_log_file,
+    logger: dict[str, Any] = {"name": FILE_LOG, "typed_config": {
+        "@type": FILE_LOG_TYPE, "path": path,
         "log_format": _log_format(config.access_log_encoding,
-                                  str(config.get("accessLogFormat", "")))}}]
+                                  str(config.get("accessLogFormat", "")))}}
+    if expression:
+        logger["filter"] = {"extension_filter": {"name": CEL_FILTER, "typed_config": {
+            "@type": CEL_FILTER_TYPE, "expression": expression}}}
+    return logger
+
+
+def mesh_access_log(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
+    """The access log of a sidecar or gateway: the Telemetry API's when one applies (each
+    `accessLogging` entry not `disabled`, through the `envoy` provider, with its CEL
+    `filter`), else meshConfig's; none for the kube-proxy stand-in (no Envoy of Istio's)."""
+    if proxy.kind == "kube":
+        return []
+    telemetry = _telemetry(proxy, ctx)
+    if telemetry is None:
+        path = ctx.mesh_config.access_log_file
+        return [_file_log(path, ctx)] if path else []
+    loggers = []
+    for entry in telemetry.spec.get("accessLogging") or []:
+        if entry.get("disabled"):
+            continue
+        expression = str((entry.get("filter") or {}).get("expression") or "")
+        # Without providers, meshConfig's default applies: its accessLogFile, if any.
+        providers = entry.get("providers") or (
+            [{"name": "envoy"}] if ctx.mesh_config.access_log_file else [])
+        loggers += [_file_log(STDOUT, ctx, expression) for p in providers
+                    if p.get("name") == "envoy"]
+    return loggers

@@ -849,13 +849,13 @@ class KubernetesBackend(Backend):
         return subprocess.CompletedProcess(argv, code, stdout, stderr + message)
 
     @_reaching
-    def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
-        """`pilot-agent request GET PATH` in the pod's istio-proxy container."""
+    def proxy_admin(self, pod: str, namespace: str, path: str, method: str = "GET") -> str:
+        """`pilot-agent request METHOD PATH` in the pod's istio-proxy container."""
         ns = self.prefix.to_cluster(namespace)
         manifest = self._pod(pod, ns)
         if not any(c["name"] == "istio-proxy" for c in manifest["spec"]["containers"]):
             raise BackendError(f"pod {pod} in {namespace} has no istio-proxy container")
-        argv = ["pilot-agent", "request", "GET", path]
+        argv = ["pilot-agent", "request", method, path]
         done = self._exec(pod, ns, "istio-proxy", argv, 60.0)
         if done.returncode != 0:
             raise BackendError(f"`{' '.join(argv)}` in {pod}.{namespace} failed (exit "

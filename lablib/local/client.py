@@ -353,11 +353,11 @@ class LocalBackend(Backend):
         path = self.state.log_path(f"{namespace}.{pod}.{container}")
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def proxy_admin(self, pod: str, namespace: str, path: str) -> str:
+    def proxy_admin(self, pod: str, namespace: str, path: str, method: str = "GET") -> str:
         info = self.pod_info(pod, namespace)
         if not info["admin_socket"]:
             raise BackendError(f"pod {pod} in {namespace} has no istio-proxy container")
-        return admin_request(info["admin_socket"], path,
+        return admin_request(info["admin_socket"], path, method,
                              who=f"the istio-proxy of {pod}.{namespace}")
 
     def proxy_url(self, pod: str, namespace: str) -> str | None:

@@ -908,6 +908,7 @@ KUBE_WORDS = {
     "Sidecar": "sidecar.networking.istio.io",
     "ServiceEntry": "serviceentry.networking.istio.io",
     "PeerAuthentication": "peerauthentication.security.istio.io",
+    "Telemetry": "telemetry.telemetry.istio.io",
 }
 
 

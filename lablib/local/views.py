@@ -26,7 +26,7 @@ KIND_ALIASES = {
     "dr": "DestinationRule", "sidecar": "Sidecar", "sidecars": "Sidecar",
     "serviceentry": "ServiceEntry", "serviceentries": "ServiceEntry", "se": "ServiceEntry",
     "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
-    "pa": "PeerAuthentication",
+    "pa": "PeerAuthentication", "telemetry": "Telemetry", "telemetries": "Telemetry",
 }
 
 

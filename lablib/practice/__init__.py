@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..backend import Backend
 from ..errors import LabError
 from . import progress
-from .catalogue import CATALOGUE, Scenario, ensure_base, reset, scenario
+from .catalogue import CATALOGUE, Scenario, ensure_base, reset, scenario, teardown
 from .grading import PASSED, STILL_BROKEN, WORKAROUND, Grade, grade
 
 __all__ = ["CATALOGUE", "PASSED", "STILL_BROKEN", "WORKAROUND", "Exam", "ExamNotOver",
@@ -74,8 +74,8 @@ class Session:
         return f"{s.title}.\n\n{s.solution}\n\nWhat the tools show: {s.tools}"
 
     def stop(self) -> None:
-        """Put the mesh back as it was before the scenario."""
-        reset(self.mesh)
+        """Undo the scenario and remove the practice namespaces (Bookinfo stays)."""
+        teardown(self.mesh)
 
 
 def start(mesh: Backend, name: str | None = None, seed: int | None = None) -> Session:
@@ -99,6 +99,7 @@ class Exam:
         self.tasks = pool if names else random.Random(seed).sample(pool, min(tasks, len(pool)))
         self.deadline = time.monotonic() + minutes * 60
         self.grades: dict[str, tuple[Grade, bool]] = {}  # name -> (grade, in time)
+        self.before: dict[str, Grade] = {}  # name -> the grade right after the fault
         self.current: Session | None = None
         self.over = False
 
@@ -112,7 +113,18 @@ class Exam:
         if self.over:
             raise ExamNotOver("the exam has ended: no new task can start")
         self.current = start(self.mesh, self.tasks[number - 1].name)
-        return f"Task {number} of {len(self.tasks)}: {self.current.symptom}"
+        # Graded once before you touch anything: a task whose fault does not show is no task.
+        self.before[self.current.scenario.name] = grade(self.mesh, self.current.scenario)
+        return (f"Task {number} of {len(self.tasks)} ({self.minutes_left:.0f} min left): "
+                f"{self.current.symptom}")
+
+    @property
+    def fault_shows(self) -> bool:
+        """Whether the current task's fault showed in the mesh's behaviour when it was set up
+        (the grader saw it still broken)."""
+        if self.current is None:
+            return False
+        return self.before[self.current.scenario.name].outcome == STILL_BROKEN
 
     def submit(self) -> Grade:
         """Grade the current task as the mesh is now; the last submission counts."""
@@ -127,7 +139,7 @@ class Exam:
         import pandas as pd
 
         self.over = True
-        reset(self.mesh)
+        teardown(self.mesh)
         rows = []
         for number, task in enumerate(self.tasks, start=1):
             graded = self.grades.get(task.name)

@@ -19,11 +19,13 @@ import yaml
 from ..apps.bookinfo import classify
 from ..apps.bookinfo._texts import RATING_ERROR
 from ..backend import Backend
+from ..config.loader import load
 from ..labs import BOOKINFO, BOOKINFO_GATEWAY, ensure_bookinfo
 from ..traffic import binomial_bound
 from .probes import from_ingress, from_pod, from_pod_concurrently
 
-__all__ = ["CATALOGUE", "Change", "Check", "Scenario", "ensure_base", "reset", "scenario"]
+__all__ = ["CATALOGUE", "Change", "Check", "Scenario", "ensure_base", "reset", "scenario",
+           "teardown"]
 
 BOOKINFO_NS = "bookinfo-test"
 APP_NS = "practice"               # injected: httpbin and sleep
@@ -99,9 +101,14 @@ _API = {"VirtualService": "networking.istio.io/v1beta1",
 
 def restart(mesh: Backend, name: str, namespace: str) -> None:
     """`kubectl rollout restart deploy/NAME`: a new pod template annotation, so new pods."""
-    deployment = copy.deepcopy(mesh.get("deployment", name, namespace)[0])
-    deployment.pop("status", None)
-    template = deployment.setdefault("spec", {}).setdefault("template", {})
+    current = mesh.get("deployment", name, namespace)[0]
+    meta = current["metadata"]
+    # What a client sends back: no status, no server-set metadata (resourceVersion, uid).
+    deployment = {"apiVersion": current["apiVersion"], "kind": "Deployment",
+                  "metadata": {k: copy.deepcopy(meta[k]) for k in
+                               ("name", "namespace", "labels", "annotations") if k in meta},
+                  "spec": copy.deepcopy(current["spec"])}
+    template = deployment["spec"].setdefault("template", {})
     annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
     generation = int(annotations.get("lab.istio.io/restarts", "0")) + 1
     annotations["lab.istio.io/restarts"] = str(generation)
@@ -157,6 +164,14 @@ def reset(mesh: Backend) -> None:
             if any(c["name"] == "istio-proxy" for c in pod["spec"].get("containers") or []):
                 restart(mesh, "sleep", namespace)  # injected by a fix: back outside the mesh
                 break
+
+
+def teardown(mesh: Backend) -> None:
+    """Undo the scenario, then remove the practice namespaces: Bookinfo and its gateway stay,
+    as every lab leaves them."""
+    reset(mesh)
+    for namespace in (APP_NS, LEGACY_NS, OUTSIDE_NS):
+        mesh.delete_namespace(namespace)
 
 
 _BASE_CONFIG = {(BOOKINFO_NS, "Gateway", "bookinfo-gateway"),
@@ -252,6 +267,11 @@ def concurrent_calls(mesh: Backend) -> tuple[bool, str]:
 # --- manifests ---------------------------------------------------------------------------------
 
 
+def _sample(path: str) -> list[dict[str, Any]]:
+    """The manifests of a sample (found from any folder, as `mesh.apply` finds it)."""
+    return [copy.deepcopy(r.body) for r in load(path)]
+
+
 def _doc(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> str:
     return yaml.safe_dump({"apiVersion": _API.get(kind, "v1"), "kind": kind,
                            "metadata": {"name": name, "namespace": namespace},
@@ -289,7 +309,7 @@ JASON = {"headers": {"end-user": {"exact": "jason"}}}
 
 
 def _bookinfo_gateway(gateway_hosts: list[str], vs_hosts: list[str]) -> str:
-    gateway, service = [d for d in yaml.safe_load_all(open(BOOKINFO_GATEWAY)) if d]
+    gateway, service = _sample(BOOKINFO_GATEWAY)
     gateway["spec"]["servers"][0]["hosts"] = gateway_hosts
     service["spec"]["hosts"] = vs_hosts
     for doc in (gateway, service):
@@ -314,7 +334,7 @@ def _httpbin_route(**http: Any) -> str:
 
 
 def _late_namespace() -> str:
-    httpbin = [d for d in yaml.safe_load_all(open(HTTPBIN)) if d]
+    httpbin = _sample(HTTPBIN)
     for doc in httpbin:
         doc["metadata"]["namespace"] = LATE_NS
     return yaml.safe_dump_all(httpbin, sort_keys=False)

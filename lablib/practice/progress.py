@@ -1,8 +1,11 @@
 """What a learner did in practice and exams, one JSON line per event, and the instructor's
 report over the records they may read.
 
-Each learner's events go to `<state root>/<mesh>/practice.jsonl`, inside their own mesh
-folder (mode 0700: nobody else reads it). In a classroom, `LAB_PRACTICE_DIR` names a shared
+Each learner's events go to `<records>/<mesh>.jsonl`, where `<records>` is
+`$XDG_DATA_HOME/istio-lab-kit/practice` (default `~/.local/share/…`), or
+`$LAB_STATE_DIR/.practice` when LAB_STATE_DIR is set; the folder is 0700, so nobody else
+reads it, and it outlives the mesh (a mesh's own state folder goes when it stops). In a
+classroom, `LAB_PRACTICE_DIR` names a shared
 folder (e.g. group-owned, setgid, mode 2770) where each learner's events are also written as
 `<user>.<mesh>.jsonl`, mode 0640: members of the folder's group (the instructors) can read
 them, and the Unix permissions decide who sees what — the report never asks for more.
@@ -18,19 +21,27 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..local.state import StateDir, default_root, mesh_name
+from ..local.state import default_root, mesh_name
 
-__all__ = ["record", "report", "report_text"]
+__all__ = ["record", "records_dir", "report", "report_text"]
 
-FILE = "practice.jsonl"
+
+def records_dir() -> Path:
+    """This user's own practice records (see the module docstring)."""
+    if os.environ.get("LAB_STATE_DIR"):
+        return default_root() / ".practice"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "istio-lab-kit" / "practice"
 
 
 def _files() -> list[Path]:
-    own = StateDir().ensure().path / FILE
+    own = records_dir()
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = [own / f"{mesh_name()}.jsonl"]
     shared = os.environ.get("LAB_PRACTICE_DIR")
-    if not shared:
-        return [own]
-    return [own, Path(shared) / f"{getpass.getuser()}.{mesh_name()}.jsonl"]
+    if shared:
+        files.append(Path(shared) / f"{getpass.getuser()}.{mesh_name()}.jsonl")
+    return files
 
 
 def record(scenario: str, event: str, **details: Any) -> None:
@@ -48,8 +59,7 @@ def _readable(folders: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]
     that exist but may not be read."""
     events, refused = [], []
     for folder in folders:
-        candidates = [*folder.glob("*.jsonl"), *folder.glob(f"*/{FILE}")]
-        for path in sorted(candidates):
+        for path in sorted(folder.glob("*.jsonl")):
             try:
                 text = path.read_text()
             except PermissionError:
@@ -61,12 +71,12 @@ def _readable(folders: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]
 
 def report(folders: Iterable[str | os.PathLike[str]] | None = None):  # -> DataFrame
     """One row per learner, mesh and scenario: hints taken, checks, best outcome, solution
-    seen. Reads `folders` (default: LAB_PRACTICE_DIR and this user's own state root)."""
+    seen. Reads `folders` (default: LAB_PRACTICE_DIR and this user's own records)."""
     import pandas as pd
 
     if folders is None:
         shared = os.environ.get("LAB_PRACTICE_DIR")
-        folders = [p for p in (shared, default_root()) if p]
+        folders = [p for p in (shared, records_dir()) if p]
     events, refused = _readable(Path(f) for f in folders)
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     seen: set[str] = set()

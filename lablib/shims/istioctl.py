@@ -329,7 +329,7 @@ PROXY_CONFIG_KINDS = {
     "clusters": "clusters", "cluster": "clusters", "c": "clusters",
     "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints", "eps": "endpoints",
     "secret": "secret", "secrets": "secret", "s": "secret",
-    "all": "all", "bootstrap": "bootstrap", "b": "bootstrap",
+    "all": "all", "bootstrap": "bootstrap", "b": "bootstrap", "log": "log", "o": "log",
 }
 
 
@@ -456,6 +456,13 @@ def cmd_proxy_config(p: Parsed) -> int:
         raise UsageError(f"proxy-config {kind} requires pod name or --file parameter")
     pod, namespace = _pod_and_namespace(p, p.args[1])
     mesh = connect()
+    if kind == "log":
+        from .istioctl_debug import proxy_log
+
+        _out(proxy_log(mesh, pod, namespace, p.get("level"), bool(p.get("reset"))))
+        return 0
+    if p.get("level") or p.get("reset"):
+        raise UsageError("unknown flag: --level (only `istioctl proxy-config log` takes it)")
     fmt = str(p.get("output") or "short")
     if fmt not in ("short", "json", "yaml"):
         raise UsageError(f'output format "{fmt}" not supported')
@@ -502,6 +509,11 @@ def cmd_proxy_status(p: Parsed) -> int:
     wanted = None
     if p.args:
         pod, namespace = _pod_and_namespace(p, p.args[0])
+        if any(i["metadata"]["name"] == pod for i in mesh.get("pods", namespace=namespace)):
+            from .istioctl_debug import proxy_status_diff
+
+            _out(proxy_status_diff(mesh, pod, namespace))
+            return 0
         wanted = f"{pod}.{namespace}"
     rows = [["NAME", "CLUSTER", "CDS", "LDS", "EDS", "RDS", "ECDS", "ISTIOD", "VERSION"]]
     found = []
@@ -560,15 +572,20 @@ def cmd_analyze(p: Parsed) -> int:
     for name in files:
         text = sys.stdin.read() if name == "-" else name
         resources += load(text, namespace=None if all_ns else namespace)
+    pods_missing_proxy: list[Diagnostic] = []
     if use_kube:
-        store = _mesh_store(connect())
+        from .istioctl_debug import missing_proxies
+
+        mesh = connect()
+        store = _mesh_store(mesh)
+        pods_missing_proxy = missing_proxies(mesh, None if all_ns else {namespace})
     else:
         store = ConfigStore.with_namespaces({r.namespace for r in resources if r.namespace})
     store = store.with_applied(resources)
     # What applying the files would say about fields the local mesh refuses or ignores.
     ledger = [d for r in resources for d in fidelity_diagnostics(r)]
     findings = [d for d in [*ledger, *analyze(store)]
-                if all_ns or _resource_namespace(d) in (namespace, "")]
+                if all_ns or _resource_namespace(d) in (namespace, "")] + pods_missing_proxy
     target = "all namespaces" if all_ns else f"namespace: {namespace}"
     if not findings:
         _err(f"\u2714 No validation issues found when analyzing {target}.")
@@ -605,12 +622,35 @@ def cmd_wait(p: Parsed) -> int:
     return 0
 
 
+def cmd_describe(p: Parsed) -> int:
+    from .istioctl_debug import describe_pod, describe_service
+
+    if len(p.args) != 2 or p.args[0] not in ("pod", "po", "service", "svc"):
+        raise UsageError("expecting pod or service name: istioctl x describe pod|svc NAME[.NS]")
+    name, namespace = _pod_and_namespace(p, p.args[1])
+    describe = describe_pod if p.args[0] in ("pod", "po") else describe_service
+    _out(describe(connect(), name, namespace))
+    return 0
+
+
+def cmd_precheck(p: Parsed) -> int:
+    from .istioctl_debug import precheck
+
+    ok, text = precheck()
+    if ok:
+        _out(text)
+        return 0
+    _err(text.rstrip("\n"))
+    return 1
+
+
 def cmd_experimental(p: Parsed) -> int:
-    if not p.args or p.args[0] != "wait":
+    commands = {"wait": cmd_wait, "describe": cmd_describe, "precheck": cmd_precheck}
+    if not p.args or p.args[0] not in commands:
         what = p.args[0] if p.args else ""
         raise UsageError(f'unknown command "{what}" for "istioctl experimental" (the local '
-                         f"mesh has: wait)")
-    return cmd_wait(Parsed(p.args[1:], p.values, p.command, p.given))
+                         f"mesh has: {', '.join(commands)})")
+    return commands[p.args[0]](Parsed(p.args[1:], p.values, p.command, p.given))
 
 
 def cmd_version(p: Parsed) -> int:
@@ -773,9 +813,10 @@ COMMANDS: dict[str, Command] = {
                                          Flag("filename", "f", "list")],
                          "istioctl uninstall --purge [-y]"),
     "proxy-config": Command(cmd_proxy_config, [OUTPUT, *[Flag(f) for f in FILTER_FLAGS],
-                                               Flag("file")],
-                            "istioctl proxy-config listeners|routes|clusters|endpoints|secret "
-                            "POD[.NS] [-o json]"),
+                                               Flag("file"), Flag("level"),
+                                               Flag("reset", kind="bool")],
+                            "istioctl proxy-config listeners|routes|clusters|endpoints|secret|"
+                            "log|bootstrap|all POD[.NS] [-o json] [--level LEVEL]"),
     "proxy-status": Command(cmd_proxy_status, [Flag("revision", "r")],
                             "istioctl proxy-status [POD[.NS]]"),
     "analyze": Command(cmd_analyze, [Flag("all-namespaces", "A", "bool"),
@@ -785,7 +826,8 @@ COMMANDS: dict[str, Command] = {
                        "istioctl analyze [-n NS | -A] [FILE...] [--use-kube=false]"),
     "x": Command(cmd_experimental, [Flag("for"), Flag("timeout"), Flag("revision", "r"),
                                     Flag("resource-version"), Flag("threshold")],
-                 "istioctl x wait [--for=distribution] KIND NAME[.NS]"),
+                 "istioctl x wait [--for=distribution] KIND NAME[.NS] | x describe pod|svc "
+                 "NAME[.NS] | x precheck"),
     "version": Command(cmd_version, [Flag("remote", optional="true"),
                                      Flag("short", "s", "bool"), OUTPUT],
                        "istioctl version [--remote=false]"),

@@ -66,6 +66,7 @@ KINDS = (
     Kind("ServiceEntry", "serviceentries", NETWORKING, ("se",)),
     Kind("PeerAuthentication", "peerauthentications", PREFERRED_VERSION["PeerAuthentication"],
          ("pa",)),
+    Kind("Telemetry", "telemetries", "telemetry.istio.io/v1alpha1"),
     Kind("IstioOperator", "istiooperators", "install.istio.io/v1alpha1", ("iop", "io")),
 )
 _BY_WORD = {word: k for k in KINDS for word in k.names()}
