@@ -436,8 +436,8 @@ def test_status_is_tolerated_but_typos_at_the_top_are_not() -> None:
 
 
 def test_unsupported_kind_through_validate() -> None:
-    body: dict[str, Any] = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+    body: dict[str, Any] = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
                             "metadata": {"name": "deny"}}
-    [found] = validate(Resource("AuthorizationPolicy", "deny", "ns", body))
+    [found] = validate(Resource("WasmPlugin", "deny", "ns", body))
     assert found.code == "LAB0102"
     assert "VirtualService" in found.message
