@@ -4,7 +4,7 @@ does, with a key made here instead of a downloaded one.
     issuer = tokens.Issuer("testing@secure.istio.io")
     issuer.jwks                                  # the JSON a RequestAuthentication's jwks takes
     issuer.token(sub="alice", groups=["group1"], aud="bookinfo", expires_in=3600)
-    issuer.token(expires_in=-60)                 # already expired
+    issuer.token(expires_in=-300)                # expired (Envoy allows 60 s of clock skew)
     tokens.claims(token)                         # the payload, unverified, to look at
 """
 

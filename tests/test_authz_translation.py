@@ -143,7 +143,7 @@ def test_jwt_invalid_is_401_missing_passes():
     assert call(ra) == 200
     assert call(ra, headers=bearer(ISSUER.token())) == 200
     snap = snapshot_for(SIDECAR, ra, mtls=True)
-    expired = authorize(snap, Request(PRODUCTPAGE, headers=bearer(ISSUER.token(expires_in=-60))))
+    expired = authorize(snap, Request(PRODUCTPAGE, headers=bearer(ISSUER.token(expires_in=-300))))
     assert (expired.status, expired.body) == (401, "Jwt is expired")
     forged = tokens.Issuer(ISSUER.name, kid=ISSUER.kid).token()
     assert authorize(snap, Request(PRODUCTPAGE, headers=bearer(forged))).body == \

@@ -23,6 +23,7 @@ from .simulate import ErrNoListener
 from .snapshot import Snapshot
 
 ISSUER_UNKNOWN = "Jwt issuer is not configured"
+CLOCK_SKEW_SECONDS = 60  # jwt_authn's default clock_skew_seconds
 
 
 @dataclass
@@ -232,7 +233,7 @@ def _verify(token: str, provider: dict[str, Any]) -> tuple[dict[str, Any] | None
             continue
     else:
         return None, "Jwt verification fails"
-    if "exp" in claims and claims["exp"] < time.time():
+    if "exp" in claims and claims["exp"] + CLOCK_SKEW_SECONDS < time.time():
         return None, "Jwt is expired"
     audiences = provider.get("audiences")
     if audiences:

@@ -794,6 +794,8 @@ KUBE_WORDS = {
     "Sidecar": "sidecar.networking.istio.io",
     "ServiceEntry": "serviceentry.networking.istio.io",
     "PeerAuthentication": "peerauthentication.security.istio.io",
+    "AuthorizationPolicy": "authorizationpolicy.security.istio.io",
+    "RequestAuthentication": "requestauthentication.security.istio.io",
 }
 
 

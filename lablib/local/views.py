@@ -25,6 +25,9 @@ KIND_ALIASES = {
     "serviceentry": "ServiceEntry", "serviceentries": "ServiceEntry", "se": "ServiceEntry",
     "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
     "pa": "PeerAuthentication",
+    "authorizationpolicy": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
+    "ap": "AuthorizationPolicy", "requestauthentication": "RequestAuthentication",
+    "requestauthentications": "RequestAuthentication", "ra": "RequestAuthentication",
 }
 
 

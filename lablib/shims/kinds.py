@@ -63,6 +63,8 @@ KINDS = (
     Kind("Sidecar", "sidecars", NETWORKING),
     Kind("ServiceEntry", "serviceentries", NETWORKING, ("se",)),
     Kind("PeerAuthentication", "peerauthentications", "security.istio.io/v1beta1", ("pa",)),
+    Kind("AuthorizationPolicy", "authorizationpolicies", "security.istio.io/v1", ("ap",)),
+    Kind("RequestAuthentication", "requestauthentications", "security.istio.io/v1", ("ra",)),
     Kind("IstioOperator", "istiooperators", "install.istio.io/v1alpha1", ("iop", "io")),
 )
 _BY_WORD = {word: k for k in KINDS for word in k.names()}
