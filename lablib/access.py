@@ -1,8 +1,8 @@
 """Who may call what: requests sent from inside pods, for the authorization labs.
 
-    access.call(mesh, "bookinfo-test/sleep", "http://productpage:9080/productpage")  # -> 200
+    access.request(mesh, "bookinfo-test/sleep", "http://productpage:9080/productpage")  # -> 200
     access.matrix(mesh, callers, targets)         # a DataFrame of status codes
-    access.settle(lambda: access.call(...), 403)  # wait until a new policy is in force
+    access.settle(lambda: access.request(...), 403)  # wait until a new policy is in force
 
 Requests run `curl` in the caller pod's `sleep` (or first) container through the backend's
 `exec`, so they leave through that pod's sidecar exactly as `kubectl exec ... curl` does.
@@ -19,7 +19,7 @@ import pandas as pd
 
 from .backend import Backend
 
-__all__ = ["call", "matrix", "settle", "style_matrix"]
+__all__ = ["request", "matrix", "settle", "style_matrix"]
 
 T = TypeVar("T")
 SETTLE_SECONDS = 30.0
@@ -34,7 +34,7 @@ def _caller(caller: str) -> tuple[str, str]:
     return namespace, app or "sleep"
 
 
-def call(mesh: Backend, caller: str, url: str, *, method: str = "GET",
+def request(mesh: Backend, caller: str, url: str, *, method: str = "GET",
          headers: Mapping[str, str] | None = None, body: bool = False) -> Any:
     """The status code of one request from the pod `caller` (`namespace/app`) to `url`;
     with `body=True`, (code, body text)."""
@@ -52,7 +52,7 @@ def call(mesh: Backend, caller: str, url: str, *, method: str = "GET",
 def matrix(mesh: Backend, callers: Sequence[str], targets: Mapping[str, str], *,
            method: str = "GET") -> pd.DataFrame:
     """Status codes of every caller (rows) to every target (columns, name -> URL)."""
-    rows = {caller: {name: call(mesh, caller, url, method=method)
+    rows = {caller: {name: request(mesh, caller, url, method=method)
                      for name, url in targets.items()} for caller in callers}
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -54,7 +54,7 @@ def policy(name: str, spec: dict, annotations: dict | None = None) -> dict:
 def curl(mesh, namespace: str, path: str = "/headers", *, method: str = "GET",
          headers: dict | None = None) -> tuple[int, str]:
     """(status code, body) of one request from the sleep pod of `namespace`."""
-    return access.call(mesh, f"{namespace}/sleep", URL + path, method=method, headers=headers,
+    return access.request(mesh, f"{namespace}/sleep", URL + path, method=method, headers=headers,
                        body=True)
 
 
