@@ -247,3 +247,11 @@ def test_bad_jwks_is_refused(jwks, message):
     [found] = refused.value.diagnostics
     assert found.code == "LAB0504" and found.field == "spec.jwtRules[0].jwks"
     assert message in found.message
+
+
+def test_custom_action_is_refused_until_ext_authz_exists():
+    with pytest.raises(ConfigError) as refused:
+        load(policy("{action: CUSTOM, provider: {name: ext-authz}, rules: [{}]}"))
+    [found] = refused.value.diagnostics
+    assert (found.code, found.field) == ("LAB0511", "spec.action")
+    assert "LAB_BACKEND=kubernetes" in found.message

@@ -9,6 +9,7 @@ LAB0502 path with `*` in the middle     LAB0507 port not a number from 0 to 6553
 LAB0503 IP block not an address/CIDR    LAB0508 empty source, operation or condition
 LAB0504 JWKS not JSON or without keys   LAB0509 invalid dry-run annotation
 LAB0505 CUSTOM provider missing/unknown LAB0510 jwksUri not an http(s) URL
+                                        LAB0511 CUSTOM not supported locally yet
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def _authorization_policy(resource: Resource) -> Iterator[Diagnostic]:
         yield _diag(resource, "LAB0505", "a CUSTOM policy needs provider.name", "spec.provider",
                     "name an extensionProvider set with istioctl install --set "
                     "meshConfig.extensionProviders[0].name=...")
+    if action == "CUSTOM" and provider:
+        yield _diag(resource, "LAB0511", "action CUSTOM (an external authorizer) is not "
+                    "supported on the local mesh yet; it works on a cluster "
+                    "(LAB_BACKEND=kubernetes)", "spec.action",
+                    "use ALLOW or DENY rules here, or run this policy on a cluster")
     if action != "CUSTOM" and spec.get("provider"):
         yield _diag(resource, "LAB0505", f"provider is allowed only with action CUSTOM, not "
                     f"{action}", "spec.provider", "remove provider, or set action: CUSTOM")
