@@ -14,6 +14,9 @@ spec:
   selector: {app: ratings}
 """
 
+GET_RATINGS = ("{selector: {matchLabels: {app: ratings}}, "
+               "rules: [{to: [{operation: {methods: [GET]}}]}]}")
+
 
 def policy(spec: str) -> str:
     return f"""
@@ -25,16 +28,14 @@ spec: {spec}
 
 
 def test_http_fields_toward_a_tcp_port_are_warned():
-    store = bookinfo(TCP_SERVICE, policy(
-        "{selector: {matchLabels: {app: ratings}}, rules: [{to: [{operation: {methods: [GET]}}]}]}"))
+    store = bookinfo(TCP_SERVICE, policy(GET_RATINGS))
     found = find(store, "LAB0520")
     assert found.field == "spec.rules[0]" and "9000" in found.message
     assert "allows nothing" in found.message
 
 
 def test_http_fields_on_http_ports_only_are_fine():
-    store = bookinfo(policy(
-        "{selector: {matchLabels: {app: ratings}}, rules: [{to: [{operation: {methods: [GET]}}]}]}"))
+    store = bookinfo(policy(GET_RATINGS))
     assert "LAB0520" not in codes(store)
 
 
