@@ -436,9 +436,9 @@ def test_status_is_tolerated_but_typos_at_the_top_are_not() -> None:
 
 
 def test_unsupported_kind_through_validate() -> None:
-    body: dict[str, Any] = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+    body: dict[str, Any] = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
                             "metadata": {"name": "deny"}}
-    [found] = validate(Resource("AuthorizationPolicy", "deny", "ns", body))
+    [found] = validate(Resource("WasmPlugin", "deny", "ns", body))
     assert found.code == "LAB0405"
-    assert "AuthorizationPolicy (security.istio.io) is not served by the local mesh yet" \
+    assert "WasmPlugin (extensions.istio.io) is not served by the local mesh yet" \
         in found.message

@@ -1016,6 +1016,96 @@ def _sidecars(store: ConfigStore) -> Iterator[Diagnostic]:
                                         f"spec.ingress[{i}].connectionPool")
 
 
+# --- Authorization -----------------------------------------------------------------------
+
+
+def _policy_workloads(store: ConfigStore, policy: Resource) -> list[Resource]:
+    """The Deployments an AuthorizationPolicy applies to (root namespace: every namespace)."""
+    labels = _dict(_dict(policy.spec.get("selector")).get("matchLabels"))
+    namespace = None if policy.namespace == "istio-system" else policy.namespace
+    return store.workloads(namespace, labels or None)
+
+
+def _tcp_ports(store: ConfigStore, deployment: Resource) -> list[int]:
+    """Service ports in front of the Deployment that Istio treats as TCP."""
+    found = []
+    for service in store.list("Service", deployment.namespace):
+        selector = _dict(service.spec.get("selector"))
+        if selector and selector_matches(selector, pod_labels(deployment)):
+            found += [int(p["port"]) for p in _list(service.spec.get("ports"))
+                      if isinstance(p, dict) and port_protocol(p) not in HTTP_PROTOCOLS
+                      and port_protocol(p)]
+    return found
+
+
+def _disables_mtls(store: ConfigStore, deployment: Resource) -> bool:
+    """Whether a PeerAuthentication turns mTLS off for the workload (so no principal)."""
+    for pa in store.list("PeerAuthentication"):
+        labels = _dict(_dict(pa.spec.get("selector")).get("matchLabels"))
+        applies = (pa.namespace == deployment.namespace and (
+            not labels or selector_matches(labels, pod_labels(deployment)))) or (
+            pa.namespace == "istio-system" and not labels)
+        if applies and str(_dict(pa.spec.get("mtls")).get("mode", "")).upper() == "DISABLE":
+            return True
+    return False
+
+
+def _authorization_policies(store: ConfigStore) -> Iterator[Diagnostic]:
+    """LAB0520 HTTP-only fields toward TCP ports; LAB0521 identities without mTLS;
+    LAB0522 a policy on workloads without a sidecar (nothing enforces it)."""
+    from .security import HTTP_OPERATION_FIELDS, HTTP_SOURCE_FIELDS, http_only_when
+
+    for policy in store.list("AuthorizationPolicy"):
+        workloads = _policy_workloads(store, policy)
+        bare = [d for d in workloads if not _has_proxy(store, d)]
+        if workloads and len(bare) == len(workloads):
+            yield Diagnostic(
+                "LAB0522", WARNING, policy.ref,
+                f"the workloads it selects ({', '.join(d.name for d in bare[:3])}) have no "
+                "sidecar, so nothing enforces this policy", "spec.selector",
+                "enable injection for their namespace (istio-injection=enabled) and restart "
+                "them")
+        for i, rule in enumerate(_list(policy.spec.get("rules"))):
+            rule = _dict(rule)
+            http_fields = [f"from[{j}].source.{name}"
+                           for j, entry in enumerate(_list(rule.get("from")))
+                           for name in HTTP_SOURCE_FIELDS
+                           if _dict(_dict(entry).get("source")).get(name)]
+            http_fields += [f"to[{j}].operation.{name}"
+                            for j, entry in enumerate(_list(rule.get("to")))
+                            for name in HTTP_OPERATION_FIELDS
+                            if _dict(_dict(entry).get("operation")).get(name)]
+            http_fields += [f"when[{j}].key" for j, cond in enumerate(_list(rule.get("when")))
+                            if http_only_when(str(_dict(cond).get("key", "")))]
+            tcp = sorted({p for d in workloads for p in _tcp_ports(store, d)})
+            if http_fields and tcp:
+                action = str(policy.spec.get("action", "ALLOW"))
+                effect = ("this rule is left out there, so it allows nothing on them"
+                          if action == "ALLOW" else "those fields are left out there, so "
+                          "the rule matches more connections than on HTTP ports")
+                yield Diagnostic(
+                    "LAB0520", WARNING, policy.ref,
+                    f"{', '.join(http_fields)} only mean something for HTTP, and the workloads "
+                    f"it selects serve TCP on port(s) {', '.join(map(str, tcp))}: {effect}",
+                    f"spec.rules[{i}]", "limit the rule with to.operation.ports to HTTP ports, "
+                    "or use only TCP fields (principals, namespaces, ipBlocks, ports)")
+            uses_identity = any(
+                _dict(_dict(entry).get("source")).get(name)
+                for entry in _list(rule.get("from"))
+                for name in ("principals", "notPrincipals", "namespaces", "notNamespaces")
+            ) or any(str(_dict(c).get("key")) in ("source.principal", "source.namespace")
+                     for c in _list(rule.get("when")))
+            plain = [d for d in workloads if _disables_mtls(store, d)]
+            if uses_identity and plain:
+                yield Diagnostic(
+                    "LAB0521", WARNING, policy.ref,
+                    "principals and namespaces come from the client's mTLS certificate, but "
+                    f"mTLS is DISABLEd for {', '.join(d.name for d in plain[:3])}: no request "
+                    "there carries an identity", f"spec.rules[{i}].from",
+                    "set the PeerAuthentication to STRICT or PERMISSIVE for these workloads, "
+                    "and give their clients sidecars")
+
+
 _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _missing_namespaces,
     _injection,
@@ -1032,6 +1122,7 @@ _ANALYZERS: tuple[Callable[[ConfigStore], Iterator[Diagnostic]], ...] = (
     _sidecars,
     egress_findings,
     analyze_routing,
+    _authorization_policies,
 )
 
 

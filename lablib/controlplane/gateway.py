@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.model import Resource
+from .authz import secure_http, secure_tcp
 from .context import Proxy, PushContext, selector_matches
 from .listeners import ADS, hcm, socket_address, tcp_proxy
 from .mtls import SECRET_TYPE, TLS_INSPECTOR, has_identity, san_matchers, sds
@@ -205,14 +206,15 @@ def filter_chains(proxy: Proxy, ctx: PushContext, port: int,
     name = f"0.0.0.0_{port}"
     chains: list[dict[str, Any]] = []
     if any(server_kind(s) == "http" for _, s in servers):
-        chains.append({"filters": [hcm(name, proxy, ctx, rds=f"http.{port}", gateway=True)]})
+        chains.append({"filters": [secure_http(hcm(name, proxy, ctx, rds=f"http.{port}",
+                                                   gateway=True), proxy, ctx, port)]})
     for gw, server in servers:
         if server_kind(server) != "https" or not credential_present(proxy, ctx, server):
             continue  # no certificate: handshakes for these hosts fail, as in Istio
         names = [h for h in server_hosts(server) if h != "*"]
         chain: dict[str, Any] = {
-            "filters": [hcm(name, proxy, ctx, rds=https_route_name(port, gw, server),
-                            gateway=True)],
+            "filters": [secure_http(hcm(name, proxy, ctx, rds=https_route_name(port, gw, server),
+                                        gateway=True), proxy, ctx, port)],
             "transport_socket": downstream_tls(server)}
         if names:
             chain["filter_chain_match"] = {"server_names": names}
@@ -220,11 +222,13 @@ def filter_chains(proxy: Proxy, ctx: PushContext, port: int,
     passthrough = [s for s in servers if server_kind(s[1]) == "passthrough"]
     for names, clusters in passthrough_routes(proxy, port, passthrough, ctx):
         chains.append({"filter_chain_match": {"server_names": names},
-                       "filters": [tcp_proxy(name, clusters, proxy, ctx)]})
+                       "filters": secure_tcp([tcp_proxy(name, clusters, proxy, ctx)], proxy,
+                                             ctx, port)})
     tcp = [s for s in servers if server_kind(s[1]) == "tcp"]
     clusters = tcp_route_clusters(proxy, port, tcp, ctx) if tcp else []
     if clusters:
-        chains.append({"filters": [tcp_proxy(name, clusters, proxy, ctx)]})
+        chains.append({"filters": secure_tcp([tcp_proxy(name, clusters, proxy, ctx)], proxy, ctx,
+                                             port)})
     return chains
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .accesslog import FILE_LOG_TYPE, mesh_access_log
+from .authz import secure_http, secure_tcp
 from .context import Proxy, PushContext, selector_matches
 from .mtls import TLS_INSPECTOR, XFCC, inbound_chains
 from .naming import inbound_cluster
@@ -166,10 +167,13 @@ def sidecar_listeners(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
                         "route": {"cluster": cluster, "timeout": "0s"}}]}]}
 
         def filters_for(tls: bool, name: str = name, cluster: str = cluster, tcp: bool = tcp,
-                        route_config: dict[str, Any] = route_config) -> list[dict[str, Any]]:
+                        route_config: dict[str, Any] = route_config,
+                        cport: int = cport) -> list[dict[str, Any]]:
             if tcp:
-                return [tcp_proxy(name, [(cluster, 100)], proxy, ctx)]
-            manager = hcm(name, proxy, ctx, route_config=route_config)
+                return secure_tcp([tcp_proxy(name, [(cluster, 100)], proxy, ctx)], proxy, ctx,
+                                  cport)
+            manager = secure_http(hcm(name, proxy, ctx, route_config=route_config), proxy, ctx,
+                                  cport)
             if tls:
                 manager["typed_config"].update(XFCC)
             return [manager]

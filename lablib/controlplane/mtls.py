@@ -123,19 +123,21 @@ def passthrough_filters(proxy: Proxy, ctx: PushContext, port: int,
     """A PERMISSIVE port's chain for TLS that is not mesh mTLS (a client outside the mesh, or
     TLS the client's sidecar originated): proxied as TCP to the app, as Istio does for TCP
     and undeclared ports; None for a port declared HTTP, where Istio has no such chain."""
+    from .authz import secure_tcp
     from .listeners import TCP_PROXY, tcp_proxy
     from .naming import inbound_cluster
     from .sidecar import ingress_ports
 
     assert proxy.workload is not None
     plain = filters_for(False)
-    if plain and plain[0].get("name") == TCP_PROXY:
+    if plain and plain[-1].get("name") == TCP_PROXY:
         return list(plain)
     if declared_http(ctx, proxy.workload, port):
         return None
     target = next((p.target for p in ingress_ports(ctx, proxy.workload) or []
                    if p.number == port), port)
-    return [tcp_proxy(f"inbound|{port}", [(inbound_cluster(target), 100)], proxy, ctx)]
+    return secure_tcp([tcp_proxy(f"inbound|{port}", [(inbound_cluster(target), 100)], proxy, ctx)],
+                      proxy, ctx, port)
 
 
 def inbound_chains(proxy: Proxy, ctx: PushContext, port: int,

@@ -909,6 +909,8 @@ KUBE_WORDS = {
     "ServiceEntry": "serviceentry.networking.istio.io",
     "PeerAuthentication": "peerauthentication.security.istio.io",
     "Telemetry": "telemetry.telemetry.istio.io",
+    "AuthorizationPolicy": "authorizationpolicy.security.istio.io",
+    "RequestAuthentication": "requestauthentication.security.istio.io",
 }
 
 

@@ -27,6 +27,9 @@ KIND_ALIASES = {
     "serviceentry": "ServiceEntry", "serviceentries": "ServiceEntry", "se": "ServiceEntry",
     "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
     "pa": "PeerAuthentication", "telemetry": "Telemetry", "telemetries": "Telemetry",
+    "authorizationpolicy": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
+    "ap": "AuthorizationPolicy", "requestauthentication": "RequestAuthentication",
+    "requestauthentications": "RequestAuthentication", "ra": "RequestAuthentication",
 }
 
 

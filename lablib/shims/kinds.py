@@ -67,6 +67,10 @@ KINDS = (
     Kind("PeerAuthentication", "peerauthentications", PREFERRED_VERSION["PeerAuthentication"],
          ("pa",)),
     Kind("Telemetry", "telemetries", "telemetry.istio.io/v1alpha1"),
+    Kind("AuthorizationPolicy", "authorizationpolicies",
+         PREFERRED_VERSION["AuthorizationPolicy"], ("ap",)),
+    Kind("RequestAuthentication", "requestauthentications",
+         PREFERRED_VERSION["RequestAuthentication"], ("ra",)),
     Kind("IstioOperator", "istiooperators", "install.istio.io/v1alpha1", ("iop", "io")),
 )
 _BY_WORD = {word: k for k in KINDS for word in k.names()}

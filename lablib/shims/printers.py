@@ -109,6 +109,8 @@ def _extra_columns(kind: str, item: Item) -> dict[str, str]:
                 "STATUS": str((item.get("status") or {}).get("status") or "")}
     if kind == "PeerAuthentication":
         return {"MODE": str((spec.get("mtls") or {}).get("mode") or "")}
+    if kind == "AuthorizationPolicy":  # the CRD's printer column
+        return {"ACTION": str(spec.get("action") or "ALLOW")}
     return {}
 
 
