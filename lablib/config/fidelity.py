@@ -759,6 +759,7 @@ NAMESPACE: dict[str, Entry] = {
 _MESH_CONFIG_NOT_YET = ("the local mesh does not honour this meshConfig key yet; leave it out "
                         "(the install keeps the profile's value)")
 MESH_CONFIG: dict[str, Entry] = {
+    # Real Envoy: tests/test_install_mesh.py::test_enable_auto_mtls_false_sends_plaintext_...
     "enableAutoMtls": translated(f"{MTLS}.apply_upstream_tls", E + "test_enable_auto_mtls_false_"
                                  "sends_plaintext_unless_a_rule_says_istio_mutual"),
     "defaultConfig.holdApplicationUntilProxyStarts": translated(
