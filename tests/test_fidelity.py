@@ -200,6 +200,7 @@ def test_istio_io_rev_injects_for_the_default_revision_only():
     assert not injected({"istio-injection": "enabled"}, {},
                         {"sidecar.istio.io/inject": "false"})
     assert injected({}, {"sidecar.istio.io/inject": "true"}, {})
+    assert not injected({}, {}, {"sidecar.istio.io/inject": "true"})  # the webhook never runs
     canary = diagnostics_of("""
 apiVersion: v1
 kind: Namespace

@@ -688,9 +688,12 @@ DEPLOYMENT: dict[str, Entry] = {
         "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_only",
         values=("default",)),
     _POD_ANNOTATIONS: kubernetes("annotations are notes for people and tools"),
+    # The older annotation: "false" opts out; "true" changes nothing where the namespace
+    # already injects, and the webhook never sees the pod where it does not (as in Istio).
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/inject"]': translated(
-        RUNTIME, "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_"
-        "only", values=("false",)),
+        "lablib.config.injection.injected",
+        "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_only",
+        values=("true", "false")),
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/userVolume"]': translated(
         f"{SIDECAR}.mounted_file", _USER_VOLUME_TEST),
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/userVolumeMount"]': translated(
