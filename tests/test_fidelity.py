@@ -341,3 +341,13 @@ spec: {jwtRules: [{issuer: testing@secure.istio.io}]}
 """, namespace="default")
     [found] = fidelity.diagnostics(resource)
     assert found.code == "LAB0405" and "RequestAuthentication" in found.message
+
+
+@pytest.mark.parametrize("namespace, pod, expected", [
+    ({"istio-injection": "disabled"}, {"sidecar.istio.io/inject": "true"}, False),
+    ({"istio-injection": "enabled"}, {"istio.io/rev": "default"}, True),
+    ({"istio.io/rev": "default"}, {"sidecar.istio.io/inject": "true"}, True),
+    ({}, {"istio.io/rev": "default", "sidecar.istio.io/inject": "false"}, False),
+])
+def test_injection_follows_the_default_revisions_webhooks(namespace, pod, expected):
+    assert injected(namespace, pod, {}) is expected
