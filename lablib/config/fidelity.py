@@ -996,7 +996,12 @@ def markdown() -> str:
            "`LAB_BACKEND=kubernetes`), **warned** (a Warning on apply: a tuning knob that does "
            "not change who gets what), **no local meaning** (a Warning saying why), or "
            "**kubernetes** (a Kubernetes detail outside the mesh; the local runtime starts "
-           "the app as a process).", ""]
+           "the app as a process).", "",
+           f"On apply a refused field is an Error ({CODE_REFUSED}) naming the resource and "
+           f"the field, a warned one a Warning ({CODE_WARNED}), one without local meaning a "
+           f"Warning ({CODE_NO_LOCAL_MEANING}); a value the proxies cannot serve (a listed "
+           f"field's other values) is an Error ({CODE_VALUE}). `istioctl analyze FILE` reports "
+           "the same.", ""]
     tally = counts()
     out += ["| status | paths |", "|---|---|"]
     out += [f"| {status} | {tally[status]} |" for status in STATUSES]
