@@ -49,7 +49,9 @@ class Backend(abc.ABC):
     # --- resources ---------------------------------------------------------------------------
     @abc.abstractmethod
     def apply(self, source: Source, namespace: str | None = None) -> list[str]:
-        """`kubectl apply -f`: returns when pods are ready and every proxy has the config."""
+        """`kubectl apply -f`: returns when pods are ready and every proxy has the config;
+        the lines kubectl prints, a field the mesh accepts without effect first as
+        `Warning: …` (as an admission webhook's warnings)."""
 
     @abc.abstractmethod
     def delete(self, source: Source, namespace: str | None = None,

@@ -200,6 +200,7 @@ def test_istio_io_rev_injects_for_the_default_revision_only():
     assert not injected({"istio-injection": "enabled"}, {},
                         {"sidecar.istio.io/inject": "false"})
     assert injected({}, {"sidecar.istio.io/inject": "true"}, {})
+    assert not injected({}, {}, {"sidecar.istio.io/inject": "true"})  # the webhook never runs
     canary = diagnostics_of("""
 apiVersion: v1
 kind: Namespace
@@ -340,3 +341,13 @@ spec: {jwtRules: [{issuer: testing@secure.istio.io}]}
 """, namespace="default")
     [found] = fidelity.diagnostics(resource)
     assert found.code == "LAB0405" and "RequestAuthentication" in found.message
+
+
+@pytest.mark.parametrize("namespace, pod, expected", [
+    ({"istio-injection": "disabled"}, {"sidecar.istio.io/inject": "true"}, False),
+    ({"istio-injection": "enabled"}, {"istio.io/rev": "default"}, True),
+    ({"istio.io/rev": "default"}, {"sidecar.istio.io/inject": "true"}, True),
+    ({}, {"istio.io/rev": "default", "sidecar.istio.io/inject": "false"}, False),
+])
+def test_injection_follows_the_default_revisions_webhooks(namespace, pod, expected):
+    assert injected(namespace, pod, {}) is expected

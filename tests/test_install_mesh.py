@@ -151,3 +151,26 @@ def test_hold_application_until_proxy_starts_the_app_after_its_proxy_is_ready(te
     proxy, app = started[f"hold-test.{pod}.istio-proxy"], started[f"hold-test.{pod}.sleep"]
     # The proxy was ready (its first config loaded) no earlier than start + initialisation.
     assert app >= proxy + init_seconds
+
+
+def xfcc_seen_by_httpbin(mesh) -> str:
+    pod = mesh.pod_name({"app": "sleep"}, "auto-mtls")
+    answer = mesh.exec(pod, ["curl", "-s", "--max-time", "5", "http://httpbin:8000/headers"],
+                       namespace="auto-mtls", container="sleep")
+    assert answer.returncode == 0, answer.stderr
+    return str(json.loads(answer.stdout)["headers"].get("X-Forwarded-Client-Cert", ""))
+
+
+def test_enable_auto_mtls_false_sends_plaintext_between_sidecars(term):
+    term.ok("kubectl", "create", "namespace", "auto-mtls")
+    term.ok("kubectl", "label", "namespace", "auto-mtls", "istio-injection=enabled")
+    for sample in ("samples/httpbin/httpbin.yaml", "samples/sleep/sleep.yaml"):
+        term.ok("kubectl", "apply", "-n", "auto-mtls", "-f", sample)
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("LAB_MESH", "LAB_STATE_DIR", "LAB_MESH_OWNER"):
+            patch.setenv(key, term.env[key])
+        mesh = lablib.connect("local")
+        term.ok("istioctl", "install", "-y", "--set", "meshConfig.enableAutoMtls=true")
+        assert "spiffe://cluster.local/ns/auto-mtls/sa/sleep" in xfcc_seen_by_httpbin(mesh)
+        term.ok("istioctl", "install", "-y", "--set", "meshConfig.enableAutoMtls=false")
+        assert xfcc_seen_by_httpbin(mesh) == ""

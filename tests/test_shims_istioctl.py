@@ -18,7 +18,16 @@ import pytest
 import yaml
 
 from lablib.shims import addons, istioctl_main
-from lablib.shims.istioctl import _clusters_table, _domains, _match, _routes_table, kube_inject
+from lablib.shims.istioctl import (
+    _clusters_table,
+    _domains,
+    _endpoints_json,
+    _filtered_dump,
+    _listener_type,
+    _match,
+    _routes_table,
+    kube_inject,
+)
 
 KIT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +83,39 @@ def test_clusters_table_names_subsets_and_destination_rules() -> None:
         "reviews.ns",
         "xds-grpc                         -        -          -             STATIC     ",
     ]
+
+
+def test_cluster_and_endpoint_filters_compare_each_part_exactly() -> None:
+    dump = [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+             "dynamic_active_clusters": [{"cluster": {"name": name}} for name in (
+                 "outbound|9080|v1|reviews.ns.svc.cluster.local",
+                 "outbound|9080||reviews.ns.svc.cluster.local",
+                 "inbound|9080||", "outbound|9080|v1|reviews.other.svc.cluster.local")]}]
+    kept = _filtered_dump(dump, "clusters", {"fqdn": "reviews.ns.svc.cluster.local",
+                                             "subset": "v1"})
+    assert [c["cluster"]["name"] for c in kept[0]["dynamic_active_clusters"]] == [
+        "outbound|9080|v1|reviews.ns.svc.cluster.local"]
+    inbound = _filtered_dump(dump, "clusters", {"direction": "inbound", "port": "9080"})
+    assert [c["cluster"]["name"] for c in inbound[0]["dynamic_active_clusters"]] == [
+        "inbound|9080||"]
+    hosts = {"cluster_statuses": [{"name": "outbound|9080||r", "host_statuses": [
+        {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+         "health_status": health} for port, health in (
+            (1, {"eds_health_status": "HEALTHY"}),
+            (2, {"eds_health_status": "HEALTHY", "failed_outlier_check": True}))]}]}
+    ejected = _endpoints_json(hosts, {"status": "unhealthy"})
+    assert [h["address"]["socket_address"]["port_value"]
+            for h in ejected["cluster_statuses"][0]["host_statuses"]] == [2]
+    assert _endpoints_json(hosts, {"cluster": "outbound|9080||x"})["cluster_statuses"] == []
+
+
+def test_listener_type_is_istioctls() -> None:
+    def listener(*filters: str) -> dict[str, Any]:
+        return {"filter_chains": [{"filters": [{"name": f"envoy.filters.network.{f}"}]}
+                                  for f in filters]}
+    assert _listener_type(listener("http_connection_manager")) == "HTTP"
+    assert _listener_type(listener("tcp_proxy")) == "TCP"
+    assert _listener_type(listener("tcp_proxy", "http_connection_manager")) == "HTTP+TCP"
 
 
 def test_kube_inject_adds_the_sidecar_and_init_container() -> None:

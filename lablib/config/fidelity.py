@@ -688,9 +688,12 @@ DEPLOYMENT: dict[str, Entry] = {
         "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_only",
         values=("default",)),
     _POD_ANNOTATIONS: kubernetes("annotations are notes for people and tools"),
+    # The older annotation: "false" opts out; "true" changes nothing where the namespace
+    # already injects, and the webhook never sees the pod where it does not (as in Istio).
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/inject"]': translated(
-        RUNTIME, "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_"
-        "only", values=("false",)),
+        "lablib.config.injection.injected",
+        "tests/test_fidelity.py::test_istio_io_rev_injects_for_the_default_revision_only",
+        values=("true", "false")),
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/userVolume"]': translated(
         f"{SIDECAR}.mounted_file", _USER_VOLUME_TEST),
     f'{_POD_ANNOTATIONS}["sidecar.istio.io/userVolumeMount"]': translated(
@@ -759,6 +762,7 @@ NAMESPACE: dict[str, Entry] = {
 _MESH_CONFIG_NOT_YET = ("the local mesh does not honour this meshConfig key yet; leave it out "
                         "(the install keeps the profile's value)")
 MESH_CONFIG: dict[str, Entry] = {
+    # Real Envoy: tests/test_install_mesh.py::test_enable_auto_mtls_false_sends_plaintext_...
     "enableAutoMtls": translated(f"{MTLS}.apply_upstream_tls", E + "test_enable_auto_mtls_false_"
                                  "sends_plaintext_unless_a_rule_says_istio_mutual"),
     "defaultConfig.holdApplicationUntilProxyStarts": translated(
@@ -992,7 +996,12 @@ def markdown() -> str:
            "`LAB_BACKEND=kubernetes`), **warned** (a Warning on apply: a tuning knob that does "
            "not change who gets what), **no local meaning** (a Warning saying why), or "
            "**kubernetes** (a Kubernetes detail outside the mesh; the local runtime starts "
-           "the app as a process).", ""]
+           "the app as a process).", "",
+           f"On apply a refused field is an Error ({CODE_REFUSED}) naming the resource and "
+           f"the field, a warned one a Warning ({CODE_WARNED}), one without local meaning a "
+           f"Warning ({CODE_NO_LOCAL_MEANING}); a value the proxies cannot serve (a listed "
+           f"field's other values) is an Error ({CODE_VALUE}). `istioctl analyze FILE` reports "
+           "the same.", ""]
     tally = counts()
     out += ["| status | paths |", "|---|---|"]
     out += [f"| {status} | {tally[status]} |" for status in STATUSES]

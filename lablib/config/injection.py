@@ -3,11 +3,11 @@ revision.
 
 The local mesh installs one revision, `default`, whose webhooks select: a namespace labelled
 `istio-injection=enabled`, or one labelled `istio.io/rev=default` without an
-`istio-injection` label; in any namespace, a pod labelled `sidecar.istio.io/inject=true` or
-`istio.io/rev=default`. A pod label `sidecar.istio.io/inject=false`, or a namespace labelled
-`istio-injection=disabled`, turns injection off; so does the pod annotation
-`sidecar.istio.io/inject: "false"`. Any other revision is not installed: the fidelity ledger
-refuses it with a diagnostic rather than run a pod that looks injected and is not.
+`istio-injection` label; in a namespace with neither label, a pod labelled
+`istio.io/rev=default`, or `sidecar.istio.io/inject=true` without a revision label. A pod
+label or annotation `sidecar.istio.io/inject=false` turns injection off, and so does any
+`istio-injection` value but `enabled`. Any other revision is not installed: the fidelity
+ledger refuses it with a diagnostic rather than run a pod that looks injected and is not.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ STATUS = "sidecar.istio.io/status"  # `istioctl kube-inject` output: what it add
 
 def injected(namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str],
              pod_annotations: Mapping[str, str]) -> bool:
-    """Whether the `default` revision's webhook injects a pod with these labels."""
+    """Whether the `default` revision's webhooks inject a pod with these labels: the
+    namespace webhooks (istio-injection=enabled, or istio.io/rev=default without an
+    istio-injection label) and, in a namespace with neither label, the object webhooks
+    (pod label istio.io/rev=default, or sidecar.istio.io/inject=true without a revision)."""
     if pod_annotations.get(INJECT) == "false" or pod_labels.get(INJECT) == "false":
         return False
     namespace_choice = namespace_labels.get(INJECTION_LABEL)
-    if namespace_choice == "disabled":
-        return False
-    if pod_labels.get(INJECT) == "true" or pod_labels.get(REV_LABEL) == REVISION:
-        return True
-    if namespace_choice == "enabled":
-        return True
-    return namespace_choice is None and namespace_labels.get(REV_LABEL) == REVISION
+    if namespace_choice is not None:
+        return namespace_choice == "enabled"
+    if REV_LABEL in namespace_labels:
+        return namespace_labels[REV_LABEL] == REVISION
+    if REV_LABEL in pod_labels:
+        return pod_labels[REV_LABEL] == REVISION
+    return pod_labels.get(INJECT) == "true"
 
 
 def injected_names(annotations: Mapping[str, Any]) -> tuple[set[str], set[str]]:

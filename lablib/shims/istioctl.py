@@ -805,7 +805,8 @@ OUTPUT = Flag("output", "o")
 COMMANDS: dict[str, Command] = {
     "install": Command(cmd_install, [Flag("set", "s", "list"), YES, Flag("filename", "f", "list"),
                                      Flag("verify", kind="bool"), Flag("revision", "r")],
-                       "istioctl install --set profile=demo [-y] [--set values.KEY=VALUE]"),
+                       "istioctl install [--set profile=default|demo|minimal|empty] [-y] "
+                       "[--set KEY=VALUE]"),
     "verify-install": Command(cmd_verify_install, [Flag("revision", "r"),
                                                    Flag("filename", "f", "list")],
                               "istioctl verify-install [--revision default]"),
