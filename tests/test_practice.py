@@ -31,7 +31,7 @@ def test_tasks_are_drawn_from_the_catalogue_and_a_seed_repeats_them():
 
 
 def test_hints_are_graded_and_recorded(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     session = practice.Session(None, scenario("subset-label-typo"))  # type: ignore[arg-type]
     given = [session.hint() for _ in range(4)]
     assert given[0].startswith("Hint 1/3: ") and given[2].startswith("Hint 3/3: ")
@@ -71,7 +71,7 @@ def test_the_report_reads_only_what_the_instructor_may_read(tmp_path, monkeypatc
 
 
 def test_the_report_of_a_classroom_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("LAB_PRACTICE_DIR", str(tmp_path / "class"))
     (tmp_path / "class").mkdir()
     progress.record("fault-left-on", "start")

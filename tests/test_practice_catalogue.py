@@ -10,8 +10,10 @@ pytestmark = pytest.mark.envoy
 
 
 @pytest.fixture(scope="module")
-def mesh(bookinfo_mesh):
-    """One mesh for every scenario: Bookinfo plus the practice namespaces."""
+def mesh(bookinfo_mesh, tmp_path_factory, monkeypatch_module):
+    """One mesh for every scenario: Bookinfo plus the practice namespaces (the sessions'
+    records go to a folder of the test's own)."""
+    monkeypatch_module.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("records")))
     ensure_base(bookinfo_mesh)
     return bookinfo_mesh
 

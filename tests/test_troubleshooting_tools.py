@@ -208,6 +208,13 @@ def test_describe_pod_names_rules_subsets_and_mtls_mode(bookinfo_mesh, capsys):
                      "   Route to non-matching subset v2 for (everything)",
                      "   Workload mTLS mode: PERMISSIVE"):
         assert expected in out.splitlines(), out
+    productpage = bookinfo_mesh.pod_name({"app": "productpage"}, NS)
+    code, out, _ = _run(istioctl_main, ["x", "describe", "pod", f"{productpage}.{NS}"], capsys)
+    host, port = bookinfo_mesh.ingress_address()
+    assert out.splitlines()[-3:] == [f"Exposed on Ingress Gateway http://{host}:{port}",
+                                     "VirtualService: bookinfo",
+                                     "   /productpage, /static*, /login, /logout, "
+                                     "/api/v1/products*"], out
 
 
 @pytest.mark.envoy

@@ -1,11 +1,10 @@
 """What a learner did in practice and exams, one JSON line per event, and the instructor's
 report over the records they may read.
 
-Each learner's events go to `<records>/<mesh>.jsonl`, where `<records>` is
-`$XDG_DATA_HOME/istio-lab-kit/practice` (default `~/.local/share/…`), or
-`$LAB_STATE_DIR/.practice` when LAB_STATE_DIR is set; the folder is 0700, so nobody else
-reads it, and it outlives the mesh (a mesh's own state folder goes when it stops). In a
-classroom, `LAB_PRACTICE_DIR` names a shared
+Each learner's events go to `$XDG_DATA_HOME/istio-lab-kit/practice/<mesh>.jsonl` (default
+`~/.local/share/…`): a folder of mode 0700, so nobody else reads it, that outlives the mesh
+(a mesh's state folder goes when it stops) and stays out of the state root, whose folders
+are meshes. In a classroom, `LAB_PRACTICE_DIR` names a shared
 folder (e.g. group-owned, setgid, mode 2770) where each learner's events are also written as
 `<user>.<mesh>.jsonl`, mode 0640: members of the folder's group (the instructors) can read
 them, and the Unix permissions decide who sees what — the report never asks for more.
@@ -21,15 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..local.state import default_root, mesh_name
+from ..local.state import mesh_name
 
 __all__ = ["record", "records_dir", "report", "report_text"]
 
 
 def records_dir() -> Path:
     """This user's own practice records (see the module docstring)."""
-    if os.environ.get("LAB_STATE_DIR"):
-        return default_root() / ".practice"
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "istio-lab-kit" / "practice"
 

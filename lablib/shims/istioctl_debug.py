@@ -236,7 +236,37 @@ def describe_pod(mesh: LocalBackend, pod: str, namespace: str) -> str:
 
     mode = mtls_mode(_mesh_store(mesh), namespace, labels)
     lines.append(f"   Workload mTLS mode: {mode}")
+    lines += _ingress_text(mesh, services)
     return "\n".join(lines) + "\n"
+
+
+def _uri_text(match: dict[str, Any]) -> str:
+    uri = match.get("uri") or {}
+    if "exact" in uri:
+        return str(uri["exact"])
+    if "prefix" in uri:
+        return f"{uri['prefix']}*"
+    return str(uri.get("regex", "/*"))
+
+
+def _ingress_text(mesh: LocalBackend, services: list[dict[str, Any]]) -> list[str]:
+    """istioctl's `Exposed on Ingress Gateway` part: the gateway-bound VirtualServices that
+    route to the pod's Services, with the URIs they match."""
+    wanted = {_service_fqdn(s) for s in services}
+    exposed = []
+    for vs in _store_items(mesh, "virtualservice", None):
+        gateways = [g for g in (vs.get("spec") or {}).get("gateways") or [] if g != "mesh"]
+        routes_here = [rule for rule in (vs.get("spec") or {}).get("http") or []
+                       if any(_fqdn(str((r.get("destination") or {}).get("host", "")),
+                                    vs["metadata"]["namespace"]) in wanted
+                              for r in rule.get("route") or [])]
+        if gateways and routes_here:
+            uris = [_uri_text(m) for rule in routes_here for m in rule.get("match") or [{}]]
+            exposed += [f"VirtualService: {vs['metadata']['name']}", "   " + ", ".join(uris)]
+    if not exposed:
+        return []
+    host, port = mesh.ingress_address()
+    return ["", "", f"Exposed on Ingress Gateway http://{host}:{port}", *exposed]
 
 
 def describe_service(mesh: LocalBackend, service: str, namespace: str) -> str:
