@@ -600,7 +600,7 @@ def test_12_helloworld_applied_part_by_part_with_labels(sh: TimedShell) -> None:
     sh.ok("kubectl apply -f samples/curl/curl.yaml")
     sh.ok("kubectl wait --for=condition=available deploy/helloworld-v1 deploy/helloworld-v2 "
           "deploy/curl --timeout=60s")
-    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in $(seq 20); do curl -sS '
+    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in \\$(seq 20); do curl -sS '
                 'helloworld:5000/hello; done"').splitlines()
     assert len(out) == 20 and all(re.fullmatch(r"Hello version: v[12], instance: "
                                                r"helloworld-v[12]-\S+", line) for line in out)
