@@ -316,15 +316,17 @@ def alive(pids: set[int]) -> set[int]:
     return running
 
 
-def listening(pids: set[int] | None = None) -> dict[int, set[int]]:
-    """Listening TCP ports -> pids holding them (only `pids`, when given), from `ss -ltnp`."""
+def listening(pids: set[int] | None = None) -> dict[str, set[int]]:
+    """Listening TCP addresses (`127.0.0.1:8080`) -> pids holding them (only `pids`, when
+    given), from `ss -ltnp`. By address, not port: every mesh's load balancer listens on port
+    80 of a loopback address of its own."""
     out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
-    ports: dict[int, set[int]] = {}
+    ports: dict[str, set[int]] = {}
     for line in out.splitlines():
         fields = line.split()
         holders = {int(p) for p in re.findall(r"pid=(\d+)", line)}
         if pids is None or holders & pids:
-            ports.setdefault(int(fields[3].rsplit(":", 1)[1]), set()).update(holders)
+            ports.setdefault(fields[3], set()).update(holders)
     return ports
 
 

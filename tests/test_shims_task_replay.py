@@ -25,7 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_shims_walkthrough import PASSTHROUGH, Result, Shell, page, pages, sign_in, versions
+from test_shims_walkthrough import (
+    BREAKER,
+    PASSTHROUGH,
+    Result,
+    Shell,
+    page,
+    pages,
+    sign_in,
+    versions,
+)
 from walkthrough_samples import MY_NGINX, NGINX_CONF
 
 from lablib import traffic
@@ -242,33 +251,13 @@ def test_05_dangling_routes_answer_503_and_deletes_are_never_refused(sh: TimedSh
     assert sh.ok(f'curl -s -o /dev/null -w "%{{http_code}}" http://{url}/productpage') == "200"
 
 
-CIRCUIT_BREAKER = """\
-apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata:
-  name: httpbin
-spec:
-  host: httpbin
-  trafficPolicy:
-    connectionPool:
-      tcp:
-        maxConnections: 1
-      http:
-        http1MaxPendingRequests: 1
-        maxRequestsPerConnection: 1
-    outlierDetection:
-      consecutive5xxErrors: 1
-      interval: 1s
-      baseEjectionTime: 3m
-      maxEjectionPercent: 100
-"""
 FORTIO_POD = "export FORTIO_POD=$(kubectl get pods -l app=fortio -o " \
              "'jsonpath={.items[0].metadata.name}'); "
 
 
 def test_06_circuit_breaking(sh: TimedShell) -> None:
     sh.ok("kubectl apply -f samples/httpbin/httpbin.yaml")
-    sh.ok("kubectl apply -f - <<EOF\n" + CIRCUIT_BREAKER + "EOF")
+    sh.ok("kubectl apply -f - <<EOF\n" + BREAKER + "EOF")
     assert "http1MaxPendingRequests: 1" in sh.ok("kubectl get destinationrule httpbin -o yaml")
     sh.ok("kubectl apply -f samples/httpbin/sample-client/fortio-deploy.yaml")
     sh.ok("kubectl wait --for=condition=available deploy/fortio-deploy deploy/httpbin "
@@ -600,7 +589,7 @@ def test_12_helloworld_applied_part_by_part_with_labels(sh: TimedShell) -> None:
     sh.ok("kubectl apply -f samples/curl/curl.yaml")
     sh.ok("kubectl wait --for=condition=available deploy/helloworld-v1 deploy/helloworld-v2 "
           "deploy/curl --timeout=60s")
-    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in $(seq 20); do curl -sS '
+    out = sh.ok('kubectl exec deploy/curl -c curl -- sh -c "for i in \\$(seq 20); do curl -sS '
                 'helloworld:5000/hello; done"').splitlines()
     assert len(out) == 20 and all(re.fullmatch(r"Hello version: v[12], instance: "
                                                r"helloworld-v[12]-\S+", line) for line in out)

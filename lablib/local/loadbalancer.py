@@ -122,9 +122,9 @@ class LoadBalancer:
                          self.address, min(forwards))
             self.note, self.served = why, {}
             return
-        path = write_bootstrap(self.folder / "cloud-load-balancer.json",
-                               lb_bootstrap(self.admin_port, self.address, forwards))
         try:
+            path = write_bootstrap(self.folder / "cloud-load-balancer.json",
+                                   lb_bootstrap(self.admin_port, self.address, forwards))
             self.supervisor.start(PROCESS_NAME, envoy_argv(path),
                                   ready=lambda: all(_accepts(self.address, p)
                                                     for p in forwards))
