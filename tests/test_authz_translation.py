@@ -255,3 +255,33 @@ def test_custom_action_is_refused_until_ext_authz_exists():
     [found] = refused.value.diagnostics
     assert (found.code, found.field) == ("LAB0511", "spec.action")
     assert "LAB_BACKEND=kubernetes" in found.message
+
+
+def test_gateway_trusts_as_many_forwarded_for_hops_as_mesh_config_says():
+    from test_translation import GATEWAY_WORKLOAD, INGRESS_SERVICE, SIDECAR, WORKLOADS
+
+    from lablib.config.meshconfig import mesh_config
+    from lablib.config.store import ConfigStore
+    from lablib.controlplane.context import PushContext
+    from lablib.controlplane.snapshot import build_snapshot
+
+    gateway = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"""
+    store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(
+        load(INGRESS_SERVICE + "---" + gateway))
+
+    def hops(values: dict[str, str]) -> int | None:
+        ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY),
+                          mesh_config=mesh_config("demo", values))
+        [hcm] = build_snapshot(GATEWAY, ctx).listeners["0.0.0.0_8080"]["filter_chains"][0][
+            "filters"]
+        return hcm["typed_config"].get("xff_num_trusted_hops")
+
+    assert hops({}) is None
+    assert hops({"meshConfig.defaultConfig.gatewayTopology.numTrustedProxies": "2"}) == 2
