@@ -285,3 +285,16 @@ spec:
 
     assert hops({}) is None
     assert hops({"meshConfig.defaultConfig.gatewayTopology.numTrustedProxies": "2"}) == 2
+
+
+def test_unreachable_jwks_uri_refuses_every_token():
+    from lablib.controlplane.jwt import jwks_fetch_errors
+
+    uri = "http://127.0.0.1:9/jwks.json"  # the discard port: nothing serves it
+    ra = request_authentication().replace(f"jwks: '{ISSUER.jwks}'", f"jwksUri: {uri}")
+    snap = snapshot_for(SIDECAR, ra, mtls=True)
+    decision = authorize(snap, Request(PRODUCTPAGE, headers=bearer(ISSUER.token())))
+    assert (decision.status, decision.body) == (
+        401, "Jwks doesn't have key to match kid or alg from Jwt")
+    assert uri in jwks_fetch_errors()
+    assert authorize(snap, Request(PRODUCTPAGE)).status == 200  # no token: still passes
