@@ -14,6 +14,14 @@ from lablib.errors import ConfigError
 PRODUCTPAGE = 20010  # the productpage pod's inbound listener (containerPort 9080)
 SLEEP = f"spiffe://cluster.local/ns/{NS}/sa/sleep"
 OTHER = "spiffe://cluster.local/ns/other/sa/curl"
+HTTP_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"""
 
 
 def policy(spec: str, name: str = "p", namespace: str = NS, annotations: str = "") -> str:
@@ -203,18 +211,10 @@ def test_http_only_fields_on_tcp_drop_allow_rules_and_narrow_deny_rules():
 
 
 def test_gateway_denies_by_remote_ip():
-    gateway = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
-"""
     deny = policy("""{selector: {matchLabels: {istio: ingressgateway}}, action: DENY,
                       rules: [{from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]}]}""",
                   namespace="istio-system")
-    snap = snapshot_for(GATEWAY, gateway, deny)
+    snap = snapshot_for(GATEWAY, HTTP_GATEWAY, deny)
     assert authorize(snap, Request(30080, remote_ip="203.0.113.7")).status == 403
     assert authorize(snap, Request(30080, remote_ip="198.51.100.1")).status == 200
 
@@ -265,16 +265,8 @@ def test_gateway_trusts_as_many_forwarded_for_hops_as_mesh_config_says():
     from lablib.controlplane.context import PushContext
     from lablib.controlplane.snapshot import build_snapshot
 
-    gateway = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
-"""
     store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(
-        load(INGRESS_SERVICE + "---" + gateway))
+        load(INGRESS_SERVICE + "---" + HTTP_GATEWAY))
 
     def hops(values: dict[str, str]) -> int | None:
         ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY),
