@@ -13,13 +13,21 @@ from lablib.local.ports import allocate_port
 
 from . import envoy_baseline as bare
 from .machine import machine_info
-from .mesh_bench import BringUp, apply_ms, bring_up, deploy_httpbin, isolated_mesh
+from .mesh_bench import (
+    BringUp,
+    apply_ms,
+    authz_apply_ms,
+    bring_up,
+    deploy_httpbin,
+    isolated_mesh,
+)
 from .stats import median, percentile, sequential_latencies
 
 REPORT = Path(__file__).with_name("REPORT.md")
 BRING_UP_RUNS = 3
 BARE_STARTS = 5
 CHANGES = 50
+POLICIES = 50
 REQUESTS = 2000
 ROUNDS = 4  # the three paths take turns, REQUESTS / ROUNDS at a time, so drift hits all alike
 
@@ -67,6 +75,7 @@ def run(workdir: Path) -> str:
         bring_ups.append(bring_up(started))
         mesh = started[0]
         applies = apply_ms(mesh, CHANGES)
+        authz_applies = authz_apply_ms(mesh, POLICIES, CHANGES)
         file_reloads = bare.file_reload_ms(workdir, CHANGES)
         mesh_url = deploy_httpbin(mesh)
         with bare.upstream(workdir) as upstream_port:
@@ -139,6 +148,8 @@ def run(workdir: Path) -> str:
         "| | p50 ms | p99 ms |",
         "|---|---|---|",
         f"| mesh apply → ACK | {apply_p50:.2f} | {apply_p99:.2f} |",
+        f"| mesh apply → ACK, one AuthorizationPolicy of {POLICIES} | "
+        f"{percentile(authz_applies, 50):.2f} | {percentile(authz_applies, 99):.2f} |",
         f"| single Envoy, file RDS rename → visible | {file_p50:.2f} | {file_p99:.2f} |",
         f"| **ratio mesh / file** | **{_ratio(apply_p50, file_p50, 1)}** "
         f"| **{_ratio(apply_p99, file_p99, 1)}** |",

@@ -102,6 +102,35 @@ def apply_ms(mesh: Backend, changes: int) -> list[float]:
     return result
 
 
+def authorization_policy(i: int, version: int = 0) -> dict[str, Any]:
+    """The i-th of the bench's AuthorizationPolicies: ALLOW GET on a path, by principal."""
+    apps = ("productpage", "details", "reviews", "ratings")
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": f"bench-{i}", "namespace": BOOKINFO_NS},
+            "spec": {"selector": {"matchLabels": {"app": apps[i % len(apps)]}},
+                     "rules": [{"from": [{"source": {"principals": [
+                         f"cluster.local/ns/{BOOKINFO_NS}/sa/client-{i}"]}}],
+                         "to": [{"operation": {"methods": ["GET"],
+                                               "paths": [f"/bench/{i}/{version}/*"]}}]},
+                               {}]}}
+
+
+def authz_apply_ms(mesh: Backend, policies: int, changes: int) -> list[float]:
+    """Milliseconds from apply() to every Envoy's ACK for a change to one
+    AuthorizationPolicy while `policies` of them are in the mesh (each also allows all,
+    so Bookinfo keeps working); the policies are deleted afterwards."""
+    mesh.apply([authorization_policy(i) for i in range(policies)])
+    result = []
+    try:
+        for i in range(changes):
+            start = time.perf_counter()
+            mesh.apply(authorization_policy(0, version=i + 1))
+            result.append((time.perf_counter() - start) * 1000)
+    finally:
+        mesh.delete([authorization_policy(i) for i in range(policies)])
+    return result
+
+
 def httpbin_gateway() -> list[dict[str, Any]]:
     """A Gateway and VirtualService exposing httpbin on the ingress gateway's port 8080."""
     gateway = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",

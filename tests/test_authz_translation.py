@@ -14,6 +14,14 @@ from lablib.errors import ConfigError
 PRODUCTPAGE = 20010  # the productpage pod's inbound listener (containerPort 9080)
 SLEEP = f"spiffe://cluster.local/ns/{NS}/sa/sleep"
 OTHER = "spiffe://cluster.local/ns/other/sa/curl"
+HTTP_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"""
 
 
 def policy(spec: str, name: str = "p", namespace: str = NS, annotations: str = "") -> str:
@@ -203,18 +211,10 @@ def test_http_only_fields_on_tcp_drop_allow_rules_and_narrow_deny_rules():
 
 
 def test_gateway_denies_by_remote_ip():
-    gateway = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
-"""
     deny = policy("""{selector: {matchLabels: {istio: ingressgateway}}, action: DENY,
                       rules: [{from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]}]}""",
                   namespace="istio-system")
-    snap = snapshot_for(GATEWAY, gateway, deny)
+    snap = snapshot_for(GATEWAY, HTTP_GATEWAY, deny)
     assert authorize(snap, Request(30080, remote_ip="203.0.113.7")).status == 403
     assert authorize(snap, Request(30080, remote_ip="198.51.100.1")).status == 200
 
@@ -255,3 +255,38 @@ def test_custom_action_is_refused_until_ext_authz_exists():
     [found] = refused.value.diagnostics
     assert (found.code, found.field) == ("LAB0511", "spec.action")
     assert "LAB_BACKEND=kubernetes" in found.message
+
+
+def test_gateway_trusts_as_many_forwarded_for_hops_as_mesh_config_says():
+    from test_translation import GATEWAY_WORKLOAD, INGRESS_SERVICE, SIDECAR, WORKLOADS
+
+    from lablib.config.meshconfig import mesh_config
+    from lablib.config.store import ConfigStore
+    from lablib.controlplane.context import PushContext
+    from lablib.controlplane.snapshot import build_snapshot
+
+    store = ConfigStore.with_namespaces([NS, "istio-system"]).with_applied(
+        load(INGRESS_SERVICE + "---" + HTTP_GATEWAY))
+
+    def hops(values: dict[str, str]) -> int | None:
+        ctx = PushContext(store, (*WORKLOADS, GATEWAY_WORKLOAD), (SIDECAR, GATEWAY),
+                          mesh_config=mesh_config("demo", values))
+        [hcm] = build_snapshot(GATEWAY, ctx).listeners["0.0.0.0_8080"]["filter_chains"][0][
+            "filters"]
+        return hcm["typed_config"].get("xff_num_trusted_hops")
+
+    assert hops({}) is None
+    assert hops({"meshConfig.defaultConfig.gatewayTopology.numTrustedProxies": "2"}) == 2
+
+
+def test_unreachable_jwks_uri_refuses_every_token():
+    from lablib.controlplane.jwt import jwks_fetch_errors
+
+    uri = "http://127.0.0.1:9/jwks.json"  # the discard port: nothing serves it
+    ra = request_authentication().replace(f"jwks: '{ISSUER.jwks}'", f"jwksUri: {uri}")
+    snap = snapshot_for(SIDECAR, ra, mtls=True)
+    decision = authorize(snap, Request(PRODUCTPAGE, headers=bearer(ISSUER.token())))
+    assert (decision.status, decision.body) == (
+        401, "Jwks doesn't have key to match kid or alg from Jwt")
+    assert uri in jwks_fetch_errors()
+    assert authorize(snap, Request(PRODUCTPAGE)).status == 200  # no token: still passes

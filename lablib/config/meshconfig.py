@@ -49,6 +49,12 @@ def _log_file(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError("expected a whole number, 0 or more")
+    return int(text)
+
+
 # Leaf keys under `meshConfig.` and how their values are read. `extensionProviders[N].…` is
 # checked as a whole by _extension_provider below.
 KEYS: dict[str, Callable[[str], Any]] = {
@@ -58,6 +64,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "outboundTrafficPolicy.mode": _one_of("ALLOW_ANY", "REGISTRY_ONLY"),
     "defaultConfig.holdApplicationUntilProxyStarts": _boolean,
     "enableAutoMtls": _boolean,
+    "defaultConfig.gatewayTopology.numTrustedProxies": _count,
 }
 
 # What the profiles set before any --set (Istio's manifests/profiles/*.yaml).
@@ -106,6 +113,12 @@ class MeshConfig:
     @property
     def enable_auto_mtls(self) -> bool:
         return bool(self.get("enableAutoMtls", True))
+
+    @property
+    def num_trusted_proxies(self) -> int:
+        """How many proxies in front of the gateways append to X-Forwarded-For: the
+        gateways then take the client address that far from the right."""
+        return int(self.get("defaultConfig.gatewayTopology.numTrustedProxies", 0))
 
     @property
     def hold_application_until_proxy_starts(self) -> bool:

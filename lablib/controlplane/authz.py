@@ -284,6 +284,22 @@ def _principal(items: list[dict[str, Any]]) -> dict[str, Any]:
     return _and_ids(items)
 
 
+def _entries(entries: Any, holder: str, fields: dict[str, tuple[Any, bool]], kind: str,
+             tcp: bool, strict: bool) -> list[list[dict[str, Any]]]:
+    """The matchers of each `from` source or `to` operation (their fields and `not` forms);
+    one empty list when the rule has none, so the rule's conditions still count."""
+    out = []
+    for entry in entries or []:
+        found = _Fields(tcp, strict)
+        spec = entry.get(holder) or {}
+        for name, (build, http_only) in fields.items():
+            negated = "not" + name[0].upper() + name[1:]
+            found.add(spec.get(name) or [], build, http_only, False, kind)
+            found.add(spec.get(negated) or [], build, http_only, True, kind)
+        out.append(found.items)
+    return out or [[]]
+
+
 def rule_policy(rule: dict[str, Any], tcp: bool, strict: bool) -> dict[str, Any]:
     """One RBAC policy from one rule; HttpOnly when a TCP port must drop it."""
     destination = _Fields(tcp, strict)
@@ -300,29 +316,10 @@ def rule_policy(rule: dict[str, Any], tcp: bool, strict: bool) -> dict[str, Any]
         target.add(condition.get("values") or [], build, http_only, False, kind)
         target.add(condition.get("notValues") or [], build, http_only, True, kind)
 
-    permissions = []
-    for entry in rule.get("to") or []:
-        operation = _Fields(tcp, strict)
-        for name, (build, http_only) in OPERATION_FIELDS.items():
-            spec = entry.get("operation") or {}
-            operation.add(spec.get(name) or [], build, http_only, False, "rules")
-            operation.add(spec.get("not" + name[0].upper() + name[1:]) or [], build, http_only,
-                          True, "rules")
-        permissions.append(_permission(operation.items + destination.items))
-    if not permissions:
-        permissions = [_permission(destination.items)]
-
-    principals = []
-    for entry in rule.get("from") or []:
-        source = _Fields(tcp, strict)
-        for name, (build, http_only) in SOURCE_FIELDS.items():
-            spec = entry.get("source") or {}
-            source.add(spec.get(name) or [], build, http_only, False, "ids")
-            source.add(spec.get("not" + name[0].upper() + name[1:]) or [], build, http_only,
-                       True, "ids")
-        principals.append(_principal(source.items + source_conditions.items))
-    if not principals:
-        principals = [_principal(source_conditions.items)]
+    permissions = [_permission(items + destination.items) for items in
+                   _entries(rule.get("to"), "operation", OPERATION_FIELDS, "rules", tcp, strict)]
+    principals = [_principal(items + source_conditions.items) for items in
+                  _entries(rule.get("from"), "source", SOURCE_FIELDS, "ids", tcp, strict)]
     return {"permissions": permissions, "principals": principals}
 
 

@@ -108,6 +108,8 @@ def hcm(stat_prefix: str, proxy: Proxy, ctx: PushContext, *, rds: str | None = N
         config["route_config"] = route_config
     if gateway:
         config["use_remote_address"] = True
+        if ctx.mesh_config.num_trusted_proxies:
+            config["xff_num_trusted_hops"] = ctx.mesh_config.num_trusted_proxies
     return {"name": HCM, "typed_config": config}
 
 
