@@ -290,3 +290,14 @@ def test_unreachable_jwks_uri_refuses_every_token():
         401, "Jwks doesn't have key to match kid or alg from Jwt")
     assert uri in jwks_fetch_errors()
     assert authorize(snap, Request(PRODUCTPAGE)).status == 200  # no token: still passes
+
+
+def test_tokens_from_params_and_cookies():
+    ra = request_authentication("""    fromParams: [my_token]
+    fromCookies: [session]""")
+    expired = ISSUER.token(expires_in=-300)
+    assert call(ra, path="/x?my_token=" + expired) == 401
+    assert call(ra, headers={"Cookie": f"theme=dark; session={expired}"}) == 401
+    assert call(ra, path="/x?my_token=" + ISSUER.token()) == 200
+    # Configured locations replace the default Authorization header.
+    assert call(ra, headers=bearer(expired)) == 200

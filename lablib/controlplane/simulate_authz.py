@@ -191,18 +191,24 @@ def _enforce(rules: dict[str, Any], ctx: _Context) -> tuple[bool, str]:
 
 
 def _token(request: Request, provider: dict[str, Any]) -> str | None:
+    """The token where the provider looks for it; with no location configured, Envoy's
+    defaults: `Authorization: Bearer` and the `access_token` query parameter."""
     headers = {k.lower(): v for k, v in request.headers.items()}
-    locations = provider.get("from_headers") or [{"name": "Authorization",
-                                                  "value_prefix": "Bearer "}]
-    for location in locations:
+    default = not any(provider.get(k) for k in ("from_headers", "from_params", "from_cookies"))
+    for location in provider.get("from_headers") or (
+            [{"name": "Authorization", "value_prefix": "Bearer "}] if default else []):
         value = headers.get(location["name"].lower())
         prefix = location.get("value_prefix", "")
         if value is not None and value.startswith(prefix):
             return value[len(prefix):].strip()
+    cookies = dict(part.strip().partition("=")[::2]
+                   for part in headers.get("cookie", "").split(";") if part.strip())
+    for name in provider.get("from_cookies") or []:
+        if name in cookies:
+            return cookies[name]
     query = request.path.partition("?")[2]
     params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-    for name in provider.get("from_params") or ([] if provider.get("from_headers")
-                                                else ["access_token"]):
+    for name in provider.get("from_params") or (["access_token"] if default else []):
         if name in params:
             return params[name]
     return None
