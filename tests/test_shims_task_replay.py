@@ -6,12 +6,13 @@ the ingress Service. Each test is one task, from its "Before you begin" to its "
 asserts what the page shows; traffic shares are checked with a binomial tolerance.
 
 Where the local mesh differs by design the replay says so in a comment: the ingress address is
-the NodePort fallback the pages give for clusters without a load balancer.
+the NodePort fallback the pages give for clusters without a load balancer (the ingress task
+also takes the load balancer's address when the mesh may bind it).
 
 Every task has a time limit (`LIMITS`): a task that hangs fails with the command it hung in.
-Tasks are plain functions of the `sh` fixture, so the ones still missing here (mTLS migration
-and HTTP authorization, which need AuthorizationPolicy) are added as further `test_NN_` functions
-with their own limit.
+Tasks are plain functions of the `sh` fixture, so the one still missing here (HTTP
+authorization, which needs AuthorizationPolicy) is added as a further `test_NN_` function with
+its own limit, before the plug-in CA task (which reinstalls Istio).
 """
 
 from __future__ import annotations
@@ -574,6 +575,37 @@ def test_12_querying_metrics(sh: TimedShell) -> None:
             time.sleep(1)
     assert '"destination_service":"productpage.default.svc.cluster.local"' in answer
     assert sum(counts) >= 10, answer
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
+def test_12_tcp_metrics(sh: TimedShell) -> None:
+    """Collecting metrics for TCP services: ratings v2 reads MongoDB, and Prometheus counts
+    the TCP connections from ratings-v2 to mongodb-v1."""
+    sh.ok("kubectl apply -f samples/bookinfo/platform/kube/bookinfo-ratings-v2.yaml")
+    sh.ok("kubectl apply -f samples/bookinfo/platform/kube/bookinfo-db.yaml")
+    sh.ok(f"kubectl apply -f {NET}/destination-rule-all.yaml")
+    sh.ok(f"kubectl apply -f {NET}/virtual-service-ratings-db.yaml")
+    sh.ok("kubectl wait --for=condition=available deploy/ratings-v2 deploy/mongodb-v1 "
+          "--timeout=60s")
+    url = gateway_url(sh)
+    stars = sh.ok(f'for i in $(seq 1 5); do curl -s "http://{url}/productpage" | grep -c '
+                  '"glyphicon-star"; done').split()
+    assert stars and all(int(n) > 0 for n in stars), stars  # v3's stars, from the database
+    query = ("curl -s -G {url}/api/v1/query --data-urlencode "
+             "'query=istio_tcp_connections_opened_total{{destination_workload=\"mongodb-v1\","
+             "reporter=\"destination\"}}'")
+    with sh.dashboard("prometheus") as prometheus:
+        deadline = time.monotonic() + 60
+        while True:
+            answer = sh.ok(query.format(url=prometheus))
+            counts = [int(v) for v in re.findall(r'"value":\[[\d.]+,"(\d+)"\]', answer)]
+            if sum(counts) >= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert '"source_workload":"ratings-v2"' in answer and sum(counts) >= 5, answer
+    sh.ok(f"kubectl delete -f {NET}/virtual-service-ratings-db.yaml")
+    sh.ok("kubectl delete -f samples/bookinfo/platform/kube/bookinfo-ratings-v2.yaml")
+    sh.ok("kubectl delete -f samples/bookinfo/platform/kube/bookinfo-db.yaml")
 
 
 def test_12_helloworld_applied_part_by_part_with_labels(sh: TimedShell) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from lablib import certs
+from lablib.apps import mongo_wire, mongodb
 from lablib.config import ConfigStore, load
 from lablib.local import loadbalancer, podnet
 from lablib.local.views import MeshViews
@@ -299,3 +302,34 @@ def test_without_the_privilege_to_bind_the_service_stays_pending(
     balancer.sync(store)
     assert balancer.status("istio-system", "istio-ingressgateway") == {}
     assert balancer.note == "Permission denied"
+
+
+# --- item 5: the ratings database (MongoDB's wire protocol) -----------------------------------
+
+
+def test_bson_round_trips_the_types_the_database_uses() -> None:
+    doc = {"find": "ratings", "$db": "test", "n": 5, "big": 2**40, "x": 1.5, "ok": True,
+           "none": None, "docs": [{"rating": 5}, {"rating": 4}], "sub": {"a": "b"}}
+    assert mongo_wire.decode(mongo_wire.encode(doc)) == doc
+
+
+def test_the_database_stand_in_answers_a_driver_handshake_and_find() -> None:
+    server = mongodb.Server(("127.0.0.1", 0), mongodb.handler(mongodb.Database()))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            # A driver's first isMaster, in the legacy OP_QUERY a driver still sends first.
+            query = (struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1)
+                     + mongo_wire.encode({"isMaster": 1}))
+            sock.sendall(struct.pack("<iiii", 16 + len(query), 7, 0, mongo_wire.OP_QUERY)
+                         + query)
+            hello = mongo_wire.read_message(sock)
+            assert (hello.op, hello.response_to) == (mongo_wire.OP_REPLY, 7)
+            assert hello.document["ismaster"] is True and hello.document["ok"] == 1.0
+            mongo_wire.send_msg(sock, {"find": "ratings", "$db": "test"}, 8)
+            found = mongo_wire.read_message(sock)
+            assert found.op == mongo_wire.OP_MSG and found.response_to == 8
+            assert found.document["cursor"]["firstBatch"] == [{"rating": 5}, {"rating": 4}]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -56,6 +56,10 @@ _IMAGES = {
     "istio/examples-bookinfo-productpage-v1": _bookinfo("productpage"),
     "istio/examples-bookinfo-details-v1": _bookinfo("details"),
     "istio/examples-bookinfo-ratings-v1": _bookinfo("ratings"),
+    # v2 reads its stars from MongoDB when DB_TYPE=mongodb (bookinfo-ratings-v2.yaml).
+    "istio/examples-bookinfo-ratings-v2": _bookinfo("ratings"),
+    "istio/examples-bookinfo-mongodb": _Image(27017, ("-m", "lablib.apps.mongodb", "--port",
+                                                      "{port}")),
     "istio/examples-bookinfo-reviews-v1": _bookinfo("reviews", "--version", "v1"),
     "istio/examples-bookinfo-reviews-v2": _bookinfo("reviews", "--version", "v2"),
     "istio/examples-bookinfo-reviews-v3": _bookinfo("reviews", "--version", "v3"),
