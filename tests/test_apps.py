@@ -575,7 +575,13 @@ def test_httpbin_logs_each_request_as_gunicorn_does(spawn: Spawn) -> None:
     argv = command_for("docker.io/kennethreitz/httpbin", port_map={80: port}, env={})
     httpbin = spawn(argv, ready=lambda app: _http_ready_at(port, "/status/200"))
     assert call(port, "/headers?a=1").status == 200
-    lines = [line for line in httpbin.output().splitlines() if "/headers" in line]
+    # The server writes its log line after the response, so the client may see it first.
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in httpbin.output().splitlines() if "/headers" in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(lines) == 1, httpbin.output()
     assert re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
                         r'"GET /headers\?a=1 HTTP/1\.1" 200 \d+ "-" "[^"]*"', lines[0]), lines
