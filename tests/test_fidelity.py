@@ -222,11 +222,10 @@ def test_the_shipped_samples_apply_without_a_word():
 
 
 @pytest.mark.parametrize("kind, api_version", [
-    ("RequestAuthentication", "security.istio.io/v1"),
-    ("AuthorizationPolicy", "security.istio.io/v1"),
+    ("EnvoyFilter", "networking.istio.io/v1alpha3"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1"),
     ("Gateway", "gateway.networking.k8s.io/v1"),
     ("HTTPRoute", "gateway.networking.k8s.io/v1"),
-    ("Telemetry", "telemetry.istio.io/v1"),
 ])
 def test_kinds_not_served_yet_say_so_without_a_cross_api_suggestion(kind, api_version):
     found = check_kind(kind, api_version, f"{kind} default/x")
@@ -333,10 +332,10 @@ spec:
 
 def test_a_kind_the_local_mesh_does_not_serve_loads_for_a_cluster_and_is_refused_locally():
     [resource] = load("""
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt}
-spec: {jwtRules: [{issuer: testing@secure.istio.io}]}
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua}
+spec: {configPatches: []}
 """, namespace="default")
     [found] = fidelity.diagnostics(resource)
-    assert found.code == "LAB0405" and "RequestAuthentication" in found.message
+    assert found.code == "LAB0405" and "EnvoyFilter" in found.message

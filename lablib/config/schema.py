@@ -1035,10 +1035,8 @@ def schema_code(kind: str) -> str:
 # honestly instead of "unknown" or "did you mean" another API's kind.
 NOT_SERVED_CODE = "LAB0405"
 NOT_SERVED: dict[str, frozenset[str]] = {
-    "security.istio.io": frozenset({"AuthorizationPolicy", "RequestAuthentication"}),
     "networking.istio.io": frozenset({"EnvoyFilter", "WorkloadEntry", "WorkloadGroup",
                                       "ProxyConfig"}),
-    "telemetry.istio.io": frozenset({"Telemetry"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute",
                                             "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute",
