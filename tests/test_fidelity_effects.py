@@ -210,3 +210,20 @@ def test_jwt_rule_fields_become_the_providers_fields(monkeypatch):
     assert found["forward_payload_header"] == "x-jwt-payload" and found["forward"] is True
     assert found["claim_to_headers"] == [{"header_name": "x-user", "claim_name": "sub"}]
     assert jwt.provider({"issuer": "i", "jwks": '{"keys": []}'})["forward"] is False
+
+
+def test_a_service_entry_endpoint_without_ports_takes_the_target_port():
+    from test_egress import SLEEP_PROXY, endpoints, snapshot
+
+    entry = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 41003}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"""
+    snap = snapshot(SLEEP_PROXY, entry)
+    assert endpoints(snap, "outbound|80||legacy.example.com") == [41003]

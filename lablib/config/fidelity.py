@@ -643,7 +643,9 @@ SERVICE_ENTRY: dict[str, Entry] = {
     "spec.ports[].protocol": translated(
         f"{EGRESS}.entry_port_protocol", EG + "test_tls_origination_at_the_sidecar_upgrades_port"
         "_80"),
-    "spec.ports[].targetPort": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST),
+    "spec.ports[].targetPort": translated(
+        f"{EGRESS}.endpoint_ports", E + "test_a_service_entry_endpoint_without_ports_takes_the_"
+        "target_port"),
     # Outside the mesh is what the local mesh has: no sidecar, no auto mTLS.
     "spec.location": translated(f"{EGRESS}.external_clusters", _ENTRY_TEST, by_value={
         "MESH_INTERNAL": warned("MESH_INTERNAL endpoints get no auto mTLS on the local mesh "
