@@ -192,3 +192,38 @@ def test_enable_auto_mtls_false_sends_plaintext_unless_a_rule_says_istio_mutual(
                                "    tls: {mode: ISTIO_MUTUAL}\n")
     ruled = snapshot_for(SIDECAR, explicit, mtls=True, mesh_config=off).clusters[cluster]
     assert ruled["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+
+
+def test_jwt_rule_fields_become_the_providers_fields(monkeypatch):
+    from lablib.controlplane import jwt
+
+    fetched = []
+    monkeypatch.setattr(jwt, "fetch_jwks", lambda uri, timeout: fetched.append(
+        (uri, timeout)) or '{"keys": []}')
+    found = jwt.provider({
+        "issuer": "testing@secure.istio.io", "jwksUri": "http://127.0.0.1:1/jwks.json",
+        "timeout": "2s", "fromParams": ["token"], "fromCookies": ["session"],
+        "outputPayloadToHeader": "x-jwt-payload", "forwardOriginalToken": True,
+        "outputClaimToHeaders": [{"header": "x-user", "claim": "sub"}]})
+    assert fetched == [("http://127.0.0.1:1/jwks.json", 2.0)]
+    assert found["from_params"] == ["token"] and found["from_cookies"] == ["session"]
+    assert found["forward_payload_header"] == "x-jwt-payload" and found["forward"] is True
+    assert found["claim_to_headers"] == [{"header_name": "x-user", "claim_name": "sub"}]
+    assert jwt.provider({"issuer": "i", "jwks": '{"keys": []}'})["forward"] is False
+
+
+def test_a_service_entry_endpoint_without_ports_takes_the_target_port():
+    from test_egress import SLEEP_PROXY, endpoints, snapshot
+
+    entry = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 41003}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"""
+    snap = snapshot(SLEEP_PROXY, entry)
+    assert endpoints(snap, "outbound|80||legacy.example.com") == [41003]

@@ -13,24 +13,23 @@ import lablib
 
 pytestmark = pytest.mark.envoy
 
-MIRROR = """
+DELEGATE = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: httpbin}
 spec:
   hosts: [httpbin]
   http:
-  - route: [{destination: {host: httpbin}}]
-    mirror: {host: httpbin}
+  - delegate: {name: httpbin-routes, namespace: default}
 """
-KEEPALIVE = """
+IDLE_TIMEOUT = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: httpbin}
 spec:
   host: httpbin
   trafficPolicy:
-    connectionPool: {tcp: {tcpKeepalive: {time: 7200s}}}
+    connectionPool: {tcp: {idleTimeout: 1h}}
 """
 HTTPBIN = """
 apiVersion: v1
@@ -80,23 +79,23 @@ def test_a_refused_install_key_changes_nothing(term):
 
 def test_apply_refuses_an_untranslated_field_and_warns_about_a_knob(term):
     term.ok("kubectl", "apply", "-f", "-", stdin=HTTPBIN)
-    refused = term.run("kubectl", "apply", "-f", "-", stdin=MIRROR)
+    refused = term.run("kubectl", "apply", "-f", "-", stdin=DELEGATE)
     assert refused.code != 0
-    assert "spec.http[0].mirror" in refused.err and "LAB0401" in refused.err
+    assert "spec.http[0].delegate" in refused.err and "LAB0401" in refused.err
     assert "virtualservice" not in term.ok("kubectl", "get", "virtualservice")
-    warned = term.run("kubectl", "apply", "-f", "-", stdin=KEEPALIVE)
+    warned = term.run("kubectl", "apply", "-f", "-", stdin=IDLE_TIMEOUT)
     assert warned.code == 0
     assert warned.out.strip() == "destinationrule.networking.istio.io/httpbin created"
-    assert "Warning: " in warned.err and "tcpKeepalive" in warned.err
+    assert "Warning: " in warned.err and "idleTimeout" in warned.err
 
 
 def test_istioctl_analyze_names_the_field_the_local_mesh_refuses(term, tmp_path):
-    manifest = tmp_path / "mirror.yaml"
-    manifest.write_text(MIRROR)
+    manifest = tmp_path / "delegate.yaml"
+    manifest.write_text(DELEGATE)
     found = term.run("istioctl", "analyze", "--use-kube=false", str(manifest))
     assert found.code != 0
     assert "Error [LAB0401] (VirtualService default/httpbin)" in found.out
-    assert "spec.http[0].mirror" in found.out
+    assert "spec.http[0].delegate" in found.out
 
 
 REV_NAMESPACE = """

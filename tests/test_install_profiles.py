@@ -48,9 +48,11 @@ def test_meshconfig_and_pilot_env_are_read():
 
 
 def test_a_meshconfig_key_the_local_mesh_does_not_honour_yet_is_refused():
+    install_plan("demo", {"meshConfig.accessLogFile": "/dev/stdout"})  # honoured now
     with pytest.raises(ConfigError) as caught:
-        install_plan("demo", {"meshConfig.accessLogFile": "/dev/stdout"})
-    assert "meshConfig.accessLogFile is not supported on the local mesh" in str(caught.value)
+        install_plan("demo", {"meshConfig.extensionProviders[0].name": "ext-authz"})
+    assert "meshConfig.extensionProviders[0].name is not supported on the local mesh" in \
+        str(caught.value)
 
 
 @pytest.mark.parametrize("profile, values, named", [

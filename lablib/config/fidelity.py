@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,15 +68,11 @@ class Entry:
     values: tuple[Any, ...] = ()
     by_value: Mapping[str, Entry] = field(default_factory=dict)
     yaml: bool = False  # the value is YAML text whose keys are fields (`proxy.istio.io/config`)
-    # The entry that applies instead, given the whole manifest (a tcp rule of a VirtualService
-    # for the mesh rather than for gateways), or None when this one does.
-    in_context: Callable[[Mapping[str, Any]], Entry | None] | None = None
 
 
 def translated(builder: str, test: str, *, whole: bool = False, values: tuple[Any, ...] = (),
-               by_value: Mapping[str, Entry] | None = None, yaml: bool = False,
-               in_context: Callable[[Mapping[str, Any]], Entry | None] | None = None) -> Entry:
-    return Entry(TRANSLATED, builder, test, whole, values, by_value or {}, yaml, in_context)
+               by_value: Mapping[str, Entry] | None = None, yaml: bool = False) -> Entry:
+    return Entry(TRANSLATED, builder, test, whole, values, by_value or {}, yaml)
 
 
 def refused(instead: str, *, whole: bool = True) -> Entry:
@@ -99,25 +95,29 @@ def kubernetes(why: str = "", *, whole: bool = True) -> Entry:
 # --- Builders and the tests that show their effect ----------------------------------------
 
 ROUTES = "lablib.controlplane.routes"
+ROUTE_POLICIES = "lablib.controlplane.route_policies"
 CLUSTERS = "lablib.controlplane.clusters"
 GATEWAY = "lablib.controlplane.gateway"
 SIDECAR = "lablib.controlplane.sidecar"
 MTLS = "lablib.controlplane.mtls"
 CONTEXT = "lablib.controlplane.context"
 LISTENERS = "lablib.controlplane.listeners"
+EGRESS = "lablib.controlplane.egress"
 RUNTIME = "lablib.local.mesh.LocalMesh._plan_pod"
 IMAGES = "lablib.local.images.command_for"
+_ACCESS_LOG = "lablib.controlplane.accesslog.mesh_access_log"
 
 T = "tests/test_translation.py::"
+TR = "tests/test_translation_routing.py::"
+EG = "tests/test_egress.py::"
 E = "tests/test_fidelity_effects.py::"
 TLS_ORIG = "tests/test_tls_origination.py::"
 POLICIES = "tests/test_traffic_policies.py::"
 MESH_MTLS = "tests/test_mesh_mtls.py::"
 GW_TLS = "tests/test_gateway_tls.py::"
 INTEGRATION = "tests/test_mesh_integration.py::"
-
-# Fields whose translation is being added: refused until their builder lands.
-_NOT_YET = "the local mesh does not translate it yet (being added); remove it for now"
+_ACCESS_LOG_TEST = ("tests/test_troubleshooting_tools.py::test_demo_profile_logs_istio_text_to_"
+                    "stdout_and_json_on_request")
 
 # --- Common metadata ------------------------------------------------------------------------
 
@@ -144,15 +144,12 @@ _METADATA: dict[str, Entry] = {
 # --- VirtualService -------------------------------------------------------------------------
 
 _STRING_MATCH_TEST = E + "test_every_string_match_kind_selects_its_requests"
-_MESH_L4 = refused("tcp and tls rules are served at gateways only on the local mesh (sidecars "
-                   "do not apply them yet, being added): bind this VirtualService to a gateway "
-                   "with spec.gateways, without mesh")
-
-
-def _for_gateways_only(body: Mapping[str, Any]) -> Entry | None:
-    """Refused when the VirtualService applies to sidecars (no gateways, or `mesh`)."""
-    gateways = (body.get("spec") or {}).get("gateways") or ["mesh"]
-    return _MESH_L4 if "mesh" in gateways else None
+_SOURCE = f"{ROUTE_POLICIES}.selects_source"
+_L4_SOURCE = f"{ROUTE_POLICIES}.l4_matches"
+_MESH_TCP_TEST = TR + "test_mesh_tcp_rule_on_another_port_or_for_other_clients_is_not_applied"
+_MESH_TLS_TEST = TR + "test_mesh_tls_rule_matches_the_tunnel_host_as_its_sni"
+_REDIRECT_TEST = TR + "test_redirects_carry_scheme_port_and_code"
+_RETRIES_TEST = TR + "test_retries_keep_attempts_per_try_timeout_and_retry_on_and_add_backoff"
 VIRTUAL_SERVICE: dict[str, Entry] = {
     "spec": translated(f"{ROUTES}.outbound_route_config", T + "test_subset_route_sends_"
                        "everything_to_v1"),
@@ -160,7 +157,8 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                              T + "test_service_names_resolve_in_every_form"),
     "spec.gateways": translated(f"{GATEWAY}.bound_virtual_services",
                                 T + "test_gateway_routes_productpage_and_refuses_other_paths"),
-    "spec.exportTo": refused(_NOT_YET),
+    "spec.exportTo": translated(f"{ROUTE_POLICIES}.exported_to", TR + "test_export_to_dot_hides"
+                               "_a_virtual_service_from_other_namespaces"),
     "spec.http": translated(f"{ROUTES}.http_routes", T + "test_subset_route_sends_everything"
                             "_to_v1"),
     "spec.http[].name": translated(f"{ROUTES}.http_routes", E + "test_route_names_are_"
@@ -184,14 +182,16 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                                                      _STRING_MATCH_TEST, whole=True),
     "spec.http[].match[].port": translated(f"{ROUTES}.http_routes", T + "test_gateway_route_"
                                            "match_port_means_the_server_port"),
-    "spec.http[].match[].sourceLabels": refused(_NOT_YET),
+    "spec.http[].match[].sourceLabels": translated(
+        _SOURCE, TR + "test_source_labels_route_only_the_selected_clients"),
     "spec.http[].match[].gateways": translated(f"{ROUTES}.http_routes",
                                                E + "test_match_gateways_scope_a_rule"),
     "spec.http[].match[].queryParams": translated(f"{ROUTES}.route_match", _STRING_MATCH_TEST,
                                                   whole=True),
     "spec.http[].match[].ignoreUriCase": translated(f"{ROUTES}.route_match",
                                                     _STRING_MATCH_TEST),
-    "spec.http[].match[].sourceNamespace": refused(_NOT_YET),
+    "spec.http[].match[].sourceNamespace": translated(
+        _SOURCE, TR + "test_source_namespace_selects_clients_by_namespace"),
     "spec.http[].match[].statPrefix": warned("per-route statistics prefixes are not added to "
                                              "the local proxies' stats; routing is unchanged"),
     "spec.http[].route": translated(f"{ROUTES}.http_route_action",
@@ -201,18 +201,22 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         whole=True),
     "spec.http[].route[].weight": translated(f"{ROUTES}.http_route_action",
                                              T + "test_weighted_route_keeps_the_weights"),
-    "spec.http[].route[].headers": refused(_NOT_YET),
+    "spec.http[].route[].headers": translated(
+        f"{ROUTES}.header_operations",
+        TR + "test_per_destination_headers_go_on_their_weighted_cluster_or_the_route", whole=True),
     "spec.http[].redirect": translated(f"{ROUTES}.http_route_action",
                                        E + "test_redirect_answers_with_location_and_code"),
     "spec.http[].redirect.uri": translated(f"{ROUTES}.http_route_action",
                                            E + "test_redirect_answers_with_location_and_code"),
     "spec.http[].redirect.authority": translated(
         f"{ROUTES}.http_route_action", E + "test_redirect_answers_with_location_and_code"),
-    "spec.http[].redirect.port": refused(_NOT_YET),
-    "spec.http[].redirect.derivePort": refused(_NOT_YET),
-    "spec.http[].redirect.scheme": refused(_NOT_YET),
+    "spec.http[].redirect.port": translated(f"{ROUTE_POLICIES}.redirect_action", _REDIRECT_TEST),
+    "spec.http[].redirect.derivePort": translated(f"{ROUTE_POLICIES}.redirect_action",
+                                                  _REDIRECT_TEST),
+    "spec.http[].redirect.scheme": translated(f"{ROUTE_POLICIES}.redirect_action",
+                                              _REDIRECT_TEST),
     "spec.http[].redirect.redirectCode": translated(
-        f"{ROUTES}.http_route_action", E + "test_redirect_answers_with_location_and_code",
+        f"{ROUTE_POLICIES}.redirect_action", E + "test_redirect_answers_with_location_and_code",
         values=(301, 302, 303, 307, 308)),
     "spec.http[].redirect.prefixRewrite": refused(
         "write the new path in redirect.uri instead"),
@@ -227,7 +231,9 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
                                           E + "test_rewrite_changes_path_and_host"),
     "spec.http[].rewrite.authority": translated(f"{ROUTES}.http_route_action",
                                                 E + "test_rewrite_changes_path_and_host"),
-    "spec.http[].rewrite.uriRegexRewrite": refused(_NOT_YET),
+    "spec.http[].rewrite.uriRegexRewrite": translated(
+        f"{ROUTE_POLICIES}.regex_rewrite", TR + "test_uri_regex_rewrite_and_grpc_abort",
+        whole=True),
     "spec.http[].timeout": translated(f"{ROUTES}.http_route_action",
                                       T + "test_fault_and_timeout_are_carried_on_the_route"),
     "spec.http[].retries": translated(f"{ROUTES}.retry_policy",
@@ -241,10 +247,9 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
     "spec.http[].retries.retryRemoteLocalities": no_local_meaning(
         "every endpoint of the local mesh is in one locality, so there is no remote one to "
         "retry in"),
-    "spec.http[].retries.retryIgnorePreviousHosts": warned(
-        "the local proxies keep Envoy's default host selection for retries"),
-    "spec.http[].retries.backoff": warned(
-        "retries use Envoy's default backoff (25ms base) on the local mesh"),
+    "spec.http[].retries.retryIgnorePreviousHosts": translated(f"{ROUTES}.retry_policy",
+                                                               _RETRIES_TEST),
+    "spec.http[].retries.backoff": translated(f"{ROUTES}.retry_policy", _RETRIES_TEST),
     "spec.http[].fault": translated(f"{ROUTES}.fault_config",
                                     T + "test_fault_and_timeout_are_carried_on_the_route"),
     "spec.http[].fault.delay": translated(f"{ROUTES}.fault_config",
@@ -261,38 +266,46 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         f"{ROUTES}.fault_config", POLICIES + "test_abort_percentage_is_a_binomial_share"),
     "spec.http[].fault.abort.httpStatus": translated(
         f"{ROUTES}.fault_config", POLICIES + "test_abort_percentage_is_a_binomial_share"),
-    "spec.http[].fault.abort.grpcStatus": refused(_NOT_YET),
+    "spec.http[].fault.abort.grpcStatus": translated(
+        f"{ROUTE_POLICIES}.abort_status", TR + "test_uri_regex_rewrite_and_grpc_abort"),
     "spec.http[].fault.abort.http2Error": refused(
         "abort with an httpStatus instead (Istio does not implement http2Error either)"),
     "spec.http[].fault.abort.percentage": translated(
         f"{ROUTES}.percentage", E + "test_fault_percentages_both_spellings", whole=True),
-    "spec.http[].mirror": refused(_NOT_YET),
-    "spec.http[].mirrors": refused(_NOT_YET),
-    "spec.http[].mirrorPercent": refused(_NOT_YET),
-    "spec.http[].mirrorPercentage": refused(_NOT_YET),
-    "spec.http[].corsPolicy": refused(_NOT_YET),
+    "spec.http[].mirror": translated(
+        f"{ROUTE_POLICIES}.mirror_policies", TR + "test_mirror_without_a_percentage_copies_"
+        "everything_and_mirror_percent_is_read", whole=True),
+    "spec.http[].mirrors": translated(
+        f"{ROUTE_POLICIES}.mirror_policies", TR + "test_mirrors_list_copies_to_each_destination_"
+        "with_its_own_share", whole=True),
+    "spec.http[].mirrorPercent": translated(
+        f"{ROUTE_POLICIES}.mirror_policies", TR + "test_mirror_without_a_percentage_copies_"
+        "everything_and_mirror_percent_is_read"),
+    "spec.http[].mirrorPercentage": translated(
+        f"{ROUTE_POLICIES}.mirror_policies", TR + "test_mirror_with_percentage_copies_that_"
+        "share_to_the_mirror_cluster", whole=True),
+    "spec.http[].corsPolicy": translated(
+        f"{ROUTE_POLICIES}.cors_policy", TR + "test_cors_policy_answers_allowed_preflights_and_"
+        "passes_others_on", whole=True),
     "spec.http[].headers": translated(f"{ROUTES}.header_operations",
                                       E + "test_rule_headers_set_add_and_remove", whole=True),
-    # tcp and tls rules reach Envoy only at gateways today: for the mesh they are refused.
-    "spec.tcp": translated(f"{GATEWAY}.tcp_route_clusters",
-                           T + "test_tcp_route_on_gateway_splits_by_weight",
-                           in_context=_for_gateways_only),
-    "spec.tcp[].match": translated(f"{GATEWAY}.tcp_route_clusters",
-                                   T + "test_tcp_route_on_gateway_splits_by_weight"),
-    "spec.tcp[].match[].port": translated(f"{GATEWAY}.tcp_route_clusters",
-                                          T + "test_tcp_route_on_gateway_splits_by_weight"),
+    # tcp and tls rules: sidecars apply the mesh's (route_policies.mesh_l4_clusters), gateways
+    # their own (gateway.tcp_route_clusters, gateway.passthrough_routes).
+    "spec.tcp": translated(f"{ROUTE_POLICIES}.mesh_l4_clusters",
+                           TR + "test_mesh_tcp_weights_split_a_sidecar_tunnel"),
+    "spec.tcp[].match": translated(_L4_SOURCE, _MESH_TCP_TEST),
+    "spec.tcp[].match[].port": translated(_L4_SOURCE, _MESH_TCP_TEST),
     "spec.tcp[].match[].destinationSubnets": refused(
         "match on port or use a separate VirtualService per destination"),
-    "spec.tcp[].match[].sourceLabels": refused(_NOT_YET),
-    "spec.tcp[].match[].gateways": refused(_NOT_YET),
-    "spec.tcp[].match[].sourceNamespace": refused(_NOT_YET),
+    "spec.tcp[].match[].sourceLabels": translated(
+        _L4_SOURCE, TR + "test_gateway_tcp_rule_honours_source_labels"),
+    "spec.tcp[].match[].gateways": translated(_L4_SOURCE, _MESH_TCP_TEST),
+    "spec.tcp[].match[].sourceNamespace": translated(_L4_SOURCE, _MESH_TCP_TEST),
     "spec.tcp[].match[].sourceSubnet": refused(
         "every local client shares 127.0.0.1; match on sourceLabels instead"),
     "spec.tcp[].route": translated(f"{GATEWAY}.weighted", T + "test_a_zero_weight_tcp_"
                                    "destination_is_left_out", whole=True),
-    "spec.tls": translated(f"{GATEWAY}.passthrough_routes",
-                           E + "test_tls_passthrough_routes_by_sni_at_the_gateway",
-                           in_context=_for_gateways_only),
+    "spec.tls": translated(f"{ROUTE_POLICIES}.mesh_l4_clusters", _MESH_TLS_TEST),
     "spec.tls[].match": translated(f"{GATEWAY}.passthrough_routes",
                                    E + "test_tls_passthrough_routes_by_sni_at_the_gateway"),
     "spec.tls[].match[].sniHosts": translated(
@@ -301,9 +314,9 @@ VIRTUAL_SERVICE: dict[str, Entry] = {
         f"{GATEWAY}.passthrough_routes", E + "test_tls_passthrough_routes_by_sni_at_the_gateway"),
     "spec.tls[].match[].destinationSubnets": refused(
         "match on sniHosts or port instead"),
-    "spec.tls[].match[].sourceLabels": refused(_NOT_YET),
-    "spec.tls[].match[].gateways": refused(_NOT_YET),
-    "spec.tls[].match[].sourceNamespace": refused(_NOT_YET),
+    "spec.tls[].match[].sourceLabels": translated(_L4_SOURCE, _MESH_TCP_TEST),
+    "spec.tls[].match[].gateways": translated(_L4_SOURCE, _MESH_TCP_TEST),
+    "spec.tls[].match[].sourceNamespace": translated(_L4_SOURCE, _MESH_TCP_TEST),
     "spec.tls[].route": translated(f"{GATEWAY}.weighted",
                                    E + "test_tls_passthrough_routes_by_sni_at_the_gateway",
                                    whole=True),
@@ -319,14 +332,19 @@ def _connection_pool(prefix: str, builder: str, test: str) -> dict[str, Entry]:
         return translated(builder, test) if builder else refused(
             "set the limit in a DestinationRule's trafficPolicy.connectionPool instead")
     keepalive = "connections on loopback do not go idle behind a NAT or load balancer"
+    keepalive_test = TR + "test_outlier_local_origin_split_keepalive_and_connection_duration"
+
+    def tcp_option(why: str) -> Entry:
+        return translated(builder, keepalive_test) if builder else warned(why)
     return {
         prefix: translated(builder, test) if builder else refused(
             "set limits in a DestinationRule's trafficPolicy.connectionPool instead"),
         f"{prefix}.tcp": limit(),
         f"{prefix}.tcp.maxConnections": limit(),
         f"{prefix}.tcp.connectTimeout": limit(),
-        f"{prefix}.tcp.tcpKeepalive": warned(keepalive),
-        f"{prefix}.tcp.maxConnectionDuration": warned(
+        f"{prefix}.tcp.tcpKeepalive": (translated(builder, keepalive_test, whole=True)
+                                       if builder else warned(keepalive)),
+        f"{prefix}.tcp.maxConnectionDuration": tcp_option(
             "connections are kept for as long as Envoy's default allows"),
         f"{prefix}.tcp.idleTimeout": warned("idle connections close on Envoy's default timer"),
         f"{prefix}.http": limit(),
@@ -345,6 +363,8 @@ def _connection_pool(prefix: str, builder: str, test: str) -> dict[str, Entry]:
     }
 
 
+_HASH_TEST = TR + "test_consistent_hash_keys_become_the_route_hash_policy_and_a_ring"
+_WARMUP_TEST = TR + "test_warmup_becomes_slow_start_and_retry_budget_a_threshold"
 _LOCALITY = ("every endpoint of the local mesh runs on one machine in one locality, so there "
              "is nothing to distribute or fail over between")
 
@@ -364,11 +384,20 @@ def _traffic_policy(prefix: str) -> dict[str, Entry]:
             by_value={"PASSTHROUGH": refused(
                 "PASSTHROUGH sends to the address the client dialled, which the local mesh "
                 "does not keep; use ROUND_ROBIN or LEAST_REQUEST")}),
-        f"{lb}.consistentHash": refused(_NOT_YET),
+        f"{lb}.consistentHash": translated(f"{ROUTE_POLICIES}.hash_policy", _HASH_TEST),
+        **{f"{lb}.consistentHash.{key}": translated(f"{ROUTE_POLICIES}.hash_policy", _HASH_TEST,
+                                                    whole=True)
+           for key in ("httpHeaderName", "httpCookie", "httpQueryParameterName")},
+        f"{lb}.consistentHash.useSourceIp": no_local_meaning(
+            "every pod of the local mesh calls from 127.0.0.1, so all clients hash alike and "
+            "go to one endpoint; hash on httpHeaderName or httpCookie instead"),
+        **{f"{lb}.consistentHash.{key}": translated(
+            f"{CLUSTERS}.apply_consistent_hash", TR + "test_maglev_and_ring_sizes", whole=True)
+           for key in ("ringHash", "maglev", "minimumRingSize")},
         f"{lb}.localityLbSetting": no_local_meaning(_LOCALITY),
         f"{lb}.zoneAwareLbSetting": no_local_meaning(_LOCALITY),
-        f"{lb}.warmupDurationSecs": warned("new endpoints get their full share at once"),
-        f"{lb}.warmup": warned("new endpoints get their full share at once"),
+        f"{lb}.warmupDurationSecs": translated(f"{CLUSTERS}.apply_warmup", _WARMUP_TEST),
+        f"{lb}.warmup": translated(f"{CLUSTERS}.apply_warmup", _WARMUP_TEST, whole=True),
         **_connection_pool(f"{prefix}.connectionPool", f"{CLUSTERS}.apply_traffic_policy",
                            "tests/test_translation.py::test_destination_rule_policy_at_host_"
                            "port_and_subset_level"),
@@ -381,8 +410,10 @@ def _traffic_policy(prefix: str) -> dict[str, Entry]:
                         "baseEjectionTime", "maxEjectionPercent", "minHealthPercent")},
         f"{outlier}.consecutiveGatewayErrors": translated(
             f"{CLUSTERS}.apply_traffic_policy", E + "test_outlier_gateway_errors_are_counted"),
-        f"{outlier}.splitExternalLocalOriginErrors": refused(_NOT_YET),
-        f"{outlier}.consecutiveLocalOriginFailures": refused(_NOT_YET),
+        **{f"{outlier}.{name}": translated(
+            f"{CLUSTERS}.apply_traffic_policy",
+            TR + "test_outlier_local_origin_split_keepalive_and_connection_duration")
+           for name in ("splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures")},
         f"{prefix}.tls": translated(f"{MTLS}.apply_upstream_tls", TLS_ORIG + "test_simple_"
                                     "verifies_the_server_with_the_mounted_ca_and_names"),
         f"{prefix}.tls.mode": translated(f"{MTLS}.apply_upstream_tls",
@@ -412,7 +443,14 @@ def _traffic_policy(prefix: str) -> dict[str, Entry]:
                                     "run"),
         f"{prefix}.proxyProtocol": refused("the local upstreams do not read PROXY protocol "
                                            "headers"),
-        f"{prefix}.retryBudget": warned("retries are limited by attempts and maxRetries only"),
+        f"{prefix}.retryBudget": translated(f"{CLUSTERS}.apply_traffic_policy", _WARMUP_TEST),
+        f"{prefix}.retryBudget.percent": translated(f"{CLUSTERS}.apply_traffic_policy",
+                                                    _WARMUP_TEST),
+        f"{prefix}.retryBudget.minRetryConcurrency": translated(
+            f"{CLUSTERS}.apply_traffic_policy", _WARMUP_TEST),
+        f"{prefix}.retryBudget.budgetInterval": warned(
+            "the budget counts the requests active at each moment (Envoy's retry budget has "
+            "no interval)"),
     }
 
 
@@ -434,6 +472,8 @@ def _full_policy(prefix: str) -> dict[str, Entry]:
     return {**_traffic_policy(prefix), **_port_level(prefix)}
 
 
+_DR_SELECTOR = (TR + "test_a_destination_rule_with_a_workload_selector_applies_only_to_"
+                "selected_clients")
 DESTINATION_RULE: dict[str, Entry] = {
     "spec": translated(f"{CLUSTERS}.service_port_clusters",
                        T + "test_subset_route_sends_everything_to_v1"),
@@ -447,13 +487,11 @@ DESTINATION_RULE: dict[str, Entry] = {
     "spec.subsets[].labels": translated(f"{CLUSTERS}.service_port_clusters",
                                         T + "test_subset_route_sends_everything_to_v1"),
     **_full_policy("spec.subsets[].trafficPolicy"),
-    "spec.exportTo": refused(_NOT_YET),
-    "spec.workloadSelector": translated(
-        f"{MTLS}.uses_credential",
-        TLS_ORIG + "test_credential_name_counts_at_gateways_and_selected_sidecars_only"),
-    "spec.workloadSelector.matchLabels": translated(
-        f"{MTLS}.uses_credential",
-        TLS_ORIG + "test_credential_name_counts_at_gateways_and_selected_sidecars_only"),
+    "spec.exportTo": translated(f"{CONTEXT}.PushContext.destination_rule", TR + "test_export_to_"
+                               "dot_hides_a_destination_rule_from_other_namespaces"),
+    "spec.workloadSelector": translated(f"{CONTEXT}.PushContext.destination_rule", _DR_SELECTOR),
+    "spec.workloadSelector.matchLabels": translated(f"{CONTEXT}.PushContext.destination_rule",
+                                                    _DR_SELECTOR),
 }
 
 # --- Gateway --------------------------------------------------------------------------------
@@ -464,8 +502,13 @@ def _server_tls(prefix: str, builder: str, test: str, *, gateway: bool) -> dict[
     serves from mounted files only, and whose newer knobs nobody is adding locally)."""
     files = ("mount the files into the proxy with sidecar.istio.io/userVolume, or use "
              "credentialName")
-    not_yet = _NOT_YET if gateway else (
-        "the local sidecars terminate with Envoy's TLS defaults and verify by the CA only")
+    sidecar_defaults = ("the local sidecars terminate with Envoy's TLS defaults and verify by "
+                        "the CA only")
+    gateway_tls_test = TR + "test_gateway_tls_versions_ciphers_and_client_san"
+
+    def gateway_only(builder_of_gateways: str) -> Entry:
+        return (translated(f"{GATEWAY}.{builder_of_gateways}", gateway_tls_test) if gateway
+                else refused(sidecar_defaults))
     entries = {
         prefix: translated(builder, test),
         f"{prefix}.mode": translated(builder, test, by_value={
@@ -473,8 +516,9 @@ def _server_tls(prefix: str, builder: str, test: str, *, gateway: bool) -> dict[
                                         "traffic; use PASSTHROUGH with a tls route"),
             "OPTIONAL_MUTUAL": refused("use MUTUAL, or SIMPLE"),
         }),
-        f"{prefix}.httpsRedirect": refused(not_yet if gateway else
-                                           "a sidecar port serves one protocol; leave it out"),
+        f"{prefix}.httpsRedirect": translated(
+            f"{GATEWAY}.route_config", TR + "test_https_redirect_requires_tls_on_the_plain_port")
+        if gateway else refused("a sidecar port serves one protocol; leave it out"),
         f"{prefix}.serverCertificate": translated(builder, test),
         f"{prefix}.privateKey": translated(builder, test),
         f"{prefix}.caCertificates": translated(builder, test),
@@ -485,12 +529,12 @@ def _server_tls(prefix: str, builder: str, test: str, *, gateway: bool) -> dict[
             "put ca.crt in the credentialName Secret, or a Secret named <credentialName>"
             "-cacert"),
         f"{prefix}.tlsCertificates": refused(files),
-        f"{prefix}.subjectAltNames": refused(not_yet),
+        f"{prefix}.subjectAltNames": gateway_only("downstream_tls"),
         f"{prefix}.verifyCertificateSpki": refused("verify by the CA (caCertificates)"),
         f"{prefix}.verifyCertificateHash": refused("verify by the CA (caCertificates)"),
-        f"{prefix}.minProtocolVersion": refused(not_yet),
-        f"{prefix}.maxProtocolVersion": refused(not_yet),
-        f"{prefix}.cipherSuites": refused(not_yet),
+        f"{prefix}.minProtocolVersion": gateway_only("tls_params"),
+        f"{prefix}.maxProtocolVersion": gateway_only("tls_params"),
+        f"{prefix}.cipherSuites": gateway_only("tls_params"),
         f"{prefix}.insecureSkipVerify": refused("leave it out: MUTUAL verifies the client"),
     }
     if not gateway:
@@ -533,6 +577,8 @@ GATEWAY_KIND: dict[str, Entry] = {
 # --- Sidecar --------------------------------------------------------------------------------
 
 _SIDECAR_TLS_TEST = "tests/test_sidecar_tls.py::test_https_from_outside_with_a_client_certificate"
+_EGRESS_SCOPE_TEST = EG + "test_sidecar_egress_hosts_scope_services_and_service_entries"
+_OUTBOUND_MODE_TEST = EG + "test_a_sidecar_outbound_traffic_policy_overrides_the_mesh"
 SIDECAR_KIND: dict[str, Entry] = {
     "spec": translated(f"{SIDECAR}.sidecar_for", _SIDECAR_TLS_TEST),
     "spec.workloadSelector": translated(f"{SIDECAR}.sidecar_for", _SIDECAR_TLS_TEST,
@@ -551,11 +597,23 @@ SIDECAR_KIND: dict[str, Entry] = {
     **_server_tls("spec.ingress[].tls", f"{SIDECAR}.downstream_file_tls", _SIDECAR_TLS_TEST,
                   gateway=False),
     **_connection_pool("spec.ingress[].connectionPool", "", ""),
-    "spec.egress": refused("leave it out: every sidecar sees every Service on the local mesh"),
+    "spec.egress": translated(f"{EGRESS}.egress_scope", _EGRESS_SCOPE_TEST),
+    "spec.egress[].hosts": translated(f"{EGRESS}.in_scope", _EGRESS_SCOPE_TEST),
+    "spec.egress[].port": warned(
+        "the egress hosts apply to every port: apps reach them through their http_proxy, "
+        "without capture by port"),
+    "spec.egress[].bind": no_local_meaning(
+        "the local mesh has no iptables: apps reach their sidecar by address"),
+    "spec.egress[].captureMode": no_local_meaning(
+        "the local mesh has no iptables: apps reach their sidecar by address"),
     "spec.inboundConnectionPool": refused(
         "set limits in a DestinationRule's trafficPolicy.connectionPool instead"),
-    "spec.outboundTrafficPolicy": refused(
-        "set it mesh-wide: istioctl install --set meshConfig.outboundTrafficPolicy.mode=..."),
+    "spec.outboundTrafficPolicy": translated(f"{EGRESS}.outbound_mode", _OUTBOUND_MODE_TEST),
+    "spec.outboundTrafficPolicy.mode": translated(f"{EGRESS}.outbound_mode",
+                                                  _OUTBOUND_MODE_TEST),
+    "spec.outboundTrafficPolicy.egressProxy": refused(
+        "route unknown hosts through the egress gateway with a VirtualService instead (the "
+        "local mesh sends them by the mode alone)"),
 }
 
 # --- PeerAuthentication, ServiceEntry ------------------------------------------------------
@@ -571,9 +629,142 @@ PEER_AUTHENTICATION: dict[str, Entry] = {
     "spec.portLevelMtls": translated(f"{MTLS}.peer_authentication_mode", _PA_TEST, whole=True),
 }
 
+_ENTRY_TEST = EG + "test_registry_only_lets_service_entry_hosts_through"
+_ENDPOINTS_TEST = EG + "test_static_endpoints_on_loopback_and_subsets_by_endpoint_labels"
 SERVICE_ENTRY: dict[str, Entry] = {
-    "spec": refused("the local mesh does not serve ServiceEntry yet: calls to its hosts would "
-                    "not go where it says"),
+    "spec": translated(f"{EGRESS}.external_hosts", _ENTRY_TEST),
+    "spec.hosts": translated(f"{EGRESS}.external_hosts",
+                             EG + "test_wildcard_hosts_with_resolution_none"),
+    "spec.addresses": warned("the local mesh has no IP capture: apps reach the host by name "
+                             "(http_proxy or https_proxy), and the addresses are not used"),
+    "spec.ports": translated(f"{EGRESS}.external_virtual_hosts", _ENTRY_TEST),
+    "spec.ports[].number": translated(f"{EGRESS}.external_virtual_hosts", _ENTRY_TEST),
+    "spec.ports[].name": translated(f"{EGRESS}.entry_port_protocol", _ENTRY_TEST),
+    "spec.ports[].protocol": translated(
+        f"{EGRESS}.entry_port_protocol", EG + "test_tls_origination_at_the_sidecar_upgrades_port"
+        "_80"),
+    "spec.ports[].targetPort": translated(
+        f"{EGRESS}.endpoint_ports", E + "test_a_service_entry_endpoint_without_ports_takes_the_"
+        "target_port"),
+    # Outside the mesh is what the local mesh has: no sidecar, no auto mTLS.
+    "spec.location": translated(f"{EGRESS}.external_clusters", _ENTRY_TEST, by_value={
+        "MESH_INTERNAL": warned("MESH_INTERNAL endpoints get no auto mTLS on the local mesh "
+                                "(none of them has a sidecar): traffic to them is plaintext")}),
+    # Names resolve to the outside world stand-in and 127.0.0.1 endpoints are taken as given,
+    # whatever the resolution (the analyzer refuses combinations Istio refuses).
+    "spec.resolution": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST, by_value={
+        "DYNAMIC_DNS": refused("use resolution DNS")}),
+    "spec.endpoints": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST),
+    "spec.endpoints[].address": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST),
+    "spec.endpoints[].ports": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST,
+                                         whole=True),
+    "spec.endpoints[].labels": translated(f"{EGRESS}.endpoint_ports", _ENDPOINTS_TEST,
+                                          whole=True),
+    "spec.endpoints[].network": no_local_meaning("the local mesh has one network"),
+    "spec.endpoints[].locality": no_local_meaning(_LOCALITY),
+    "spec.endpoints[].weight": refused(
+        "the local mesh balances a ServiceEntry's endpoints evenly: remove the weights, or "
+        "split with a VirtualService's route weights over subsets"),
+    "spec.endpoints[].serviceAccount": warned(
+        "mTLS to ServiceEntry endpoints is not built locally, so no identity is checked"),
+    "spec.workloadSelector": refused(
+        "pods are not taken as ServiceEntry endpoints on the local mesh; list endpoints "
+        "(127.0.0.1 and the port), or route to the pods' Service"),
+    "spec.exportTo": translated("lablib.config.hosts.exported_to",
+                                EG + "test_export_to_dot_hides_an_entry_from_other_namespaces"),
+    "spec.subjectAltNames": warned(
+        "mTLS to ServiceEntry endpoints is not built locally, so the names are not checked"),
+}
+
+# --- Telemetry, AuthorizationPolicy, RequestAuthentication ---------------------------------
+
+_TELEMETRY_TEST = ("tests/test_troubleshooting_tools.py::test_telemetry_access_logging_wins_"
+                   "over_mesh_config_most_specific_first")
+_ATTACHMENT = ("policy attachment (targetRef) is not translated: the local mesh has no Gateway "
+               "API gateways, Services as targets or waypoints; use spec.selector.matchLabels")
+TELEMETRY: dict[str, Entry] = {
+    "spec": translated(_ACCESS_LOG, _TELEMETRY_TEST),
+    "spec.selector": translated(_ACCESS_LOG, _TELEMETRY_TEST, whole=True),
+    "spec.targetRef": refused(_ATTACHMENT),
+    "spec.targetRefs": refused(_ATTACHMENT),
+    "spec.accessLogging": translated(_ACCESS_LOG, _TELEMETRY_TEST),
+    "spec.accessLogging[].providers": translated(_ACCESS_LOG, _TELEMETRY_TEST),
+    "spec.accessLogging[].providers[].name": translated(_ACCESS_LOG, _TELEMETRY_TEST,
+                                                        values=("envoy",)),
+    "spec.accessLogging[].disabled": translated(_ACCESS_LOG, _TELEMETRY_TEST),
+    "spec.accessLogging[].filter": translated(_ACCESS_LOG, _TELEMETRY_TEST, whole=True),
+    "spec.accessLogging[].match": translated(_ACCESS_LOG, _TELEMETRY_TEST),
+    # Both sides log on the local mesh, as CLIENT_AND_SERVER asks.
+    "spec.accessLogging[].match.mode": translated(_ACCESS_LOG, _TELEMETRY_TEST,
+                                                  values=("CLIENT_AND_SERVER",)),
+    "spec.metrics": refused("the local mesh derives Istio's metrics from access logs "
+                            "(docs/telemetry.md), without Telemetry overrides; remove it"),
+    "spec.tracing": refused("the local mesh has no tracing; remove it"),
+}
+
+AUTHZ = "lablib.controlplane.authz"
+JWT = "lablib.controlplane.jwt"
+AZ = "tests/test_authz_translation.py::"
+_AUTHZ_SCOPE_TEST = AZ + "test_selector_namespace_and_root_namespace_scope"
+AUTHORIZATION_POLICY: dict[str, Entry] = {
+    'metadata.annotations["istio.io/dry-run"]': translated(
+        f"{AUTHZ}.dry_run", AZ + "test_audit_never_blocks_and_dry_run_only_counts",
+        values=("true", "false")),
+    "spec": translated(f"{AUTHZ}.rbac_filters", AZ + "test_empty_spec_denies_all_and_rules_of_"
+                       "empty_rule_allow_all"),
+    "spec.selector": translated(f"{AUTHZ}.applies", _AUTHZ_SCOPE_TEST, whole=True),
+    "spec.targetRef": refused(_ATTACHMENT),
+    "spec.targetRefs": refused(_ATTACHMENT),
+    "spec.action": translated(
+        f"{AUTHZ}.rbac_filters", AZ + "test_deny_wins_over_allow_and_not_fields_invert",
+        by_value={"CUSTOM": refused("the local mesh has no external authorizer yet: use ALLOW "
+                                    "or DENY rules")}),
+    "spec.provider": refused("provider goes with action CUSTOM, which the local mesh does not "
+                             "serve yet"),
+    "spec.rules": translated(f"{AUTHZ}.rule_policy",
+                             AZ + "test_allow_by_principal_method_and_path"),
+    "spec.rules[].from": translated(f"{AUTHZ}.rule_policy",
+                                    AZ + "test_allow_by_principal_method_and_path"),
+    "spec.rules[].from[].source": translated(f"{AUTHZ}.rule_policy",
+                                             AZ + "test_allow_by_principal_method_and_path"),
+    **{f"spec.rules[].from[].source.{name}": translated(f"{AUTHZ}.rule_policy", test)
+       for names, test in (
+           (("principals", "notPrincipals"), AZ + "test_allow_by_principal_method_and_path"),
+           (("requestPrincipals", "notRequestPrincipals"),
+            AZ + "test_request_principals_and_claims_reach_authorization"),
+           (("namespaces", "notNamespaces"), _AUTHZ_SCOPE_TEST),
+           (("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"),
+            AZ + "test_ip_blocks_and_remote_ip_blocks"))
+       for name in names},
+    "spec.rules[].to": translated(f"{AUTHZ}.rule_policy",
+                                  AZ + "test_allow_by_principal_method_and_path"),
+    "spec.rules[].to[].operation": translated(
+        f"{AUTHZ}.rule_policy", AZ + "test_wildcards_in_principals_hosts_and_paths", whole=True),
+    "spec.rules[].when": translated(f"{AUTHZ}.when_principal",
+                                    AZ + "test_when_headers_and_ports", whole=True),
+}
+
+_JWT_TEST = AZ + "test_jwt_invalid_is_401_missing_passes"
+_JWT_FIELDS_TEST = E + "test_jwt_rule_fields_become_the_providers_fields"
+REQUEST_AUTHENTICATION: dict[str, Entry] = {
+    "spec": translated(f"{JWT}.jwt_filters", _JWT_TEST),
+    "spec.selector": translated(f"{AUTHZ}.applies", _AUTHZ_SCOPE_TEST, whole=True),
+    "spec.targetRef": refused(_ATTACHMENT),
+    "spec.targetRefs": refused(_ATTACHMENT),
+    "spec.jwtRules": translated(f"{JWT}.provider", _JWT_TEST),
+    "spec.jwtRules[].issuer": translated(f"{JWT}.provider", _JWT_TEST),
+    "spec.jwtRules[].jwks": translated(f"{JWT}.provider", _JWT_TEST),
+    "spec.jwtRules[].audiences": translated(f"{JWT}.provider",
+                                            AZ + "test_jwt_audiences_and_header_location"),
+    "spec.jwtRules[].fromHeaders": translated(
+        f"{JWT}.provider", AZ + "test_jwt_audiences_and_header_location", whole=True),
+    **{f"spec.jwtRules[].{name}": translated(f"{JWT}.provider", _JWT_FIELDS_TEST)
+       for name in ("timeout", "fromParams", "fromCookies", "outputPayloadToHeader",
+                    "forwardOriginalToken")},
+    "spec.jwtRules[].jwksUri": translated(
+        f"{JWT}.fetch_jwks", "tests/test_shims_authz_tasks.py::test_authorization_with_jwt"),
+    "spec.jwtRules[].outputClaimToHeaders": translated(f"{JWT}.provider", _JWT_FIELDS_TEST,
+                                                       whole=True),
 }
 
 # --- Kubernetes kinds -----------------------------------------------------------------------
@@ -759,8 +950,6 @@ NAMESPACE: dict[str, Entry] = {
 
 # meshConfig keys (config/meshconfig.py reads them) and what honours each; `istioctl install`
 # refuses a key given with --set whose entry is refused.
-_MESH_CONFIG_NOT_YET = ("the local mesh does not honour this meshConfig key yet; leave it out "
-                        "(the install keeps the profile's value)")
 MESH_CONFIG: dict[str, Entry] = {
     # Real Envoy: tests/test_install_mesh.py::test_enable_auto_mtls_false_sends_plaintext_...
     "enableAutoMtls": translated(f"{MTLS}.apply_upstream_tls", E + "test_enable_auto_mtls_false_"
@@ -769,11 +958,15 @@ MESH_CONFIG: dict[str, Entry] = {
         "lablib.local.mesh.LocalMesh._start_pod",
         "tests/test_install_mesh.py::test_hold_application_until_proxy_starts_the_app_after_"
         "its_proxy_is_ready"),
-    "accessLogFile": refused(_MESH_CONFIG_NOT_YET),
-    "accessLogEncoding": refused(_MESH_CONFIG_NOT_YET),
-    "accessLogFormat": refused(_MESH_CONFIG_NOT_YET),
-    "outboundTrafficPolicy.mode": refused(_MESH_CONFIG_NOT_YET),
-    "extensionProviders": refused(_MESH_CONFIG_NOT_YET),
+    "accessLogFile": translated(_ACCESS_LOG, _ACCESS_LOG_TEST),
+    "accessLogEncoding": translated(_ACCESS_LOG, _ACCESS_LOG_TEST),
+    "accessLogFormat": translated(_ACCESS_LOG, _ACCESS_LOG_TEST),
+    "outboundTrafficPolicy.mode": translated(
+        f"{EGRESS}.outbound_mode",
+        EG + "test_registry_only_answers_502_for_http_and_resets_tunnels"),
+    "extensionProviders": refused(
+        "the local mesh has no external authorizer yet (AuthorizationPolicy action CUSTOM is "
+        "refused), so a provider would do nothing; leave it out"),
 }
 
 LEDGER: dict[str, dict[str, Entry]] = {
@@ -798,6 +991,9 @@ LEDGER: dict[str, dict[str, Entry]] = {
     "Sidecar": SIDECAR_KIND,
     "ServiceEntry": SERVICE_ENTRY,
     "PeerAuthentication": PEER_AUTHENTICATION,
+    "Telemetry": TELEMETRY,
+    "AuthorizationPolicy": AUTHORIZATION_POLICY,
+    "RequestAuthentication": REQUEST_AUTHENTICATION,
 }
 
 
@@ -877,11 +1073,10 @@ def _yaml_fields(walk: _Manifest, pattern: str, concrete: str, text: Any
 
 @dataclass(frozen=True)
 class _Manifest:
-    """The manifest a walk is over: its kind, how diagnostics name it, and its body."""
+    """The manifest a walk is over: its kind and how diagnostics name it."""
 
     kind: str
     ref: str
-    body: Mapping[str, Any]
 
 
 def _visit(walk: _Manifest, pattern: str, concrete: str, spec: Spec, value: Any
@@ -894,8 +1089,6 @@ def _visit(walk: _Manifest, pattern: str, concrete: str, spec: Spec, value: Any
                          concrete, "remove it")
         return
     entry = entry.by_value.get(str(value), entry)
-    if entry.in_context is not None:
-        entry = entry.in_context(walk.body) or entry
     if entry.status == TRANSLATED and entry.values and value not in entry.values:
         allowed = ", ".join(str(v) for v in entry.values)
         yield Diagnostic(CODE_VALUE, "Error", ref, f"{concrete}: {value!r} is not a value the "
@@ -928,7 +1121,7 @@ def diagnostics(resource: Resource) -> list[Diagnostic]:
         return [unknown] if unknown else []
     # What `istioctl kube-inject` added is replaced by the mesh's own sidecar.
     body = without_injected(resource.body) if resource.kind == "Deployment" else resource.body
-    walk = _Manifest(resource.kind, resource.ref, body)
+    walk = _Manifest(resource.kind, resource.ref)
     return [d for pattern, concrete, spec, value in _schema_children(schema, body, "", "")
             for d in _visit(walk, pattern, concrete, spec, value)]
 
@@ -1023,8 +1216,6 @@ def markdown() -> str:
             if entry.by_value:
                 extra += "; " + "; ".join(f"`{v}`: {e.status} ({e.note})"
                                           for v, e in entry.by_value.items())
-            if entry.in_context is not None:
-                extra += f"; {entry.in_context.__doc__}"
             out.append(f"| `{path}` | {entry.status} | {note}{extra.replace('|', '/')} |")
     return "\n".join(out) + "\n"
 
