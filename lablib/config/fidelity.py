@@ -964,6 +964,10 @@ MESH_CONFIG: dict[str, Entry] = {
     "outboundTrafficPolicy.mode": translated(
         f"{EGRESS}.outbound_mode",
         EG + "test_registry_only_answers_502_for_http_and_resets_tunnels"),
+    "defaultConfig.gatewayTopology.numTrustedProxies": translated(
+        f"{LISTENERS}.hcm",
+        "tests/test_authz_translation.py::test_gateway_trusts_as_many_forwarded_for_hops_as_"
+        "mesh_config_says"),
     "extensionProviders": refused(
         "the local mesh has no external authorizer yet (AuthorizationPolicy action CUSTOM is "
         "refused), so a provider would do nothing; leave it out"),
