@@ -284,6 +284,15 @@ def test_tls_origination_at_the_sidecar_upgrades_port_80():
     assert "transport_socket" not in snap.clusters["outbound|443||edition.cnn.com"]
 
 
+def test_the_egress_gateway_finds_the_destination_rule_where_the_service_entry_lives():
+    """Istio looks for a host's DestinationRule in the client's namespace, then in the
+    namespace that declares the host (a ServiceEntry's own, not a piece of the host name:
+    `edition.cnn.com` is not in a namespace `cnn`), then in istio-system."""
+    gateway = snapshot(EGRESS, CNN_ORIGINATION)
+    cluster = gateway.clusters["outbound|80||edition.cnn.com"]
+    assert cluster["transport_socket"]["typed_config"]["common_tls_context"]
+
+
 def test_an_explicit_sni_and_san_are_kept():
     rule = CNN_ORIGINATION.replace("tls: {mode: SIMPLE}",
                                    "tls: {mode: SIMPLE, sni: edition.cnn.com, "

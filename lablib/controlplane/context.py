@@ -235,13 +235,21 @@ class PushContext:
             labels = dict((rule.spec.get("workloadSelector") or {}).get("matchLabels") or {})
             if labels and proxy.kind == "sidecar" and selector_matches(labels, proxy.labels):
                 return rule
-        host_ns = host_fqdn.split(".")[1] if host_fqdn.count(".") >= 2 else ""
-        for namespaces in ([client_ns], [host_ns], ["istio-system"]):
+        for namespaces in ([client_ns], self.host_namespaces(host_fqdn), ["istio-system"]):
             for rule in rules:
                 if rule.namespace in namespaces and not rule.spec.get("workloadSelector") \
                         and (rule.namespace == client_ns or exported_to(rule, client_ns)):
                     return rule
         return None
+
+    def host_namespaces(self, host_fqdn: str) -> list[str]:
+        """The namespaces that declare a host: its Service's, or those of the ServiceEntries
+        that list it (`edition.cnn.com` lives where its ServiceEntry does)."""
+        svc = self.services.get(host_fqdn)
+        if svc is not None:
+            return [svc.namespace]
+        return sorted({entry.namespace for entry in self.store.list("ServiceEntry")
+                       if host_fqdn in (str(h).lower() for h in entry.spec.get("hosts") or [])})
 
     def subsets(self, proxy: Proxy | None, host_fqdn: str) -> list[dict[str, Any]]:
         """The subsets a client sees for a host. Rules without a `workloadSelector` in the
