@@ -31,7 +31,7 @@ def local_meshes() -> Iterator[tuple[str, LocalBackend | None]]:
     """Every mesh folder of this user, with a client where that mesh is running."""
     root = default_root()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if folder.is_dir():
+        if folder.is_dir() and not folder.name.startswith("."):  # not a mesh: .ports, ...
             yield folder.name, attach(folder.name)
 
 
