@@ -85,6 +85,9 @@ test: venv ## make lint, pytest tests, then every notebook in labs/ through nbva
 	pytest_step "pytest tests" tests
 	if [ -n "$$(find labs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null)" ]
 	then pytest_step "nbval labs" $(NBVAL_FLAGS) labs
+	  # The exam again, with every reference fix applied: each task must then pass.
+	  LAB_EXAM_SELF_TEST=1 pytest_step "nbval lab 24 (self-test)" $(NBVAL_FLAGS) \
+	    labs/24_practice_exam.ipynb
 	else summary+=("  skipped  nbval labs (no notebooks in labs/ yet)")
 	fi
 	echo; echo "== make test summary =="; printf '%s\n' "$${summary[@]}"
