@@ -97,16 +97,25 @@ def clusters(configs: list[dict[str, Any]]) -> pd.DataFrame:
                                        "name"])
 
 
+def endpoint_text(address: dict[str, Any]) -> str:
+    """An Envoy address as istioctl prints it: `IP:PORT`, or `unix://PATH` for a pipe (the
+    local mesh's xDS and admin sockets)."""
+    if "pipe" in address:
+        return f"unix://{address['pipe'].get('path', '')}"
+    socket = address.get("socket_address", {})
+    return f"{socket.get('address')}:{socket.get('port_value')}"
+
+
 def endpoints(mesh: Backend, pod: str, namespace: str) -> pd.DataFrame:
     data = json.loads(mesh.proxy_admin(pod, namespace, "clusters?format=json"))
     rows = []
     for status in data.get("cluster_statuses", []):
         for host in status.get("host_statuses", []):
-            address = host.get("address", {}).get("socket_address", {})
+            address = host.get("address", {})
             health = host.get("health_status", {})
             ok = health.get("eds_health_status", "HEALTHY") == "HEALTHY" and not any(
                 v for k, v in health.items() if k.startswith("failed"))
-            rows.append({"endpoint": f"{address.get('address')}:{address.get('port_value')}",
+            rows.append({"endpoint": endpoint_text(address),
                          "status": "HEALTHY" if ok else "UNHEALTHY",
                          "outlier_check": "EJECTED" if health.get("failed_outlier_check")
                          else "OK", "cluster": status.get("name")})
@@ -218,7 +227,7 @@ def cluster_health(mesh: Backend, pod: str, namespace: str, cluster: str = "") -
         if cluster not in status.get("name", ""):
             continue
         for host in status.get("host_statuses", []):
-            address = host.get("address", {}).get("socket_address", {})
+            address = host.get("address", {})
             counters = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
             health = host.get("health_status", {})
             flags = [k.removeprefix("failed_") for k, v in health.items()
@@ -226,7 +235,7 @@ def cluster_health(mesh: Backend, pod: str, namespace: str, cluster: str = "") -
                      k for k in ("pending_dynamic_removal", "excluded_via_immediate_hc_fail")
                      if health.get(k)]
             rows.append({"cluster": status.get("name"),
-                         "endpoint": f"{address.get('address')}:{address.get('port_value')}",
+                         "endpoint": endpoint_text(address),
                          "health": health.get("eds_health_status", "HEALTHY"),
                          "flags": ",".join(flags) or "-",
                          "cx_active": counters.get("cx_active", 0),

@@ -301,7 +301,7 @@ def _endpoints_table(mesh: LocalBackend, pod: str, namespace: str,
     frame = proxyconfig.endpoints(mesh, pod, namespace)
     for row in frame.sort_values(["cluster", "endpoint"]).itertuples(index=False):
         address, _, port = str(row.endpoint).rpartition(":")
-        if not _endpoint_selected(str(row.cluster), address, int(port),
+        if not _endpoint_selected(str(row.cluster), address, int(port) if port.isdigit() else 0,
                                   row.status == "HEALTHY", filters):
             continue
         rows.append([str(row.endpoint), str(row.status), str(row.outlier_check),
