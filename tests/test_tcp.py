@@ -245,3 +245,19 @@ def test_the_weights_slider_starts_at_the_applied_split_and_applies_new_ones(mes
     assert [(d["destination"]["subset"], d["weight"]) for d in route] == [("v2", 100)]
     frame = panel.set_weights({"v1": 50, "v2": 50})
     traffic.check_shares(frame, panel.expected_shares(), column="subset")
+
+
+@pytest.mark.envoy
+def test_plain_http_to_a_tcp_port_reaches_the_service_as_on_a_cluster(mesh):
+    """Istio passes the bytes of a `tcp-` port through: curl's HTTP from a sidecar-injected
+    pod gets the server's answer (the sidecar's forward proxy once answered 404 NR)."""
+    with open("samples/httpbin/httpbin.yaml") as f:
+        manifest = f.read().replace("- name: http\n", "- name: tcp-web\n", 1)
+    assert "name: tcp-web" in manifest
+    mesh.apply(manifest, namespace=NS)
+    mesh.wait_ready(NS)
+    sleep = mesh.pod_name({"app": "sleep"}, NS)
+    result = mesh.exec(sleep, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "10", "http://httpbin:8000/status/418"],
+                       namespace=NS, container="sleep", timeout=20)
+    assert result.stdout == "418", (result.stdout, result.stderr)
