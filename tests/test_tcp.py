@@ -261,3 +261,26 @@ def test_plain_http_to_a_tcp_port_reaches_the_service_as_on_a_cluster(mesh):
                                "--max-time", "10", "http://httpbin:8000/status/418"],
                        namespace=NS, container="sleep", timeout=20)
     assert result.stdout == "418", (result.stdout, result.stderr)
+
+
+@pytest.mark.envoy
+def test_kubectl_logs_by_selector_prints_the_gateways_access_log(mesh, gateway_tcp, capsys):
+    """`kubectl logs -l istio=ingressgateway -c istio-proxy -n istio-system`, as Istio's
+    tasks read a gateway's access log (demo profile: accessLogFile /dev/stdout)."""
+    from lablib.shims.kubectl import kubectl_main
+
+    mesh.apply(ALL_V1, namespace=NS)
+    tcp.send_tcp(*gateway_tcp, n=3)
+    selector = ["logs", "-l", "istio=ingressgateway", "-c", "istio-proxy", "-n", "istio-system"]
+    deadline = time.monotonic() + 10  # Envoy flushes its access log every 100 ms here
+    lines: list[str] = []
+    while len(lines) < 3 and time.monotonic() < deadline:
+        assert kubectl_main(selector) == 0
+        lines = capsys.readouterr().out.splitlines()
+    assert 3 <= len(lines) <= 10  # a selector shows each pod's last 10 lines, as kubectl's
+    assert any(f"outbound|9000|v1|tcp-echo.{NS}.svc.cluster.local" in line for line in lines)
+    assert kubectl_main([*selector, "--prefix", "--tail=1"]) == 0
+    pod = mesh.pod_name({"istio": "ingressgateway"}, "istio-system")
+    assert capsys.readouterr().out.startswith(f"[pod/{pod}/istio-proxy] ")
+    assert kubectl_main(["logs", "-l", "app=nothing", "-n", NS]) == 0
+    assert capsys.readouterr().err == f"No resources found in {NS} namespace.\n"
