@@ -284,3 +284,43 @@ def test_kubectl_logs_by_selector_prints_the_gateways_access_log(mesh, gateway_t
     assert capsys.readouterr().out.startswith(f"[pod/{pod}/istio-proxy] ")
     assert kubectl_main(["logs", "-l", "app=nothing", "-n", NS]) == 0
     assert capsys.readouterr().err == f"No resources found in {NS} namespace.\n"
+
+
+@pytest.mark.envoy
+def test_env_value_from_reaches_the_app_as_the_kubelet_sets_it(mesh):
+    """The pod's name from the downward API and a ConfigMap key, expanded in the args as
+    Kubernetes expands them (they were empty strings before)."""
+    manifest = textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: echo-words, namespace: {NS}}}
+        data: {{greeting: hi}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: tcp-echo-env, namespace: {NS}}}
+        spec:
+          selector: {{matchLabels: {{app: tcp-echo-env}}}}
+          template:
+            metadata: {{labels: {{app: tcp-echo-env}}}}
+            spec:
+              containers:
+              - name: tcp-echo
+                image: docker.io/istio/tcp-echo-server:1.2
+                args: ["9000", "$(GREETING)-$(POD_NAME)"]
+                ports: [{{containerPort: 9000}}]
+                env:
+                - name: POD_NAME
+                  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+                - name: GREETING
+                  valueFrom: {{configMapKeyRef: {{name: echo-words, key: greeting}}}}
+        """)
+    try:
+        mesh.apply(manifest, namespace=NS)
+        mesh.wait_ready(NS)
+        pod = mesh.pod_name({"app": "tcp-echo-env"}, NS)
+        port = mesh.pod_info(pod, NS)["app_ports"]["9000"]  # the app itself
+        frame = tcp.send_tcp("127.0.0.1", int(port), n=1)
+        assert frame["answer"].iloc[0] == f"hi-{pod} hello", frame.to_dict("records")
+    finally:
+        mesh.delete(manifest, namespace=NS)
