@@ -497,11 +497,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: ratings}
 spec:
-  clusterIP: 10.96.0.42
+  clusterIP: 127.96.0.42
   selector: {app: ratings}
   ports: [{name: http, port: 9080}]
 """
     snap = snapshot_for(SIDECAR, with_ip)
-    by_ip = simulate(snap, Call(15001, "10.96.0.42:9080"))
+    by_ip = simulate(snap, Call(15001, "127.96.0.42:9080"))
     assert by_ip.clusters == simulate(snap, Call(15001, "ratings:9080")).clusters
     assert by_ip.clusters == {f"outbound|9080||ratings.{NS}.svc.cluster.local": 100}

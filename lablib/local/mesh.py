@@ -74,10 +74,35 @@ ISTIO_SYSTEM_MANIFEST = Path(__file__).with_name("istio_system.yaml")
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
-# Where Services' cluster IPs come from, as kubeadm's default service CIDR; 10.96.0.1 is the
-# `kubernetes` Service's on a cluster. The addresses name Services in HTTP requests (the
-# sidecars route `http://10.96.0.12:9080/`); nothing listens on them (issue #17).
-SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+# Where Services' cluster IPs come from: kubeadm's default service CIDR (10.96.0.0/12) moved
+# into loopback, so a learner's `nc 127.96.0.12 9000` in a pod never sends a packet off this
+# machine; .1 is left for the `kubernetes` Service, as on a cluster. The addresses name
+# Services in HTTP requests (the sidecars route `http://127.96.0.12:9080/`); nothing listens
+# on them (issue #17).
+SERVICE_CIDR = ipaddress.ip_network("127.96.0.0/12")
+
+
+def cluster_ip_problems(service: Resource) -> list[Diagnostic]:
+    """The API server's refusal of a chosen cluster IP outside the service CIDR."""
+    problems = []
+    chosen = [("spec.clusterIP", service.spec.get("clusterIP"))] + [
+        (f"spec.clusterIPs[{i}]", ip) for i, ip in enumerate(service.spec.get("clusterIPs") or [])]
+    for field_path, ip in chosen:
+        if not ip or ip == "None":
+            continue
+        try:
+            inside = ipaddress.ip_address(str(ip)) in SERVICE_CIDR
+        except ValueError:
+            inside = False
+        if not inside:
+            problems.append(Diagnostic(
+                "LAB0109", "Error", service.ref,
+                f"failed to allocate IP {ip}: provided IP ({ip}) is not in the valid range. "
+                f"The range of valid IPs is {SERVICE_CIDR} (the local mesh's service CIDR is "
+                "in loopback, so no packet to a cluster IP leaves this machine)", field_path,
+                f"leave {field_path} out (one is assigned) or choose one in {SERVICE_CIDR}; "
+                "a cluster's API server refuses an IP outside its own range too"))
+    return problems
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -378,6 +403,8 @@ class LocalMesh:
                 errors += self._image_problems(r)
                 errors += host_env_problems(r)
                 errors += pod_spec_problems(r, candidate)
+            if r.kind == "Service":
+                errors += cluster_ip_problems(r)
         if errors:
             raise ConfigError(errors)
         known = {str(d) for d in self._findings(current)}
