@@ -64,12 +64,15 @@ def test_env_value_from_fields_secrets_and_config_maps() -> None:
         {"name": "PAGE", "valueFrom": {"configMapKeyRef": {"name": "web", "key": "index.html"}}},
         {"name": "GONE", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k",
                                                         "optional": True}}},
-        {"name": "CM_index.html", "value": "env wins over envFrom"}]}
+        {"name": "CM_index.html", "value": "env wins over envFrom"},
+        {"name": "URL", "value": "http://$(IP):80/$(POD)/$$(POD)/$(LATER)"},
+        {"name": "LATER", "value": "x"}]}
     env = env_from_sources(container, FACTS, store())
     assert env == {"POD": "web-abc-12345", "NS": NS, "IP": "127.0.0.1", "SA": "web-sa",
                    "APP": "web", "USER": "ann", "PAGE": "hello",
                    "CM_nginx.conf": "server {}", "CM_logo.png": "\ufffdPNG\x00",
-                   "CM_index.html": "env wins over envFrom"}
+                   "CM_index.html": "env wins over envFrom", "LATER": "x",
+                   "URL": "http://127.0.0.1:80/web-abc-12345/$(POD)/$(LATER)"}
 
 
 def test_volume_items_modes_binary_data_and_sub_path(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from ..config.model import Resource
 from ..config.store import ConfigStore
 from ..errors import Diagnostic
 from .containment import make_folder_inside, write_inside
+from .images import expand_env_references
 
 __all__ = ["GATEWAY_IMAGE", "PILOT_IMAGE", "POD_SPEC_CODE", "PodFacts", "app_containers",
            "env_from_sources", "mount_volumes", "pod_spec_problems"]
@@ -96,7 +97,8 @@ def _data(store: ConfigStore, kind: str, namespace: str, name: str) -> dict[str,
 def env_from_sources(container: Mapping[str, Any], pod: PodFacts, store: ConfigStore
                      ) -> dict[str, str]:
     """The container's variables as the kubelet sets them: `envFrom` first, then `env` in
-    order (a later name wins); an optional reference to what does not exist sets nothing."""
+    order (a later name wins, a value's `$(NAME)` expands an earlier one); an optional
+    reference to what does not exist sets nothing."""
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         for ref_key in ("configMapRef", "secretRef"):
@@ -108,14 +110,14 @@ def env_from_sources(container: Mapping[str, Any], pod: PodFacts, store: ConfigS
                             for k, v in (data or {}).items()})
     for variable in container.get("env") or []:
         name = str(variable["name"])
-        value_from = variable.get("valueFrom")
+        value_from = variable.get("valueFrom") or {}
+        value: str | None = None
+        ref_key = next((k for k in ("secretKeyRef", "configMapKeyRef") if k in value_from), "")
         if not value_from:
-            env[name] = str(variable.get("value", ""))
-            continue
-        if "fieldRef" in value_from:
+            value = expand_env_references(str(variable.get("value", "")), env)
+        elif "fieldRef" in value_from:
             value = pod.field(str(value_from["fieldRef"].get("fieldPath", "")))
-        else:
-            ref_key = next(k for k in ("secretKeyRef", "configMapKeyRef") if k in value_from)
+        elif ref_key:
             ref = value_from[ref_key]
             data = _data(store, _source_kind(ref_key), pod.namespace, str(ref.get("name")))
             raw = (data or {}).get(str(ref.get("key")))
