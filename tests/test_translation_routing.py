@@ -540,6 +540,13 @@ def test_plain_http_to_a_tcp_port_passes_through_with_tcp_rules_only():
         f"outbound|9000||{TCP_ECHO}"
 
 
+def test_plain_http_to_a_tcp_port_from_a_pod_without_sidecar_reaches_an_endpoint():
+    kube = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube", "kube-system",
+                 kube_ports={NS: 15009})
+    result = simulate(snapshot(kube, TCP_SUBSETS), Call(15009, "tcp-echo:9000"))
+    assert (result.route, result.cluster) == ("opaque_tcp", f"kube|9000||{TCP_ECHO}")
+
+
 def test_mesh_tls_rule_matches_the_tunnel_host_as_its_sni():
     rules = """  tls:
   - match: [{sniHosts: [tcp-echo], port: 9000}]
