@@ -86,7 +86,8 @@ def test_volume_items_modes_binary_data_and_sub_path(tmp_path: Path) -> None:
     container = {"name": "web", "volumeMounts": [
         {"name": "conf", "mountPath": "/etc/nginx"},
         {"name": "tls", "mountPath": "/etc/tls/server.key", "subPath": "tls.key"},
-        {"name": "scratch", "mountPath": "/tmp"}]}
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "scratch", "mountPath": "/var/cache", "subPath": "cache"}]}
     mounts = mount_volumes(tmp_path, FACTS, volumes, container, store())
     conf = Path(mounts["/etc/nginx"])
     assert sorted(str(p.relative_to(conf)) for p in conf.rglob("*") if p.is_file()) == [
@@ -96,7 +97,8 @@ def test_volume_items_modes_binary_data_and_sub_path(tmp_path: Path) -> None:
     assert stat.S_IMODE((conf / "logo.png").stat().st_mode) == 0o400
     key = Path(mounts["/etc/tls/server.key"])
     assert key.read_bytes() == b"KEY" and stat.S_IMODE(key.stat().st_mode) == 0o440
-    assert Path(mounts["/tmp"]).is_dir() and not any(Path(mounts["/tmp"]).iterdir())
+    assert Path(mounts["/var/cache"]) == Path(mounts["/tmp"]) / "cache"
+    assert Path(mounts["/var/cache"]).is_dir()
     assert all(Path(m).is_relative_to(tmp_path / "mounts" / f"{NS}.web-abc-12345")
                for m in mounts.values())
 

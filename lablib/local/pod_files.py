@@ -116,9 +116,9 @@ def env_from_sources(container: Mapping[str, Any], pod: PodFacts, store: ConfigS
         if not value_from:
             value = expand_env_references(str(variable.get("value", "")), env)
         elif "fieldRef" in value_from:
-            value = pod.field(str(value_from["fieldRef"].get("fieldPath", "")))
+            value = pod.field(str((value_from["fieldRef"] or {}).get("fieldPath", "")))
         elif ref_key:
-            ref = value_from[ref_key]
+            ref = value_from[ref_key] or {}
             data = _data(store, _source_kind(ref_key), pod.namespace, str(ref.get("name")))
             raw = (data or {}).get(str(ref.get("key")))
             value = None if raw is None else raw.decode(errors="replace")
@@ -160,6 +160,8 @@ def mount_volumes(root: Path, pod: PodFacts, volumes: Mapping[str, Mapping[str, 
                     write_inside(folder, path.split("/"), value, mode)
         sub_path = str(mount.get("subPath") or "")
         local = folder.joinpath(*sub_path.split("/")) if sub_path else folder
+        if not local.exists():  # the kubelet creates a subPath the volume lacks, as a folder
+            make_folder_inside(folder, sub_path.split("/"))
         mounts[str(mount["mountPath"])] = str(local)
     return mounts
 
