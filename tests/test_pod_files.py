@@ -149,6 +149,23 @@ def test_what_the_local_mesh_cannot_give_is_refused_by_field(container: str, vol
     assert words in found[0][1]
 
 
+def test_env_from_may_not_bring_a_variable_that_acts_on_the_host() -> None:
+    hostile = ConfigStore.with_namespaces([NS]).with_applied(load(f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: hostile, namespace: {NS}}}
+data: {{LD_PRELOAD: /tmp/evil.so, GREETING: hi}}
+"""))
+    container = "{name: web, image: nginx, envFrom: [{configMapRef: {name: hostile}}]}"
+    [found] = pod_spec_problems(deployment(container), hostile)
+    assert (found.code, found.field) == (
+        "LAB0107", "spec.template.spec.containers[0].envFrom[0].configMapRef")
+    assert "LD_PRELOAD" in found.message
+    # Should the ConfigMap gain the key after the apply, the variable is still left out.
+    env = env_from_sources({"envFrom": [{"configMapRef": {"name": "hostile"}}]}, FACTS, hostile)
+    assert env == {"GREETING": "hi"}
+
+
 def test_volumes_only_the_replaced_sidecar_mounts_are_not_checked() -> None:
     assert problems("{name: istio-proxy, image: docker.io/istio/proxyv2:1.20.3, volumeMounts: "
                     "[{name: token, mountPath: /var/run/secrets/tokens}]}",

@@ -23,7 +23,7 @@ from ..config.model import Resource
 from ..errors import Diagnostic, LabError
 
 __all__ = ["HOST_ENV_CODE", "ContainmentError", "host_env_problems", "host_env_reason",
-           "make_folder_inside", "write_inside"]
+           "is_plain_name", "make_folder_inside", "write_inside"]
 
 HOST_ENV_CODE = "LAB0107"
 
@@ -103,8 +103,13 @@ class ContainmentError(LabError):
 _PLAIN_PART = re.compile(r"[-._a-zA-Z0-9]+")
 
 
+def is_plain_name(part: str) -> bool:
+    """A file name write_inside takes: letters, digits, `-._`, and no way up (`..`)."""
+    return bool(_PLAIN_PART.fullmatch(part)) and part != "." and not part.startswith("..")
+
+
 def _checked(part: str) -> str:
-    if not _PLAIN_PART.fullmatch(part) or part in (".", "..") or part.startswith(".."):
+    if not is_plain_name(part):
         raise ContainmentError(f"refusing to write {part!r}: not a plain file name")
     return part
 

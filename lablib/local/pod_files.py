@@ -25,7 +25,13 @@ from typing import Any
 from ..config.model import Resource
 from ..config.store import ConfigStore
 from ..errors import Diagnostic
-from .containment import make_folder_inside, write_inside
+from .containment import (
+    HOST_ENV_CODE,
+    host_env_reason,
+    is_plain_name,
+    make_folder_inside,
+    write_inside,
+)
 from .images import expand_env_references
 
 __all__ = ["GATEWAY_IMAGE", "PILOT_IMAGE", "POD_SPEC_CODE", "PodFacts", "app_containers",
@@ -106,8 +112,11 @@ def env_from_sources(container: Mapping[str, Any], pod: PodFacts, store: ConfigS
             if ref:
                 data = _data(store, _source_kind(ref_key), pod.namespace, str(ref.get("name")))
                 prefix = str(source.get("prefix") or "")
+                # A name that acts on the host is refused at apply (LAB0107); one a later
+                # change of the Secret or ConfigMap brings is left out.
                 env.update({prefix + k: v.decode(errors="replace")
-                            for k, v in (data or {}).items()})
+                            for k, v in (data or {}).items()
+                            if host_env_reason(prefix + k) is None})
     for variable in container.get("env") or []:
         name = str(variable["name"])
         value_from = variable.get("valueFrom") or {}
@@ -168,8 +177,7 @@ def mount_volumes(root: Path, pod: PodFacts, volumes: Mapping[str, Mapping[str, 
 
 def _plain_path(path: str) -> bool:
     """A relative path of plain names, as write_inside takes them."""
-    return bool(path) and all(re.fullmatch(r"[-._a-zA-Z0-9]+", part) and part != ".." and
-                              not part.startswith("..") for part in path.split("/"))
+    return all(is_plain_name(part) for part in path.split("/"))
 
 
 def pod_spec_problems(deployment: Resource, store: ConfigStore) -> Iterator[Diagnostic]:
@@ -201,9 +209,23 @@ def pod_spec_problems(deployment: Resource, store: ConfigStore) -> Iterator[Diag
         for j, source in enumerate(container.get("envFrom") or []):
             for ref_key in ("configMapRef", "secretRef"):
                 ref = source.get(ref_key)
-                if ref and not ref.get("optional"):
-                    found = missing(_source_kind(ref_key), str(ref.get("name")), None,
-                                    f"{where}.envFrom[{j}].{ref_key}")
+                if not ref:
+                    continue
+                field = f"{where}.envFrom[{j}].{ref_key}"
+                ref_kind, name = _source_kind(ref_key), str(ref.get("name"))
+                for data_key in _data(store, ref_kind, deployment.namespace, name) or {}:
+                    variable = str(source.get("prefix") or "") + data_key
+                    reason = host_env_reason(variable)
+                    if reason:
+                        yield Diagnostic(
+                            HOST_ENV_CODE, "Error", deployment.ref,
+                            f"environment variable {variable} (key {data_key!r} of {ref_kind} "
+                            f"{name}) is not allowed on the local mesh: {reason}. Pods run as "
+                            "processes on this machine, so it would act outside the pod",
+                            field, f"remove the key from the {ref_kind}, or use env with the "
+                            "variables the app needs")
+                if not ref.get("optional"):
+                    found = missing(ref_kind, name, None, field)
                     if found:
                         yield found
         for j, variable in enumerate(container.get("env") or []):
