@@ -26,7 +26,7 @@ from ..config.model import Resource
 from ..config.store import ConfigStore
 from ..errors import Diagnostic
 from .containment import (
-    HOST_ENV_CODE,
+    host_env_problem,
     host_env_reason,
     is_plain_name,
     make_folder_inside,
@@ -214,16 +214,13 @@ def pod_spec_problems(deployment: Resource, store: ConfigStore) -> Iterator[Diag
                 field = f"{where}.envFrom[{j}].{ref_key}"
                 ref_kind, name = _source_kind(ref_key), str(ref.get("name"))
                 for data_key in _data(store, ref_kind, deployment.namespace, name) or {}:
-                    variable = str(source.get("prefix") or "") + data_key
-                    reason = host_env_reason(variable)
-                    if reason:
-                        yield Diagnostic(
-                            HOST_ENV_CODE, "Error", deployment.ref,
-                            f"environment variable {variable} (key {data_key!r} of {ref_kind} "
-                            f"{name}) is not allowed on the local mesh: {reason}. Pods run as "
-                            "processes on this machine, so it would act outside the pod",
-                            field, f"remove the key from the {ref_kind}, or use env with the "
-                            "variables the app needs")
+                    found = host_env_problem(
+                        deployment, str(source.get("prefix") or "") + data_key,
+                        f" (key {data_key!r} of {ref_kind} {name})", field,
+                        f"remove the key from the {ref_kind}, or use env with the variables "
+                        "the app needs")
+                    if found:
+                        yield found
                 if not ref.get("optional"):
                     found = missing(ref_kind, name, None, field)
                     if found:
