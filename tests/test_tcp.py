@@ -322,5 +322,9 @@ def test_env_value_from_reaches_the_app_as_the_kubelet_sets_it(mesh):
         port = mesh.pod_info(pod, NS)["app_ports"]["9000"]  # the app itself
         frame = tcp.send_tcp("127.0.0.1", int(port), n=1)
         assert frame["answer"].iloc[0] == f"hi-{pod} hello", frame.to_dict("records")
+        # `kubectl exec` gives a command the container's variables, as on a cluster.
+        shown = mesh.exec(pod, ["printenv", "POD_NAME", "GREETING"], namespace=NS,
+                          container="tcp-echo")
+        assert shown.stdout.split() == [pod, "hi"], shown
     finally:
         mesh.delete(manifest, namespace=NS)

@@ -132,6 +132,8 @@ class Pod:
     admin_socket: str = ""  # its Envoy's admin API (a Unix socket), when it has one
     processes: list[str] = field(default_factory=list)
     app_env: dict[str, str] = field(default_factory=dict)
+    # Each container's own variables (env, envFrom), which `kubectl exec` gives a command too.
+    container_env: dict[str, dict[str, str]] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the pod spec's, by name
     private_ports: dict[int, int] = field(default_factory=dict)  # gateway ports without a Service
@@ -824,7 +826,8 @@ class LocalMesh:
                          pod.workload.annotations, pod.workload.service_account)
         for c in pod.containers:
             env = dict(pod.app_env)
-            env.update(env_from_sources(c, facts, store))
+            pod.container_env[str(c["name"])] = env_from_sources(c, facts, store)
+            env.update(pod.container_env[str(c["name"])])
             mounts = mount_volumes(self.state.path, facts, pod.volumes, c, store)
             if mounts:
                 env["LAB_MOUNTS"] = json.dumps(mounts)
