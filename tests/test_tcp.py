@@ -19,6 +19,7 @@ from lablib import tcp, traffic
 from lablib.apps.tcp_echo import EchoServer
 from lablib.config.loader import load
 from lablib.proxyconfig import proxy_config
+from lablib.telemetry import LocalMetrics, wait_for_total
 
 NS = "istio-io-tcp-traffic-shifting"
 ALL_V1 = "samples/tcp-echo/tcp-echo-all-v1.yaml"
@@ -261,6 +262,17 @@ def test_plain_http_to_a_tcp_port_reaches_the_service_as_on_a_cluster(mesh):
                                "--max-time", "10", "http://httpbin:8000/status/418"],
                        namespace=NS, container="sleep", timeout=20)
     assert result.stdout == "418", (result.stdout, result.stderr)
+    # Istio's TCP proxy reports the connection as TCP at both ends.
+    metrics = LocalMetrics(mesh.telemetry_endpoints()["metrics"])
+    try:
+        for reporter in ("source", "destination"):
+            promql = (f'istio_tcp_connections_opened_total{{reporter="{reporter}",'
+                      f'destination_service_name="httpbin"}}')
+            assert wait_for_total(metrics, promql, 1, timeout=15) >= 1, reporter
+        assert wait_for_total(metrics, 'istio_requests_total{destination_service_name='
+                              '"httpbin"}', 1, timeout=0) == 0
+    finally:
+        metrics.close()
 
 
 @pytest.mark.envoy

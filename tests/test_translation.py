@@ -486,6 +486,11 @@ def test_every_cluster_closes_idle_pooled_connections_unless_a_rule_says_otherwi
             for name, c in snap.clusters.items()}
     reviews = idle.pop(f"outbound|9080||reviews.{NS}.svc.cluster.local")
     assert reviews == {"idle_timeout": "300s", "max_requests_per_connection": 3}
+    # A TCP port's clusters give each plain HTTP request its own upstream connection (the
+    # bytes Istio passes through are one connection per client's).
+    tcp = {name for name in idle if name.startswith(("outbound|9000|", "outbound|31400|"))}
+    assert tcp and all(idle.pop(name) == {"idle_timeout": "60s", "max_requests_per_connection": 1}
+                       for name in sorted(tcp))
     assert idle and all(common == {"idle_timeout": "60s"} for common in idle.values()), idle
 
 
