@@ -148,6 +148,14 @@ def test_registry_only_lets_service_entry_hosts_through():
     assert simulate(snap, tunnel("httpbin.org:443")).cluster == "BlackHoleCluster"
 
 
+def test_plain_http_to_a_service_entrys_tls_port_passes_through_to_it():
+    """Istio passes the bytes on a non-HTTP port to the entry's host, as a tunnel would go
+    (the sidecar once answered 404 NR)."""
+    snap = snapshot(SLEEP_PROXY, GOOGLE, mode="REGISTRY_ONLY")
+    result = simulate(snap, http("www.google.com:443"))
+    assert (result.route, result.cluster) == ("opaque_tcp", "outbound|443||www.google.com")
+
+
 def test_in_mesh_services_still_win_over_the_catch_all():
     service = """
 apiVersion: v1

@@ -6,6 +6,7 @@ and that traffic afterwards still follows the last good config.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -157,6 +158,29 @@ def test_a_node_port_another_program_holds_is_refused_before_any_push(routed,
     assert not routed.get("gateway", namespace=NS, selector=None) or all(
         g["metadata"]["name"] != "extra" for g in routed.get("gateway", namespace=NS))
     assert_still_jason_v2(routed)
+
+
+def test_cluster_ips_are_loopback_and_route_like_the_service_name(routed):
+    """Cluster IPs come from 127.96.0.0/12, so a learner's `nc CLUSTER_IP PORT` never sends a
+    packet off the machine; one outside that range is refused as the API server refuses it."""
+    services = routed.get("service", namespace=NS)
+    ips = {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in services}
+    assert ips and all(ipaddress.ip_address(ip) in ipaddress.ip_network("127.96.0.0/12")
+                       for ip in ips.values()), ips
+    sleep_like = routed.pod_name({"app": "productpage"}, NS)
+    answer = routed.exec(sleep_like, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                      f"http://{ips['ratings']}:9080/ratings/0"],
+                         namespace=NS, container="productpage", timeout=20)
+    assert answer.stdout == "200", answer
+    private = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "private-ip", "namespace": NS},
+               "spec": {"clusterIP": "10.96.0.50", "selector": {"app": "ratings"},
+                        "ports": [{"name": "http", "port": 9080}]}}
+    with pytest.raises(lablib.ConfigError) as refused:
+        routed.apply(private)
+    [finding] = refused.value.diagnostics
+    assert (finding.code, finding.field) == ("LAB0109", "spec.clusterIP")
+    assert "is not in the valid range. The range of valid IPs is 127.96.0.0/12" in str(finding)
 
 
 def test_ports_listen_on_loopback_only_and_admin_and_xds_on_private_sockets(routed):

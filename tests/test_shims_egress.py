@@ -351,6 +351,14 @@ def test_03_egress_gateway_http_then_https(sh: Shell) -> None:
     before = gateway_requests(sh, 80)
     assert codes(run(sh, POLITICS).out) == [301, 200]
     assert gateway_requests(sh, 80) > before  # the request left through the gateway
+    # The task's own check: the gateway's access log (demo profile: /dev/stdout) has it.
+    logged = sh.ok("kubectl logs -l istio=egressgateway -c istio-proxy -n istio-system | tail")
+    assert re.search(r'"GET /politics HTTP/[\d.]+" 301 .*outbound\|80\|\|edition\.cnn\.com',
+                     logged), logged
+    prefixed = sh.ok("kubectl logs -l istio=egressgateway -c istio-proxy -n istio-system "
+                     "--prefix --tail=1")
+    assert re.fullmatch(r"\[pod/istio-egressgateway-[\w-]+/istio-proxy\] .+\n", prefixed), \
+        prefixed
     sh.ok("kubectl delete gateway istio-egressgateway")
     sh.ok("kubectl delete virtualservice direct-cnn-through-egress-gateway")
     sh.ok("kubectl delete destinationrule egressgateway-for-cnn")

@@ -19,6 +19,7 @@ from lablib import tcp, traffic
 from lablib.apps.tcp_echo import EchoServer
 from lablib.config.loader import load
 from lablib.proxyconfig import proxy_config
+from lablib.telemetry import LocalMetrics, wait_for_total
 
 NS = "istio-io-tcp-traffic-shifting"
 ALL_V1 = "samples/tcp-echo/tcp-echo-all-v1.yaml"
@@ -245,3 +246,97 @@ def test_the_weights_slider_starts_at_the_applied_split_and_applies_new_ones(mes
     assert [(d["destination"]["subset"], d["weight"]) for d in route] == [("v2", 100)]
     frame = panel.set_weights({"v1": 50, "v2": 50})
     traffic.check_shares(frame, panel.expected_shares(), column="subset")
+
+
+@pytest.mark.envoy
+def test_plain_http_to_a_tcp_port_reaches_the_service_as_on_a_cluster(mesh):
+    """Istio passes the bytes of a `tcp-` port through: curl's HTTP from a sidecar-injected
+    pod gets the server's answer (the sidecar's forward proxy once answered 404 NR)."""
+    with open("samples/httpbin/httpbin.yaml") as f:
+        manifest = f.read().replace("- name: http\n", "- name: tcp-web\n", 1)
+    assert "name: tcp-web" in manifest
+    mesh.apply(manifest, namespace=NS)
+    mesh.wait_ready(NS)
+    sleep = mesh.pod_name({"app": "sleep"}, NS)
+    result = mesh.exec(sleep, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "10", "http://httpbin:8000/status/418"],
+                       namespace=NS, container="sleep", timeout=20)
+    assert result.stdout == "418", (result.stdout, result.stderr)
+    # Istio's TCP proxy reports the connection as TCP at both ends.
+    metrics = LocalMetrics(mesh.telemetry_endpoints()["metrics"])
+    try:
+        for reporter in ("source", "destination"):
+            promql = (f'istio_tcp_connections_opened_total{{reporter="{reporter}",'
+                      f'destination_service_name="httpbin"}}')
+            assert wait_for_total(metrics, promql, 1, timeout=15) >= 1, reporter
+        assert wait_for_total(metrics, 'istio_requests_total{destination_service_name='
+                              '"httpbin"}', 1, timeout=0) == 0
+    finally:
+        metrics.close()
+
+
+@pytest.mark.envoy
+def test_kubectl_logs_by_selector_prints_the_gateways_access_log(mesh, gateway_tcp, capsys):
+    """`kubectl logs -l istio=ingressgateway -c istio-proxy -n istio-system`, as Istio's
+    tasks read a gateway's access log (demo profile: accessLogFile /dev/stdout)."""
+    from lablib.shims.kubectl import kubectl_main
+
+    mesh.apply(ALL_V1, namespace=NS)
+    tcp.send_tcp(*gateway_tcp, n=3)
+    selector = ["logs", "-l", "istio=ingressgateway", "-c", "istio-proxy", "-n", "istio-system"]
+    deadline = time.monotonic() + 10  # Envoy flushes its access log every 100 ms here
+    lines: list[str] = []
+    while len(lines) < 3 and time.monotonic() < deadline:
+        assert kubectl_main(selector) == 0
+        lines = capsys.readouterr().out.splitlines()
+    assert 3 <= len(lines) <= 10  # a selector shows each pod's last 10 lines, as kubectl's
+    assert any(f"outbound|9000|v1|tcp-echo.{NS}.svc.cluster.local" in line for line in lines)
+    assert kubectl_main([*selector, "--prefix", "--tail=1"]) == 0
+    pod = mesh.pod_name({"istio": "ingressgateway"}, "istio-system")
+    assert capsys.readouterr().out.startswith(f"[pod/{pod}/istio-proxy] ")
+    assert kubectl_main(["logs", "-l", "app=nothing", "-n", NS]) == 0
+    assert capsys.readouterr().err == f"No resources found in {NS} namespace.\n"
+
+
+@pytest.mark.envoy
+def test_env_value_from_reaches_the_app_as_the_kubelet_sets_it(mesh):
+    """The pod's name from the downward API and a ConfigMap key, expanded in the args as
+    Kubernetes expands them (they were empty strings before)."""
+    manifest = textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: echo-words, namespace: {NS}}}
+        data: {{greeting: hi}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: tcp-echo-env, namespace: {NS}}}
+        spec:
+          selector: {{matchLabels: {{app: tcp-echo-env}}}}
+          template:
+            metadata: {{labels: {{app: tcp-echo-env}}}}
+            spec:
+              containers:
+              - name: tcp-echo
+                image: docker.io/istio/tcp-echo-server:1.2
+                args: ["9000", "$(GREETING)-$(POD_NAME)"]
+                ports: [{{containerPort: 9000}}]
+                env:
+                - name: POD_NAME
+                  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+                - name: GREETING
+                  valueFrom: {{configMapKeyRef: {{name: echo-words, key: greeting}}}}
+        """)
+    try:
+        mesh.apply(manifest, namespace=NS)
+        mesh.wait_ready(NS)
+        pod = mesh.pod_name({"app": "tcp-echo-env"}, NS)
+        port = mesh.pod_info(pod, NS)["app_ports"]["9000"]  # the app itself
+        frame = tcp.send_tcp("127.0.0.1", int(port), n=1)
+        assert frame["answer"].iloc[0] == f"hi-{pod} hello", frame.to_dict("records")
+        # `kubectl exec` gives a command the container's variables, as on a cluster.
+        shown = mesh.exec(pod, ["printenv", "POD_NAME", "GREETING"], namespace=NS,
+                          container="tcp-echo")
+        assert shown.stdout.split() == [pod, "hi"], shown
+    finally:
+        mesh.delete(manifest, namespace=NS)

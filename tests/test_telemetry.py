@@ -318,6 +318,16 @@ def test_connect_tunnel_counts_as_tcp(mesh: Mesh, collector: Collector) -> None:
     assert total(text, "istio_requests_total") == 0
 
 
+def test_plain_http_to_a_tcp_port_counts_as_tcp(mesh: Mesh, collector: Collector) -> None:
+    line = {**outbound(PRODUCTPAGE, "tcp-echo", "", TCP_ECHO, received=6, sent=10),
+            "route_name": "opaque_tcp"}
+    mesh.write(PRODUCTPAGE, line)
+    text = collector.render()
+    assert total(text, "istio_tcp_connections_opened_total", reporter="source",
+                 destination_workload="tcp-echo-v1") == 1
+    assert total(text, "istio_requests_total") == 0
+
+
 def test_counts_only_new_lines(mesh: Mesh, collector: Collector) -> None:
     line = outbound(PRODUCTPAGE, "reviews", "", REVIEWS["v1"])
     mesh.write(PRODUCTPAGE, line, line)

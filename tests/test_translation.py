@@ -486,6 +486,11 @@ def test_every_cluster_closes_idle_pooled_connections_unless_a_rule_says_otherwi
             for name, c in snap.clusters.items()}
     reviews = idle.pop(f"outbound|9080||reviews.{NS}.svc.cluster.local")
     assert reviews == {"idle_timeout": "300s", "max_requests_per_connection": 3}
+    # A TCP port's clusters give each plain HTTP request its own upstream connection (the
+    # bytes Istio passes through are one connection per client's).
+    tcp = {name for name in idle if name.startswith(("outbound|9000|", "outbound|31400|"))}
+    assert tcp and all(idle.pop(name) == {"idle_timeout": "60s", "max_requests_per_connection": 1}
+                       for name in sorted(tcp))
     assert idle and all(common == {"idle_timeout": "60s"} for common in idle.values()), idle
 
 
@@ -497,11 +502,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: ratings}
 spec:
-  clusterIP: 10.96.0.42
+  clusterIP: 127.96.0.42
   selector: {app: ratings}
   ports: [{name: http, port: 9080}]
 """
     snap = snapshot_for(SIDECAR, with_ip)
-    by_ip = simulate(snap, Call(15001, "10.96.0.42:9080"))
+    by_ip = simulate(snap, Call(15001, "127.96.0.42:9080"))
     assert by_ip.clusters == simulate(snap, Call(15001, "ratings:9080")).clusters
     assert by_ip.clusters == {f"outbound|9080||ratings.{NS}.svc.cluster.local": 100}

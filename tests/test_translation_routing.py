@@ -518,6 +518,35 @@ def test_mesh_tcp_rule_on_another_port_or_for_other_clients_is_not_applied():
         f"outbound|9000||{TCP_ECHO}"
 
 
+def test_plain_http_to_a_tcp_port_passes_through_with_tcp_rules_only():
+    """Istio treats a `tcp-` port as opaque: an HTTP request on it reaches the Service by
+    the tcp rules (never by http rules), where a 404 NR would be silently wrong."""
+    rules = """  http:
+  - route: [{destination: {host: tcp-echo, subset: v1}}]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - {destination: {host: tcp-echo, subset: v1}, weight: 30}
+    - {destination: {host: tcp-echo, subset: v2}, weight: 70}
+"""
+    snap = snapshot(SIDECAR, TCP_SUBSETS, tcp_vs(rules))
+    result = simulate(snap, Call(15001, "tcp-echo:9000", "/anything"))
+    assert result.clusters == {f"outbound|9000|v1|{TCP_ECHO}": 30,
+                               f"outbound|9000|v2|{TCP_ECHO}": 70}
+    assert result.route == "opaque_tcp"
+    assert "retry_policy" not in result.envoy_route["route"]
+    no_rules = snapshot(SIDECAR, TCP_SUBSETS)
+    assert simulate(no_rules, Call(15001, "tcp-echo:9000")).cluster == \
+        f"outbound|9000||{TCP_ECHO}"
+
+
+def test_plain_http_to_a_tcp_port_from_a_pod_without_sidecar_reaches_an_endpoint():
+    kube = Proxy(node_id("kube", "kube-proxy", "kube-system"), "kube", "kube-system",
+                 kube_ports={NS: 15009})
+    result = simulate(snapshot(kube, TCP_SUBSETS), Call(15009, "tcp-echo:9000"))
+    assert (result.route, result.cluster) == ("opaque_tcp", f"kube|9000||{TCP_ECHO}")
+
+
 def test_mesh_tls_rule_matches_the_tunnel_host_as_its_sni():
     rules = """  tls:
   - match: [{sniHosts: [tcp-echo], port: 9000}]

@@ -199,6 +199,12 @@ def service_port_clusters(proxy: Proxy, svc: Service, port: ServicePort,
                                  [p for p, _ in endpoints])
         policy = merge_policy(host_policy, subset_policy, port.port)
         apply_traffic_policy(cluster, policy)
+        if port.protocol != "HTTP":
+            # Istio passes a TCP port's bytes through, one upstream connection per client's.
+            # A plain HTTP request the sidecar parses on its way (routes.opaque_tcp_route)
+            # gets its own, closed with it, so its ends log it as the TCP connection it is.
+            apply_traffic_policy(cluster, {"connectionPool": {"http": {
+                "maxRequestsPerConnection": 1}}})
         apply_upstream_tls(cluster, proxy, ctx, svc, subset, port.port, port.target_port,
                            endpoints, policy.get("tls"),
                            dr_selects=bool(dr and dr.spec.get("workloadSelector")))

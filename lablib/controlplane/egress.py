@@ -29,7 +29,7 @@ from .context import Proxy, PushContext, Service, ServicePort
 from .gateway import weighted
 from .mtls import apply_upstream_tls
 from .naming import host_aliases, outbound_cluster
-from .routes import connect_route, default_route, http_routes
+from .routes import connect_route, default_route, http_routes, opaque_tcp_route
 from .sidecar import sidecar_for
 
 PASSTHROUGH = "PassthroughCluster"
@@ -231,15 +231,6 @@ def stream_destination(ctx: PushContext, vses: list[Resource], host: str,
     return None
 
 
-def tunnel_route(clusters: list[tuple[str, int]]) -> dict[str, Any]:
-    route = connect_route(clusters[0][0])
-    if len(clusters) > 1:
-        route["route"].pop("cluster")
-        route["route"]["weighted_clusters"] = {
-            "clusters": [{"name": n, "weight": w} for n, w in clusters]}
-    return route
-
-
 def external_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any]]:
     """A virtual host per ServiceEntry host and port, with the mesh's VirtualService rules."""
     vhosts = []
@@ -247,13 +238,14 @@ def external_virtual_hosts(proxy: Proxy, ctx: PushContext) -> list[dict[str, Any
         vses = mesh_rules(ctx, external.host)
         for port in external.ports:
             default_cluster = outbound_cluster(port.port, "", external.host)
-            tunnel = stream_destination(ctx, vses, external.host, port.port) or [
-                (default_cluster, 100)]
-            routes: list[dict[str, Any]] = [tunnel_route(tunnel)]
+            tunnel = stream_destination(ctx, vses, external.host, port.port)
+            routes: list[dict[str, Any]] = [connect_route(default_cluster, tunnel)]
             if port.protocol == "HTTP":
                 found = [r for vs in vses[:1] for r in http_routes(ctx, vs, gateway="mesh",
                                                                    port=port.port)]
                 routes += found or [default_route(default_cluster)]
+            else:
+                routes.append(opaque_tcp_route(default_cluster, tunnel))
             vhosts.append({"name": f"{external.host}:{port.port}",
                            "domains": host_domains(external.host, port.port),
                            "routes": routes})

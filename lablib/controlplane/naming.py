@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 DOMAIN_SUFFIX = "svc.cluster.local"
+# The route a plain HTTP request to a TCP Service port takes (see routes.opaque_tcp_route).
+OPAQUE_TCP_ROUTE = "opaque_tcp"
 
 
 def service_fqdn(name: str, namespace: str) -> str:

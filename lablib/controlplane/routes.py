@@ -14,7 +14,7 @@ from ..config.model import Resource
 from ..config.schema import parse_duration
 from . import route_policies
 from .context import Proxy, PushContext, Service
-from .naming import host_aliases, kube_cluster, outbound_cluster
+from .naming import OPAQUE_TCP_ROUTE, host_aliases, kube_cluster, outbound_cluster
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -272,18 +272,29 @@ def default_route(cluster: str, hash_policy: list[dict[str, Any]] | None = None
     return {"name": "default", "match": {"prefix": "/"}, "route": action}
 
 
+def _l4_destination(cluster: str, weighted: list[tuple[str, int]] | None) -> dict[str, Any]:
+    if weighted and len(weighted) > 1:
+        return {"weighted_clusters": {"clusters": [{"name": name, "weight": weight}
+                                                   for name, weight in weighted]}}
+    return {"cluster": weighted[0][0] if weighted else cluster}
+
+
 def connect_route(cluster: str, weighted: list[tuple[str, int]] | None = None
                   ) -> dict[str, Any]:
     """Tunnel `CONNECT host:port` (curl's HTTPS through a proxy) as raw TCP to the cluster,
     or split over `weighted` (cluster, weight) pairs."""
-    action: dict[str, Any] = {"upgrade_configs": [
-        {"upgrade_type": "CONNECT", "connect_config": {}}]}
-    if weighted and len(weighted) > 1:
-        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": weight}
-                                                    for name, weight in weighted]}
-    else:
-        action["cluster"] = weighted[0][0] if weighted else cluster
-    return {"match": {"connect_matcher": {}}, "route": action}
+    return {"match": {"connect_matcher": {}}, "route": {
+        "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+        **_l4_destination(cluster, weighted)}}
+
+
+def opaque_tcp_route(cluster: str, weighted: list[tuple[str, int]] | None = None
+                     ) -> dict[str, Any]:
+    """A plain HTTP request to a port Istio treats as TCP: Istio passes its bytes through
+    (no HTTP rules, no retries), so it goes where a tunnel to the port would. Named so the
+    telemetry counts it as a TCP connection, as Istio's TCP proxy would report it."""
+    return {"name": OPAQUE_TCP_ROUTE, "match": {"prefix": "/"},
+            "route": {**_l4_destination(cluster, weighted), "timeout": "0s"}}
 
 
 def mesh_virtual_services(ctx: PushContext, svc: Service, proxy: Proxy) -> list[Resource]:
@@ -313,15 +324,17 @@ def outbound_route_config(proxy: Proxy, ctx: PushContext) -> dict[str, Any]:
         vses = mesh_virtual_services(ctx, svc, proxy)
         for port in svc.ports:
             default_cluster = outbound_cluster(port.port, "", svc.fqdn)
-            routes: list[dict[str, Any]] = [connect_route(
-                default_cluster,
-                route_policies.mesh_l4_clusters(ctx, proxy, vses, svc.fqdn, port.port))]
+            l4_clusters = route_policies.mesh_l4_clusters(ctx, proxy, vses, svc.fqdn,
+                                                          port.port)
+            routes: list[dict[str, Any]] = [connect_route(default_cluster, l4_clusters)]
             if port.protocol == "HTTP":
                 found = [r for vs in vses[:1] for r in http_routes(ctx, vs, gateway="mesh",
                                                                    port=port.port, proxy=proxy)]
                 hashing = route_policies.route_hash_policy(ctx, proxy,
                                                            [(port.port, "", svc.fqdn)])
                 routes += found or [default_route(default_cluster, hashing)]
+            else:
+                routes.append(opaque_tcp_route(default_cluster, l4_clusters))
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
                 "domains": host_aliases(svc.name, svc.namespace, port.port, proxy.namespace,
@@ -345,6 +358,8 @@ def kube_route_config(namespace: str, ctx: PushContext) -> dict[str, Any]:
             if port.protocol == "HTTP":
                 routes.append({"match": {"prefix": "/"},
                                "route": {"cluster": cluster, "timeout": "0s"}})
+            else:
+                routes.append(opaque_tcp_route(cluster))
             vhosts.append({
                 "name": f"{svc.fqdn}:{port.port}",
                 "domains": host_aliases(svc.name, svc.namespace, port.port, namespace,

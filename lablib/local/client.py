@@ -306,6 +306,8 @@ class LocalBackend(Backend):
             env = podnet.without_proxies(env)  # the app's http_proxy is not the proxy's
         else:
             env.update(info["env"])
+            own = info.get("container_env") or {}
+            env.update(own.get(container or info["containers"][0]) or {})
         # Like `kubectl exec` without -i: the command gets no standard input.
         return subprocess.run(argv, env=env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)

@@ -22,8 +22,9 @@ from pathlib import Path
 from ..config.model import Resource
 from ..errors import Diagnostic, LabError
 
-__all__ = ["HOST_ENV_CODE", "ContainmentError", "host_env_problems", "host_env_reason",
-           "make_folder_inside", "write_inside"]
+__all__ = ["HOST_ENV_CODE", "ContainmentError", "host_env_problem", "host_env_problems",
+           "host_env_reason",
+           "is_plain_name", "make_folder_inside", "write_inside"]
 
 HOST_ENV_CODE = "LAB0107"
 
@@ -83,17 +84,26 @@ def host_env_problems(deployment: Resource) -> Iterator[Diagnostic]:
     for group in ("containers", "initContainers"):
         for i, container in enumerate(pod.get(group) or []):
             for j, variable in enumerate((container or {}).get("env") or []):
-                name = str((variable or {}).get("name", ""))
-                reason = host_env_reason(name)
-                if reason:
-                    yield Diagnostic(
-                        HOST_ENV_CODE, "Error", deployment.ref,
-                        f"environment variable {name} is not allowed on the local mesh: "
-                        f"{reason}. Pods run as processes on this machine, so it would act "
-                        "outside the pod",
-                        f"spec.template.spec.{group}[{i}].env[{j}].name",
-                        "remove it; on a cluster (LAB_BACKEND=kubernetes) it stays inside "
-                        "the container")
+                found = host_env_problem(
+                    deployment, str((variable or {}).get("name", "")), "",
+                    f"spec.template.spec.{group}[{i}].env[{j}].name",
+                    "remove it; on a cluster (LAB_BACKEND=kubernetes) it stays inside the "
+                    "container")
+                if found:
+                    yield found
+
+
+def host_env_problem(deployment: Resource, name: str, origin: str, field: str, fix: str
+                     ) -> Diagnostic | None:
+    """LAB0107 if the variable `name` (from `origin`, e.g. a ConfigMap's key) would reach
+    beyond its process, else None."""
+    reason = host_env_reason(name)
+    if reason is None:
+        return None
+    return Diagnostic(HOST_ENV_CODE, "Error", deployment.ref,
+                      f"environment variable {name}{origin} is not allowed on the local "
+                      f"mesh: {reason}. Pods run as processes on this machine, so it would "
+                      "act outside the pod", field, fix)
 
 
 class ContainmentError(LabError):
@@ -103,8 +113,13 @@ class ContainmentError(LabError):
 _PLAIN_PART = re.compile(r"[-._a-zA-Z0-9]+")
 
 
+def is_plain_name(part: str) -> bool:
+    """A file name write_inside takes: letters, digits, `-._`, and no way up (`..`)."""
+    return bool(_PLAIN_PART.fullmatch(part)) and part != "." and not part.startswith("..")
+
+
 def _checked(part: str) -> str:
-    if not _PLAIN_PART.fullmatch(part) or part in (".", "..") or part.startswith(".."):
+    if not is_plain_name(part):
         raise ContainmentError(f"refusing to write {part!r}: not a plain file name")
     return part
 

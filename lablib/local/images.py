@@ -110,8 +110,8 @@ def supported_images() -> list[str]:
     return sorted(f"{_REGISTRY}{repository}:*" for repository in _IMAGES)
 
 
-def _expand(arg: str, env: dict[str, str]) -> str:
-    """Expand `$(VAR)` from the container's env the way Kubernetes does in args."""
+def expand_env_references(arg: str, env: dict[str, str]) -> str:
+    """Expand `$(VAR)` from the container's env the way Kubernetes does in args and env values."""
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -179,7 +179,7 @@ def command_for(
             f"{', '.join(supported_images())} "
             "(use LAB_BACKEND=kubernetes to run arbitrary images on a cluster)"
         )
-    expanded = [_expand(arg, env) for arg in args]
+    expanded = [expand_env_references(arg, env) for arg in args]
     if _repository(image) == _TCP_ECHO:
         argv = _tcp_echo_argv(image, expanded or _TCP_ECHO_DEFAULT_ARGS, port_map)
         return [sys.executable, *argv]

@@ -49,11 +49,20 @@ from ..telemetry.service import MeshTelemetry
 from ..telemetry.topology import topology_from_mesh
 from .admin import envoy_live
 from .bootstrap import bootstrap, envoy_argv, write_bootstrap
-from .containment import host_env_problems, make_folder_inside, write_inside
+from .containment import host_env_problems
 from .identity import MeshCA
 from .images import command_for
 from .loadbalancer import LoadBalancer
 from .outside import start as start_outside_world
+from .pod_files import (
+    GATEWAY_IMAGE,
+    PILOT_IMAGE,
+    PodFacts,
+    app_containers,
+    env_from_sources,
+    mount_volumes,
+    pod_spec_problems,
+)
 from .ports import PortAllocator, is_address_in_use, port_accepts
 from .rejection import rejection_reason
 from .state import StateDir
@@ -62,15 +71,38 @@ from .supervisor import ProcessStartError, Supervisor
 log = logging.getLogger(__name__)
 
 ISTIO_SYSTEM_MANIFEST = Path(__file__).with_name("istio_system.yaml")
-GATEWAY_IMAGE = "istio/proxyv2"
-PILOT_IMAGE = "istio/pilot"
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 NODE_PORT_TYPES = ("LoadBalancer", "NodePort")
 NODE_PORT_RANGE = (30000, 32767)  # the API server's default --service-node-port-range
-# Where Services' cluster IPs come from, as kubeadm's default service CIDR; 10.96.0.1 is the
-# `kubernetes` Service's on a cluster. The addresses name Services in HTTP requests (the
-# sidecars route `http://10.96.0.12:9080/`); nothing listens on them (issue #17).
-SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+# Where Services' cluster IPs come from: kubeadm's default service CIDR (10.96.0.0/12) moved
+# into loopback, so a learner's `nc 127.96.0.12 9000` in a pod never sends a packet off this
+# machine; .1 is left for the `kubernetes` Service, as on a cluster. The addresses name
+# Services in HTTP requests (the sidecars route `http://127.96.0.12:9080/`); nothing listens
+# on them (issue #17).
+SERVICE_CIDR = ipaddress.ip_network("127.96.0.0/12")
+
+
+def cluster_ip_problems(service: Resource) -> list[Diagnostic]:
+    """The API server's refusal of a chosen cluster IP outside the service CIDR."""
+    problems = []
+    chosen = [("spec.clusterIP", service.spec.get("clusterIP"))] + [
+        (f"spec.clusterIPs[{i}]", ip) for i, ip in enumerate(service.spec.get("clusterIPs") or [])]
+    for field_path, ip in chosen:
+        if not ip or ip == "None":
+            continue
+        try:
+            inside = ipaddress.ip_address(str(ip)) in SERVICE_CIDR
+        except ValueError:
+            inside = False
+        if not inside:
+            problems.append(Diagnostic(
+                "LAB0109", "Error", service.ref,
+                f"failed to allocate IP {ip}: provided IP ({ip}) is not in the valid range. "
+                f"The range of valid IPs is {SERVICE_CIDR} (the local mesh's service CIDR is "
+                "in loopback, so no packet to a cluster IP leaves this machine)", field_path,
+                f"leave {field_path} out (one is assigned) or choose one in {SERVICE_CIDR}; "
+                "a cluster's API server refuses an IP outside its own range too"))
+    return problems
 # A port the mesh chose may be bound by another program before our process binds it; the
 # change is rolled back and tried again with fresh ports this many times in all.
 PORT_ATTEMPTS = 3
@@ -100,6 +132,8 @@ class Pod:
     admin_socket: str = ""  # its Envoy's admin API (a Unix socket), when it has one
     processes: list[str] = field(default_factory=list)
     app_env: dict[str, str] = field(default_factory=dict)
+    # Each container's own variables (env, envFrom), which `kubectl exec` gives a command too.
+    container_env: dict[str, dict[str, str]] = field(default_factory=dict)
     bind_ports: dict[int, int] = field(default_factory=dict)  # containerPort -> app's bind port
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the pod spec's, by name
     private_ports: dict[int, int] = field(default_factory=dict)  # gateway ports without a Service
@@ -370,6 +404,9 @@ class LocalMesh:
             if r.kind == "Deployment":
                 errors += self._image_problems(r)
                 errors += host_env_problems(r)
+                errors += pod_spec_problems(r, candidate)
+            if r.kind == "Service":
+                errors += cluster_ip_problems(r)
         if errors:
             raise ConfigError(errors)
         known = {str(d) for d in self._findings(current)}
@@ -432,11 +469,8 @@ class LocalMesh:
 
     def _image_problems(self, deployment: Resource) -> list[Diagnostic]:
         problems = []
-        containers = ((deployment.spec.get("template") or {}).get("spec") or {}).get("containers")
-        for i, c in enumerate(containers or []):
+        for i, c in app_containers((deployment.spec.get("template") or {}).get("spec") or {}):
             image = str(c.get("image", ""))
-            if GATEWAY_IMAGE in image or PILOT_IMAGE in image or c.get("name") == "istio-proxy":
-                continue
             declared = {int(p["containerPort"]): int(p["containerPort"])
                         for p in c.get("ports") or []}
             try:
@@ -760,30 +794,6 @@ class LocalMesh:
                 f.result()
                 self._report("pods ready", done, total)
 
-    def _mount(self, pod: Pod, container: dict[str, Any], store: ConfigStore) -> dict[str, str]:
-        """Write the Secret and ConfigMap volumes a container mounts into the pod's folder,
-        as the kubelet would; returns mountPath -> local folder (the app gets it as
-        LAB_MOUNTS). Secret files are 0600."""
-        mounts = {}
-        for mount in container.get("volumeMounts") or []:
-            volume = pod.volumes.get(str(mount.get("name")), {})
-            source = volume.get("secret") or volume.get("configMap")
-            if source is None:
-                continue
-            kind = "Secret" if "secret" in volume else "ConfigMap"
-            name = str(source.get("secretName") or source.get("name"))
-            found = store.get(kind, pod.namespace, name)
-            data = dict((found.body.get("data") or {}) if found else {})
-            # Names and keys come from manifests: written only inside the pod's folder.
-            folder = make_folder_inside(self.state.path, [
-                "mounts", f"{pod.namespace}.{pod.name}", str(mount["name"])])
-            for key, value in data.items():
-                secret = kind == "Secret"
-                write_inside(folder, [str(key)], base64.b64decode(str(value)) if secret
-                             else str(value).encode(), 0o600 if secret else 0o644)
-            mounts[str(mount["mountPath"])] = str(folder)
-        return mounts
-
     def _proxy_port_for(self, pod: Pod) -> int:
         if pod.proxy and pod.proxy.kind == "sidecar":
             return pod.proxy.outbound_port
@@ -812,10 +822,13 @@ class LocalMesh:
             pod.app_env.update(SSL_CERT_FILE=self.outside.roots,
                                CURL_CA_BUNDLE=self.outside.roots,
                                CURL_HOME=self.outside.curl_home)
+        facts = PodFacts(pod.name, pod.namespace, pod.workload.labels,
+                         pod.workload.annotations, pod.workload.service_account)
         for c in pod.containers:
             env = dict(pod.app_env)
-            env.update({str(e["name"]): str(e.get("value", "")) for e in c.get("env") or []})
-            mounts = self._mount(pod, c, store)
+            pod.container_env[str(c["name"])] = env_from_sources(c, facts, store)
+            env.update(pod.container_env[str(c["name"])])
+            mounts = mount_volumes(self.state.path, facts, pod.volumes, c, store)
             if mounts:
                 env["LAB_MOUNTS"] = json.dumps(mounts)
             cports = [int(p["containerPort"]) for p in c.get("ports") or []]

@@ -135,6 +135,7 @@ class MeshViews:
         """What `exec` and `proxy_config` need: the pod's proxy env and its Envoy admin port."""
         pod = self.mesh.find_pod(namespace, name)
         return {"name": pod.name, "namespace": pod.namespace, "env": pod.app_env,
+                "container_env": pod.container_env,
                 "admin_socket": pod.admin_socket,
                 "proxy": pod.proxy.kind if pod.proxy else None,
                 "proxy_id": pod.proxy.id if pod.proxy else None,

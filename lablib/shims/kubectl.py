@@ -982,24 +982,42 @@ def cmd_wait(p: Parsed) -> int:
 
 
 def cmd_logs(p: Parsed) -> int:
-    if not p.args:
+    selector = p.get("selector")
+    if not p.args and not selector:
         raise UsageError("expected 'logs [-f] [-p] (POD | TYPE/NAME) [-c CONTAINER]'.\nPOD or "
                          "TYPE/NAME is a required argument for the logs command")
+    if p.args and selector:
+        raise UsageError("only a selector (-l) or a POD name is allowed")
     if p.get("follow"):
         raise Failure("error: -f (follow) is not supported by the local mesh's kubectl; run "
                       "the command again to see new lines")
     mesh = connect()
     namespace = _namespace(p)
-    pod = _pod_of(mesh, p.args[0], namespace)
     container = p.get("container") or (p.args[1] if len(p.args) > 1 else None)
-    try:
-        lines = mesh.logs(pod, namespace, container).splitlines()
-    except BackendError as exc:
-        raise Failure(str(exc)) from None
-    tail = int(p.get("tail") or -1)
-    if tail >= 0:
-        lines = lines[-tail:] if tail else []
-    _out("".join(line + "\n" for line in lines))
+    if selector:
+        matches = _selector(selector)
+        pods = [str(i["metadata"]["name"]) for i in _sorted(_objects(mesh, resolve("pods"),
+                                                                     namespace))
+                if matches(_labels(i))]
+        if not pods:
+            _err(f"No resources found in {namespace} namespace.")
+            return 0
+    else:
+        pods = [_pod_of(mesh, p.args[0], namespace)]
+    # As kubectl: every line by default for one pod, the last 10 of each pod for a selector.
+    tail = int(p.get("tail") or (10 if selector else -1))
+    out = []
+    for pod in pods:
+        try:
+            lines = mesh.logs(pod, namespace, container).splitlines()
+        except BackendError as exc:
+            raise Failure(str(exc)) from None
+        if tail >= 0:
+            lines = lines[-tail:] if tail else []
+        shown = container or mesh.pod_info(pod, namespace)["containers"][0]
+        prefix = f"[pod/{pod}/{shown}] " if p.get("prefix") else ""
+        out += [prefix + line + "\n" for line in lines]
+    _out("".join(out))
     return 0
 
 
@@ -1144,8 +1162,10 @@ COMMANDS: dict[str, Command] = {
                     "kubectl wait --for=create|delete|condition=NAME[=VALUE]|jsonpath={PATH}"
                     "[=VALUE] (KIND --all | KIND -l SEL | KIND/NAME...) [--timeout=30s]"),
     "logs": Command(cmd_logs, [Flag("container", "c"), Flag("tail"), Flag("follow", "f", "bool"),
-                               Flag("previous", "p", "bool")],
-                    "kubectl logs (POD | deploy/NAME) [-c CONTAINER] [--tail N]"),
+                               Flag("previous", "p", "bool"), SELECTOR,
+                               Flag("prefix", kind="bool")],
+                    "kubectl logs (POD | deploy/NAME | -l SELECTOR) [-c CONTAINER] [--tail N] "
+                    "[--prefix]"),
     "cp": Command(cmd_cp, [Flag("container", "c")],
                   "kubectl cp FILE [NS/]POD:PATH [-c CONTAINER]"),
     "rollout": Command(cmd_rollout, [Flag("timeout")],

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..controlplane.naming import OPAQUE_TCP_ROUTE
 from .topology import UNKNOWN, ProxyInfo, Topology, WorkloadInfo
 
 __all__ = [
@@ -68,8 +69,10 @@ def _text(value: Any) -> str:
 
 
 def is_tcp(entry: Mapping[str, Any]) -> bool:
-    """A TCP proxy's entry (no HTTP protocol), or a CONNECT tunnel through the HTTP proxy."""
-    return not _text(entry.get("protocol")) or _text(entry.get("method")) == "CONNECT"
+    """A TCP proxy's entry (no HTTP protocol), a CONNECT tunnel through the HTTP proxy, or a
+    plain HTTP request the proxy passed to a TCP Service port."""
+    return not _text(entry.get("protocol")) or _text(entry.get("method")) == "CONNECT" \
+        or _text(entry.get("route_name")) == OPAQUE_TCP_ROUTE
 
 
 def reporter_of(proxy: ProxyInfo, entry: Mapping[str, Any]) -> str:
