@@ -802,7 +802,9 @@ SERVICE: dict[str, Entry] = {
         by_value={"None": warned(
             "a headless Service is load-balanced by the sidecar like any other on the local "
             "mesh; per-pod DNS names do not exist")}),
-    "spec.clusterIPs": kubernetes("the local mesh gives Services names, not virtual IPs"),
+    "spec.clusterIPs": translated(
+        "lablib.local.mesh.LocalMesh._admit",
+        INTEGRATION + "test_cluster_ips_are_loopback_and_route_like_the_service_name"),
     "spec.externalTrafficPolicy": no_local_meaning("every node is this machine"),
     "spec.internalTrafficPolicy": no_local_meaning("every node is this machine"),
     "spec.sessionAffinity": translated(
@@ -849,11 +851,21 @@ def _container(prefix: str) -> dict[str, Entry]:
                                        "ports_and_prefix_from_the_deployments_args"),
         f"{prefix}[].ports": translated(RUNTIME, T + "test_inbound_listener_forwards_to_the_"
                                         "app", whole=True),
-        f"{prefix}[].env": translated(IMAGES, "tests/test_images.py::test_tcp_echo_args_"
-                                      "expand_env_references_as_kubernetes_does", whole=True),
+        f"{prefix}[].env": translated(
+            "lablib.local.pod_files.env_from_sources",
+            "tests/test_pod_files.py::test_env_value_from_fields_secrets_and_config_maps",
+            whole=True),
+        f"{prefix}[].envFrom": translated(
+            "lablib.local.pod_files.env_from_sources",
+            "tests/test_pod_files.py::test_env_from_may_not_bring_a_variable_that_acts_on_"
+            "the_host", whole=True),
+        f"{prefix}[].volumeMounts": translated(
+            "lablib.local.pod_files.mount_volumes",
+            "tests/test_pod_files.py::test_volume_items_modes_binary_data_and_sub_path",
+            whole=True),
         **{f"{prefix}[].{name}": kubernetes() for name in (
-            "imagePullPolicy", "workingDir", "envFrom", "resources", "securityContext",
-            "volumeMounts", "volumeDevices", "readinessProbe", "livenessProbe", "startupProbe",
+            "imagePullPolicy", "workingDir", "resources", "securityContext",
+            "volumeDevices", "readinessProbe", "livenessProbe", "startupProbe",
             "lifecycle", "stdin", "stdinOnce", "tty", "terminationMessagePath",
             "terminationMessagePolicy", "restartPolicy", "resizePolicy")},
     }
@@ -912,8 +924,10 @@ DEPLOYMENT: dict[str, Entry] = {
     **_container("spec.template.spec.containers"),
     "spec.template.spec.initContainers": refused(
         "the local mesh does not run init containers; do their work in the app's command"),
-    "spec.template.spec.volumes": translated(f"{SIDECAR}.mounted_file", _USER_VOLUME_TEST,
-                                             whole=True),
+    "spec.template.spec.volumes": translated(
+        "lablib.local.pod_files.mount_volumes",
+        "tests/test_pod_files.py::test_volume_items_modes_binary_data_and_sub_path",
+        whole=True),
     "spec.template.spec.serviceAccountName": translated(
         f"{MTLS}.identity_secrets",
         MESH_MTLS + "test_sidecars_talk_mtls_with_spiffe_identities"),
@@ -986,7 +1000,10 @@ LEDGER: dict[str, dict[str, Entry]] = {
                "type": kubernetes(), "immutable": kubernetes()},
     "ConfigMap": {"data": translated(RUNTIME, "tests/test_nginx.py::test_mounted_paths_map_"
                                      "by_the_longest_mount_path"),
-                  "binaryData": kubernetes("no sample app reads binary config"),
+                  "binaryData": translated(
+                      "lablib.local.pod_files.mount_volumes",
+                      "tests/test_pod_files.py::test_volume_items_modes_binary_data_and_sub_"
+                      "path"),
                   "immutable": kubernetes()},
     "Deployment": DEPLOYMENT,
     "Gateway": GATEWAY_KIND,
