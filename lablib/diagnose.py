@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -97,15 +98,26 @@ def analyze(*args: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["severity", "code", "resource", "message"])
 
 
-def access_log(mesh: Backend, app: str, namespace: str, tail: int = 200) -> pd.DataFrame:
+def now() -> str:
+    """This moment as the access log writes `start_time` (UTC, milliseconds): give it to
+    `access_log(since=...)` to read only the requests that came after."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def access_log(mesh: Backend, app: str, namespace: str, tail: int = 200,
+               since: str | None = None) -> pd.DataFrame:
     """`kubectl logs deploy/APP -c istio-proxy --tail N`: the access log lines (Istio's
-    default TEXT format) of the app's first pod, one row each; Envoy's own messages skipped."""
+    default TEXT format) of the app's first pod, one row each; Envoy's own messages skipped.
+    With `since` (from `now()`), only requests that started then or later: a pod's log also
+    holds what earlier labs sent."""
     pod = mesh.pod_name({"app": app}, namespace)
     text = kubectl("logs", pod, "-n", namespace, "-c", "istio-proxy", "--tail", str(tail)).stdout
     rows = [m.groupdict() for m in map(ISTIO_LINE.match, text.splitlines()) if m]
     frame = pd.DataFrame(rows, columns=list(ISTIO_LINE.groupindex))
     frame["code"] = pd.to_numeric(frame["code"])
     frame["duration_ms"] = pd.to_numeric(frame["duration_ms"])
+    if since is not None:
+        frame = frame[frame["start_time"] >= since].reset_index(drop=True)
     return frame
 
 

@@ -292,3 +292,26 @@ spec:
             "(route without matches defined before).") in out
     assert ("Info [IST0118] (Service shop/reviews) Port name web (port: 9080, targetPort: "
             "9080) doesn't follow the naming convention of Istio port.") in out
+
+
+def test_access_log_since_keeps_only_the_requests_that_started_then_or_later(monkeypatch):
+    from lablib import diagnose
+
+    def line(start: str, code: int) -> str:
+        return (f'[{start}] "GET /reviews/0 HTTP/1.1" {code} UC - - "-" 0 95 1 - "-" "curl" '
+                f'"id" "reviews:9080" "127.0.0.1:9080" outbound|9080||reviews - '
+                f"127.0.0.1:9080 127.0.0.1:1 - default")
+
+    log = "\n".join([line("2026-12-04T16:51:35.735Z", 503), "envoy says something",
+                     line("2026-12-04T16:51:40.064Z", 200)])
+
+    class OneMesh:
+        def pod_name(self, labels, namespace):
+            return "productpage-1"
+
+    monkeypatch.setattr(diagnose, "kubectl", lambda *args: diagnose.Output("", 0, log, ""))
+    everything = diagnose.access_log(OneMesh(), "productpage", "ns")
+    assert list(everything["code"]) == [503, 200]
+    later = diagnose.access_log(OneMesh(), "productpage", "ns", since="2026-12-04T16:51:36.000Z")
+    assert list(later["code"]) == [200]
+    assert diagnose.now() > "2026-12-04T16:51:40.064Z"
