@@ -126,19 +126,20 @@ ATTACK = textwrap.dedent("""\
     """)
 
 
-def second_user() -> pwd.struct_passwd:
-    """The second local user, created when missing; skips with the reason when it cannot."""
+def second_user() -> tuple[pwd.struct_passwd, bool]:
+    """The second local user and whether this call created it; skips with the reason when
+    it cannot."""
     if os.geteuid() != 0:
         pytest.skip("a second Unix user can only be created as root (CI runs as root); run "
                     "as root to check what another local user can do to a mesh")
     if not (shutil.which("useradd") and shutil.which("runuser")):
         pytest.skip("useradd and runuser are needed to act as a second user")
     try:
-        return pwd.getpwnam(INTRUDER)
+        return pwd.getpwnam(INTRUDER), False
     except KeyError:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
                         INTRUDER], check=True, capture_output=True)
-        return pwd.getpwnam(INTRUDER)
+        return pwd.getpwnam(INTRUDER), True
 
 
 def as_user(user: pwd.struct_passwd, code: str, *args: str) -> str:
@@ -159,8 +160,13 @@ def as_user(user: pwd.struct_passwd, code: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def intruder() -> pwd.struct_passwd:
-    return second_user()
+def intruder() -> Iterator[pwd.struct_passwd]:
+    """The second user, removed again afterwards if the tests created it: a test run leaves
+    no account behind on the machine."""
+    user, created = second_user()
+    yield user
+    if created:
+        subprocess.run(["userdel", INTRUDER], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="module")
